@@ -1,0 +1,120 @@
+"""The ``freshrec`` command line. Heavy imports live inside the command functions."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from freshrec.errors import UserError
+from freshrec.settings import Settings, SettingsError
+
+IMPORT_FORMATS = ("events", "retailrocket", "otto", "tafeng", "movielens", "csv")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, never a traceback
+        self.exit(2, f"freshrec: error: {message} (see `{self.prog} --help`)\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="freshrec", description="Batch-plus-incremental recommendations for e-commerce.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("import", help="import a source into the landing zone as canonical events")
+    p.add_argument("format", choices=IMPORT_FORMATS)
+    p.add_argument("sources", nargs="+", type=Path, metavar="SRC")
+    p.add_argument("--rows-per-file", type=_positive_int, default=500_000, help="split large sources into landing files of this many rows")
+    p.add_argument("--min-rating", type=float, default=None, help="movielens: keep ratings >= this value")
+    g = p.add_argument_group("csv column mapping (format csv)")
+    for col in ("user", "item", "ts", "event", "session", "category", "price", "quantity", "query", "event-id"):
+        g.add_argument(f"--{col}-col", default=None, help=f"source column holding {col.replace('-', '_')}")
+    g.add_argument("--event-map", default=None, help="source=canonical pairs, e.g. 'click=view,buy=purchase'")
+    g.add_argument("--default-event", default=None, help="event type for every row when there is no event column")
+    g.add_argument("--ts-format", default=None, help="strptime format of the timestamp column (default: ISO-8601 or epoch ms)")
+    g.add_argument("--delimiter", default=",")
+
+    p = sub.add_parser("generate", help="write a realistic synthetic event log into the landing zone")
+    p.add_argument("--events", type=_positive_int, required=True)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--users", type=_positive_int, default=None)
+    p.add_argument("--items", type=_positive_int, default=None)
+    p.add_argument("--days", type=_positive_int, default=30)
+    p.add_argument("--start", default=None, help="ISO date of the first event (default: --days before now)")
+    p.add_argument("--dirty", action="store_true", help="mix in malformed rows and re-sends")
+    p.add_argument("--rows-per-file", type=_positive_int, default=1_000_000)
+    p.add_argument("--prefix", default="synthetic", help="landing file name prefix")
+
+    p = sub.add_parser("run", help="run a DAG in-process through Airflow (dag.test)")
+    p.add_argument("dag", choices=("batch", "incremental"))
+
+    p = sub.add_parser("status", help="live version, model, freshness, last runs, counts")
+    p.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = Settings.load()
+        return _dispatch(args, settings)
+    except (UserError, SettingsError) as exc:
+        print(f"freshrec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("freshrec: interrupted", file=sys.stderr)
+        return 130
+
+
+def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command == "import":
+        from freshrec.importers import import_sources
+
+        results = import_sources(settings, args.format, args.sources, args)
+        total = sum(n for _, n in results)
+        print(f"imported {total:,} rows into {len(results)} landing file(s) under {settings.landing_events_dir}")
+        return 0
+    if args.command == "generate":
+        from freshrec.generate import generate_to_landing
+
+        written = generate_to_landing(settings, args)
+        print(f"generated {written:,} rows under {settings.landing_events_dir}")
+        return 0
+    if args.command == "run":
+        from freshrec.orchestration import run_dag
+
+        ok = run_dag(settings, f"freshrec_{args.dag}")
+        return 0 if ok else 1
+    if args.command == "status":
+        from freshrec.status import collect_status, format_status
+
+        status = collect_status(settings)
+        print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+        return 0
+    raise AssertionError(f"unhandled command {args.command}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,25 @@
+"""The canonical event log and the tables derived from it (interface.md is the contract)."""
+
+from __future__ import annotations
+
+EVENT_TYPES = ("view", "add_to_cart", "remove_from_cart", "purchase", "search")
+
+# Canonical fields in the order importers write them.
+EVENT_FIELDS = (
+    "event_id", "ts", "user_id", "session_id", "event_type",
+    "item_id", "query", "category", "price", "quantity",
+)
+REQUIRED_FIELDS = ("ts", "user_id", "event_type")
+ID_FIELDS = ("event_id", "user_id", "session_id", "item_id")
+
+ITEM_FIELDS = ("item_id", "category", "price", "available")
+
+# Columns of lake/events (Parquet, partitioned by event_date).
+CLEAN_EVENT_COLUMNS = (
+    "event_id", "ts", "user_id", "session_id", "event_type", "item_id", "query",
+    "category", "price", "quantity", "source_file", "event_date",
+)
+# Columns of lake/quarantine.
+QUARANTINE_COLUMNS = ("source_file", "raw", "reason", "batch_id")
+
+LANDING_SUFFIXES = (".jsonl", ".json", ".csv", ".jsonl.gz", ".json.gz", ".csv.gz")
