@@ -1,0 +1,242 @@
+"""Clean and validate raw landing rows: parse, type, normalise, quarantine, deduplicate.
+
+``clean_raw`` is the one implementation of cleaning. The batch path calls it on every landing
+file; the incremental path calls it on each micro-batch. It works on a DataFrame of raw JSON
+text lines ``(source_file, raw)``; CSV landing files are turned into such lines first
+(``csv_as_json_lines``), so one set of rules covers both formats.
+
+Everything here is a DataFrame -> DataFrame function: no I/O except in ``read_landing`` and
+``main``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
+
+from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, LANDING_SUFFIXES
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+# A JSON id may be a string or an integer; anything else (bool, float, object, array) is a type error.
+_ID_TYPES_OK = ("STRING", "BIGINT", "INT", "SMALLINT", "TINYINT")
+ITEM_EVENT_TYPES = tuple(t for t in EVENT_TYPES if t != "search")
+
+
+@dataclass(frozen=True)
+class CleanResult:
+    clean: "DataFrame"        # columns CLEAN_EVENT_COLUMNS, unique on event_id
+    quarantine: "DataFrame"   # source_file, raw, reason
+    duplicates: "DataFrame"   # source_file, event_id (rows dropped as repeats of a kept row)
+    per_file: "DataFrame"     # source_file, read, clean, quarantined, duplicates
+    _cached: tuple = ()
+
+    def release(self) -> None:
+        """Drop the cached intermediate results once the outputs are written."""
+        for df in self._cached:
+            df.unpersist()
+
+
+def _field(name: str) -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.expr(f"try_variant_get(v, '$.{name}', 'string')")
+
+
+def _field_type(name: str) -> "Column":
+    from pyspark.sql import functions as F
+
+    return F.expr(f"schema_of_variant(variant_get(v, '$.{name}'))")
+
+
+def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_skew_hours: float) -> "DataFrame":
+    """Parse ``(source_file, raw)`` JSON lines into typed columns plus a ``reason`` (null when valid)."""
+    from pyspark.sql import functions as F
+
+    # Python's json writes bare NaN/Infinity; quote them so the row parses and the price rule
+    # (not a JSON syntax error) explains what is wrong.
+    quoted = F.regexp_replace("raw", r'(:\s*)(-?Infinity|NaN)(\s*[,}])', '$1"$2"$3')
+    df = raw.withColumn("v", F.try_parse_json(quoted))
+    df = df.withColumn("_is_object", F.ltrim(F.col("raw")).startswith("{") & F.col("v").isNotNull())
+
+    strings = {name: F.trim(_field(name)) for name in EVENT_FIELDS}
+    blank = {name: F.when(strings[name] == "", None).otherwise(strings[name]) for name in EVENT_FIELDS}
+    df = df.select(
+        "source_file", "raw", "v", "_is_object",
+        *[blank[n].alias(f"s_{n}") for n in EVENT_FIELDS],
+        *[_field_type(n).alias(f"t_{n}") for n in ("event_id", "user_id", "session_id", "item_id", "ts")],
+    )
+
+    ts_num = F.col("s_ts").rlike(r"^-?\d+(\.\d+)?$")
+    ts = (
+        F.when(ts_num, F.expr("timestamp_millis(try_cast(try_cast(s_ts as decimal(38,3)) as bigint))"))
+        .otherwise(F.expr("try_cast(s_ts as timestamp)"))
+    )
+    event_type = F.lower(F.col("s_event_type"))
+    price = F.expr("try_cast(s_price as double)")
+    qty_dec = F.expr("try_cast(s_quantity as decimal(38,6))")
+    df = df.withColumns({"ts": ts, "event_type": event_type, "price": price, "qty_dec": qty_dec})
+
+    now_lit = F.lit(now.replace(tzinfo=None) if now.tzinfo is None else now).cast("timestamp")
+    max_ts = now_lit + F.expr(f"make_dt_interval(0, 0, 0, {int(max_future_skew_hours * 3600)})")
+    min_ts = F.lit(min_event_ts).cast("timestamp")
+    type_list = ", ".join(EVENT_TYPES)
+
+    def bad_id(name: str) -> Column:
+        return F.col(f"t_{name}").isNotNull() & ~F.col(f"t_{name}").isin(*_ID_TYPES_OK)
+
+    checks: list[tuple[Column, Column]] = [
+        (F.col("v").isNull(), F.lit("malformed_json: line is not valid JSON (truncated or corrupt)")),
+        (~F.col("_is_object"), F.lit("not_an_object: each line must be a JSON object")),
+    ]
+    for name in ("event_id", "user_id", "session_id", "item_id"):
+        checks.append((bad_id(name), F.concat(F.lit(f"invalid_id_type: {name} must be a string or an integer, got "),
+                                               F.col(f"t_{name}"))))
+    checks += [
+        (F.col("s_user_id").isNull(), F.lit("missing_user_id: user_id is required")),
+        (F.col("s_event_type").isNull(), F.lit("missing_event_type: event_type is required")),
+        (F.col("s_event_type").isNotNull() & ~event_type.isin(*EVENT_TYPES),
+         F.concat(F.lit("unknown_event_type: '"), F.col("s_event_type"), F.lit(f"' is not one of {type_list}"))),
+        (F.col("s_ts").isNull(), F.lit("missing_ts: ts is required")),
+        (F.col("s_ts").isNotNull() & F.col("ts").isNull(),
+         F.concat(F.lit("invalid_ts: '"), F.col("s_ts"),
+                  F.lit("' is not an ISO-8601 timestamp or epoch milliseconds, or names an impossible date"))),
+        (F.col("ts").isNotNull() & (F.col("ts") < min_ts),
+         F.concat(F.lit(f"ts_out_of_range: {min_event_ts} is the earliest accepted time, got "), F.col("ts").cast("string"))),
+        (F.col("ts").isNotNull() & (F.col("ts") > max_ts),
+         F.concat(F.lit(f"future_ts: more than {max_future_skew_hours:g}h after processing time, got "), F.col("ts").cast("string"))),
+        (event_type.isin(*ITEM_EVENT_TYPES) & F.col("s_item_id").isNull(),
+         F.concat(F.lit("missing_item_id: item_id is required for "), event_type, F.lit(" events"))),
+        ((event_type == "search") & F.col("s_query").isNull(), F.lit("missing_query: search events need a query")),
+        (F.col("s_price").isNotNull() & (price.isNull() | F.isnan(price) | (F.abs(price) == float("inf")) | (price < 0)),
+         F.concat(F.lit("invalid_price: price must be a finite number >= 0, got "), F.col("s_price"))),
+        (F.col("s_quantity").isNotNull()
+         & (F.col("qty_dec").isNull() | (F.col("qty_dec") != F.floor("qty_dec")) | (F.col("qty_dec") < 1)
+            | (F.col("qty_dec") > 2_147_483_647)),
+         F.concat(F.lit("invalid_quantity: quantity must be an integer >= 1, got "), F.col("s_quantity"))),
+    ]
+    # Report every broken rule, first the structural ones; a malformed line reports only that.
+    reasons = F.concat_ws("; ", *[F.when(cond, msg) for cond, msg in checks])
+    reason = F.when(F.col("v").isNull(), checks[0][1]).when(~F.col("_is_object"), checks[1][1]).otherwise(
+        F.when(reasons != "", reasons))
+
+    # A missing event id is derived from the normalised content, so a re-send of the same
+    # event gets the same id and is counted as a duplicate.
+    derived_id = F.concat(F.lit("d-"), F.substring(F.sha2(F.concat_ws(
+        "\u0001", F.expr("cast(unix_micros(ts) as string)"),
+        "s_user_id", "s_session_id", event_type, "s_item_id", F.lower("s_query")), 256), 1, 32))
+    return df.select(
+        "source_file", "raw", reason.alias("reason"),
+        F.coalesce("s_event_id", derived_id).alias("event_id"),
+        "ts",
+        F.col("s_user_id").alias("user_id"),
+        F.col("s_session_id").alias("session_id"),
+        "event_type",
+        F.when(event_type != "search", F.col("s_item_id")).alias("item_id"),
+        F.when(event_type == "search", F.lower("s_query")).alias("query"),
+        F.col("s_category").alias("category"),
+        F.col("price"),
+        F.col("qty_dec").cast("int").alias("quantity"),
+    )
+
+
+def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T00:00:00Z",
+              max_future_skew_hours: float = 24.0, known_event_ids: "DataFrame | None" = None) -> CleanResult:
+    """Clean raw JSON lines. ``known_event_ids`` (one column ``event_id``) are events already in
+    the lake: rows repeating them count as duplicates (the incremental path passes them).
+
+    Among rows sharing an event id the kept one is the first by (source_file, raw), so the
+    choice does not depend on Spark's partitioning and reruns keep the same row.
+    """
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    from pyspark import StorageLevel
+
+    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours).persist(StorageLevel.MEMORY_AND_DISK)
+    # The raw text only breaks ties between different rows claiming one event id; its hash
+    # does that as deterministically and keeps the shuffle small.
+    valid = parsed.where(F.col("reason").isNull()).withColumn("_tie", F.xxhash64("raw")).drop("raw")
+    order = Window.partitionBy("event_id").orderBy("source_file", "_tie")
+    ranked = valid.withColumn("_rank", F.row_number().over(order))
+    if known_event_ids is not None:
+        known = known_event_ids.select("event_id").distinct().withColumn("_known", F.lit(True))
+        ranked = ranked.join(known, "event_id", "left")
+        ranked = ranked.withColumn("_dup", (F.col("_rank") > 1) | F.col("_known").isNotNull())
+    else:
+        ranked = ranked.withColumn("_dup", F.col("_rank") > 1)
+    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+
+    clean = ranked.where(~F.col("_dup")).select(
+        *[c for c in CLEAN_EVENT_COLUMNS if c != "event_date"], F.to_date("ts").alias("event_date"))
+    duplicates = ranked.where(F.col("_dup")).select("source_file", "event_id")
+    quarantine = parsed.where(F.col("reason").isNotNull()).select("source_file", "raw", "reason")
+
+    status = F.when(F.col("reason").isNotNull(), "quarantined")
+    per_file = (
+        parsed.select("source_file", "event_id", status.alias("status"))
+        .where(F.col("status").isNotNull())
+        .unionByName(ranked.select("source_file", "event_id", F.when(F.col("_dup"), "duplicates").otherwise("clean").alias("status")))
+        .groupBy("source_file")
+        .agg(
+            F.count("*").alias("read"),
+            F.sum(F.when(F.col("status") == "clean", 1).otherwise(0)).alias("clean"),
+            F.sum(F.when(F.col("status") == "quarantined", 1).otherwise(0)).alias("quarantined"),
+            F.sum(F.when(F.col("status") == "duplicates", 1).otherwise(0)).alias("duplicates"),
+        )
+    )
+    return CleanResult(clean=clean, quarantine=quarantine, duplicates=duplicates, per_file=per_file,
+                       _cached=(parsed, ranked))
+
+
+# -- reading the landing zone ------------------------------------------------------------
+
+
+def landing_files(directory: Path) -> list[Path]:
+    """Complete landing files: visible names with a known suffix (temp files start with '.')."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.iterdir()
+                  if p.is_file() and not p.name.startswith((".", "_")) and p.name.lower().endswith(LANDING_SUFFIXES))
+
+
+def _is_csv(path: Path) -> bool:
+    return path.name.lower().endswith((".csv", ".csv.gz"))
+
+
+def csv_as_json_lines(spark: "SparkSession", path: Path) -> "DataFrame":
+    """One CSV landing file as ``(source_file, raw)`` JSON lines with the canonical columns.
+
+    Every value of a CSV is a string; columns the file lacks are simply absent from the JSON.
+    """
+    from pyspark.sql import functions as F
+
+    df = spark.read.option("header", True).option("mode", "PERMISSIVE").csv(str(path))
+    present = [c for c in EVENT_FIELDS if c in df.columns]
+    return df.select(F.lit(path.name).alias("source_file"), F.to_json(F.struct(*[F.col(c) for c in present])).alias("raw"))
+
+
+def json_lines(spark: "SparkSession", paths: Iterable[Path]) -> "DataFrame":
+    from pyspark.sql import functions as F
+
+    paths = [str(p) for p in paths]
+    return (
+        spark.read.text(paths)
+        .select(F.col("_metadata.file_name").alias("source_file"), F.col("value").alias("raw"))
+        .where(F.trim("raw") != "")  # blank lines are not rows
+    )
+
+
+def read_landing(spark: "SparkSession", files: list[Path]) -> "DataFrame":
+    """All given landing files as one ``(source_file, raw)`` DataFrame."""
+    from functools import reduce
+
+    jsons = [p for p in files if not _is_csv(p)]
+    parts = [json_lines(spark, jsons)] if jsons else []
+    parts += [csv_as_json_lines(spark, p) for p in files if _is_csv(p)]
+    if not parts:
+        return spark.createDataFrame([], "source_file string, raw string")
+    return reduce(lambda a, b: a.unionByName(b), parts)
