@@ -1,0 +1,75 @@
+"""Matrices on real Spark: append-only id maps, decayed weights, sequences, item stats."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import pytest
+
+from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
+
+pytestmark = pytest.mark.integration
+
+SCHEMA = "event_id string, ts timestamp, user_id string, event_type string, item_id string, category string, price double"
+WEIGHTS = {"view": 1.0, "add_to_cart": 3.0, "purchase": 5.0, "search": 0.0, "remove_from_cart": -1.0}
+
+
+def _events(spark, rows):
+    return spark.createDataFrame(rows, SCHEMA)
+
+
+def d(day, hour=0):
+    return datetime(2024, 5, day, hour)
+
+
+@pytest.fixture
+def events(spark):
+    return _events(spark, [
+        ("e1", d(1), "u1", "view", "a", "shoes", 10.0),
+        ("e2", d(2), "u1", "purchase", "a", "shoes", 12.0),
+        ("e3", d(3), "u2", "view", "b", "hats", None),
+        ("e4", d(31), "u2", "add_to_cart", "a", None, None),
+        ("e5", d(31), "u3", "search", None, None, None),
+        ("e6", d(30), "u1", "view", "c", "hats", 5.0),
+    ])
+
+
+def test_id_maps_are_append_only_and_stable(spark, events):
+    first = new_id_rows(events, None, "user_id")
+    assert [(r.user_id, r.user_idx) for r in first.orderBy("user_idx").collect()] == [("u1", 0), ("u2", 1), ("u3", 2)]
+    more = events.unionByName(_events(spark, [("e7", d(1), "u0", "view", "z", None, None)]))
+    added = new_id_rows(more, first, "user_id").collect()
+    assert [(r.user_id, r.user_idx) for r in added] == [("u0", 3)]  # old ids keep their index even though u0 is older
+    assert new_id_rows(more, first.unionByName(spark.createDataFrame(added)), "user_id").count() == 0
+
+
+def test_interactions_weights_decay_from_newest_event(spark, events):
+    users = new_id_rows(events, None, "user_id")
+    items = new_id_rows(events.where("item_id IS NOT NULL"), None, "item_id")
+    rows = {(r.user_id, r.item_id): r for r in interactions(events, WEIGHTS, 30.0, users, items).collect()}
+    assert set(rows) == {("u1", "a"), ("u2", "b"), ("u2", "a"), ("u1", "c")}  # searches have no item
+    # newest event is May 31: u2's cart that day has full weight 3; u1's view (May 1) and purchase (May 2)
+    assert rows[("u2", "a")].weight == pytest.approx(3.0)
+    assert rows[("u1", "a")].weight == pytest.approx(1.0 * 2 ** (-30 / 30) + 5.0 * 2 ** (-29 / 30))
+    assert rows[("u1", "a")].n_view == 1 and rows[("u1", "a")].n_purchase == 1 and rows[("u1", "a")].n_events == 2
+
+
+def test_sequences_keep_last_l_oldest_first(spark, events):
+    users = new_id_rows(events, None, "user_id")
+    items = new_id_rows(events.where("item_id IS NOT NULL"), None, "item_id")
+    seqs = {r.user_id: r for r in recent_sequences(events, 2, items, users).collect()}
+    assert seqs["u1"].item_ids == ["a", "c"] and seqs["u1"].event_types == ["purchase", "view"]
+    assert seqs["u2"].item_ids == ["b", "a"] and seqs["u2"].last_ts == d(31)
+    assert "u3" not in seqs  # only searched
+
+
+def test_item_stats_popularity_trending_and_catalogue(spark, events):
+    items = new_id_rows(events.where("item_id IS NOT NULL"), None, "item_id")
+    catalogue = spark.createDataFrame([("b", "caps", 7.5, False)], "item_id string, category string, price double, available boolean")
+    stats = {r.item_id: r for r in item_stats(events, WEIGHTS, 30.0, 7.0, items, catalogue).collect()}
+    assert stats["a"].pop_rank == 1 and stats["a"].n_users == 2 and stats["a"].n_purchases == 1
+    assert stats["a"].category == "shoes" and stats["a"].price == 12.0  # latest known values
+    assert stats["b"].category == "caps" and stats["b"].price == 7.5 and stats["b"].available is False
+    assert stats["c"].available is True and stats["c"].category_rank == 1
+    assert stats["c"].trending_score > 0 and stats["b"].trending_score == 0  # c is new this week; b is a month old
+    assert stats["a"].first_seen == d(1) and stats["a"].last_seen == d(31)
