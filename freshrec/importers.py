@@ -1,0 +1,818 @@
+"""Importers: map public data sets and generic files onto the canonical event log.
+
+Importers *map*, they do not validate: every data row of a source becomes exactly one landing
+row (an OTTO session line becomes one row per event), carrying its raw value where it cannot be
+mapped, so that the Spark clean job quarantines it with a reason. Nothing is dropped silently;
+the only rows left out on purpose are movielens ratings below ``--min-rating`` (an explicit
+user choice, counted and reported) and blank lines (which hold no row).
+
+Landing files are written atomically (temp name, then rename) and are named uniquely per
+import, so the landing zone is append-only: importing the same source twice writes new files
+whose rows carry the same derived ``event_id`` values, and downstream dedup counts the second
+copy as duplicates.
+
+Every reader streams, whatever the size of the source: rows are written as they are read and
+memory stays bounded. Files are written with the protocol of
+:func:`freshrec.landing.atomic_write_jsonl` (hidden temp name, then rename) and the same bytes per
+row; the hot paths hand over ready JSON lines because ``json.dumps`` per row would halve the rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import gzip
+import hashlib
+import io
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import uuid
+import zipfile
+import zlib
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from datetime import date, datetime, timezone
+from itertools import chain, islice
+from json.encoder import encode_basestring_ascii
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator, Mapping, Union
+
+from freshrec.errors import UserError
+from freshrec.schemas import EVENT_TYPES, LANDING_SUFFIXES
+
+log = logging.getLogger(__name__)
+
+# Field a landing row carries when a source line could not be mapped at all (e.g. an OTTO line
+# that is not JSON). Not a canonical field: the clean job quarantines such rows, keeping the text.
+RAW_SOURCE_FIELD = "raw_source"
+
+RETAILROCKET_EVENTS = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
+OTTO_EVENTS = {"clicks": "view", "carts": "add_to_cart", "orders": "purchase"}
+TAFENG_MEMBER = "ta_feng_all_months_merged.csv"
+TAFENG_COLUMNS = ("TRANSACTION_DT", "CUSTOMER_ID", "PRODUCT_SUBCLASS", "PRODUCT_ID", "AMOUNT", "SALES_PRICE")
+
+_PROGRESS_EVERY = 20_000
+
+# A reader yields a row as a dict, or (on its hot path) as the finished JSON line without "\n".
+Row = Union[dict, str]
+_esc = encode_basestring_ascii  # JSON string literal, quotes included, same as json.dumps
+
+
+@dataclass
+class ImportReport:
+    """What one ``import`` invocation did."""
+
+    files: list[tuple[Path, int]] = field(default_factory=list)
+    rows: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows deliberately left out
+
+    def skip(self, reason: str, n: int = 1) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + n
+
+
+# --------------------------------------------------------------------------------------------
+# entry points
+# --------------------------------------------------------------------------------------------
+
+def import_sources(settings, fmt: str, sources: list[Path], args: argparse.Namespace) -> list[tuple[Path, int]]:
+    """Import ``sources`` of format ``fmt`` into the landing zone; returns (landing file, rows) per file."""
+    report = run_import(settings, fmt, sources, args)
+    for reason, n in sorted(report.skipped.items()):
+        if n:
+            print(f"freshrec: note: left out {n:,} row(s): {reason}", file=sys.stderr)
+    return report.files
+
+
+def run_import(settings, fmt: str, sources: list[Path], args: argparse.Namespace) -> ImportReport:
+    """Like :func:`import_sources` but returns the full :class:`ImportReport` (skip counts included)."""
+    if fmt not in _READERS and fmt != "events":
+        raise UserError(f"unknown import format {fmt!r}; expected one of events, {', '.join(sorted(_READERS))}")
+    sources = [Path(s) for s in sources]
+    if not sources:
+        raise UserError("no source file given")
+    for src in sources:
+        _check_source_file(src)
+    rows_per_file = int(getattr(args, "rows_per_file", None) or 500_000)
+    if rows_per_file < 1:
+        raise UserError(f"--rows-per-file must be >= 1, got {rows_per_file}")
+    directory = settings.landing_events_dir
+    directory.mkdir(parents=True, exist_ok=True)
+    report = ImportReport()
+
+    if fmt == "events":
+        prepared = [(src, _events_suffix(src)) for src in sources]  # validate every name before copying any
+        with _progress() as progress:
+            for src, suffix in prepared:
+                path, n = _copy_canonical(directory, src, suffix)
+                report.files.append((path, n))
+                report.rows += n
+                progress(src.name, n)
+        return report
+
+    reader = _READERS[fmt]
+    # Open and check the header of every source before writing anything, so a bad second
+    # file does not leave the first one half-imported.
+    for src in sources:
+        gen = reader(src, args, report)
+        try:
+            next(gen, None)
+        finally:
+            gen.close()
+    report.skipped.clear()
+
+    with _progress() as progress:
+        for src in sources:
+            for path, n in _write_parts(directory, fmt, src, reader(src, args, report), rows_per_file, progress):
+                report.files.append((path, n))
+                report.rows += n
+    log.info("imported %d rows from %d source(s) into %d landing file(s)", report.rows, len(sources), len(report.files))
+    return report
+
+
+# --------------------------------------------------------------------------------------------
+# helpers shared by the readers
+# --------------------------------------------------------------------------------------------
+
+def derive_event_id(fmt: str, basename: str, line_no: int | str) -> str:
+    """Deterministic event id from the source format, the source file's base name and a row number."""
+    return f"{fmt}-" + hashlib.sha1(f"{fmt}:{basename}:{line_no}".encode("utf-8")).hexdigest()[:20]
+
+
+def _id_maker(fmt: str, basename: str) -> Callable[[int | str], str]:
+    head = f"{fmt}:{basename}:".encode("utf-8")
+    prefix = f"{fmt}-"
+    sha1 = hashlib.sha1
+
+    def make(line_no: int | str) -> str:
+        return prefix + sha1(head + str(line_no).encode("utf-8")).hexdigest()[:20]
+
+    return make
+
+
+def _check_source_file(src: Path) -> None:
+    if not src.exists():
+        raise UserError(f"source file not found: {src}")
+    if src.is_dir():
+        raise UserError(f"source is a directory, expected a file: {src}")
+    if not src.is_file():
+        raise UserError(f"source is not a regular file: {src}")
+    if src.stat().st_size == 0:
+        raise UserError(f"source file is empty: {src}")
+
+
+_SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+
+
+def _stem(src: Path) -> str:
+    name = src.name
+    for suffix in (".gz", ".zip"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    for suffix in (".jsonl", ".json", ".csv", ".dat", ".data", ".tsv", ".txt"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _SAFE.sub("_", name).strip("._") or "source"
+
+
+def _unique_prefix(directory: Path, fmt: str, src: Path) -> str:
+    """``{fmt}-{stem}-{UTC time to the microsecond}``, unused so far in ``directory``."""
+    stem = _stem(src)
+    while True:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        prefix = f"{fmt}-{stem}-{stamp}"
+        if not any(directory.glob(f"{prefix}-*")) and not any(directory.glob(f".{prefix}-*")):
+            return prefix
+
+
+def _write_parts(directory: Path, fmt: str, src: Path, rows: Iterator[Row], rows_per_file: int,
+                 progress: Callable[[str, int], None]) -> Iterator[tuple[Path, int]]:
+    prefix = _unique_prefix(directory, fmt, src)
+    desc = f"{fmt} {src.name}"
+    it = iter(rows)
+    part = 0
+    while True:
+        try:
+            first = next(it)
+        except StopIteration:
+            return
+        body = chain((first,), islice(it, rows_per_file - 1))
+        yield _atomic_write_rows(directory, f"{prefix}-{part:05d}.jsonl", body, progress, desc)
+        part += 1
+
+
+def dumps_row(row: Mapping) -> str:
+    """One landing line, exactly as :func:`freshrec.landing.atomic_write_jsonl` writes it (None values dropped)."""
+    return json.dumps({k: v for k, v in row.items() if v is not None}, separators=(",", ":"), allow_nan=True)
+
+
+def _atomic_write_rows(directory: Path, name: str, rows: Iterable[Row], progress: Callable[[str, int], None],
+                       desc: str) -> tuple[Path, int]:
+    """:func:`freshrec.landing.atomic_write_jsonl` for rows that may come pre-serialised.
+
+    Same temp-then-rename protocol and the same bytes; readers hand over a ready JSON line (str)
+    on their hot path because ``json.dumps`` per row would halve the import rate.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / name
+    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    n = 0
+    reported = 0
+    try:
+        with tmp.open("w", encoding="utf-8", newline="") as fh:
+            write = fh.write
+            buf: list[str] = []
+            for row in rows:
+                buf.append(row if type(row) is str else dumps_row(row))  # noqa: E721  (exact str only)
+                if len(buf) == 4096:
+                    buf.append("")
+                    write("\n".join(buf))
+                    n += 4096
+                    buf = []
+                    if n - reported >= _PROGRESS_EVERY:
+                        progress(desc, n - reported)
+                        reported = n
+            if buf:
+                buf.append("")
+                write("\n".join(buf))
+                n += len(buf) - 1
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    progress(desc, n - reported)
+    return final, n
+
+
+@contextmanager
+def _open_text(src: Path, member: str | None = None, encoding: str = "utf-8-sig") -> Iterator[IO[str]]:
+    """Open a source as text: plain, ``.gz`` or a ``.zip`` (the named member, else its only file)."""
+    with ExitStack() as stack:
+        name = src.name.lower()
+        if name.endswith(".zip") or (not name.endswith(".gz") and zipfile.is_zipfile(src)):
+            try:
+                zf = stack.enter_context(zipfile.ZipFile(src))
+            except zipfile.BadZipFile as exc:
+                raise UserError(f"{src}: not a readable zip file ({exc})") from None
+            names = [i.filename for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+            wanted = [n for n in names if member and n.rsplit("/", 1)[-1] == member]
+            if not wanted and member is None and len(names) == 1:
+                wanted = names
+            if not wanted:
+                expected = f"member {member!r}" if member else "exactly one file"
+                raise UserError(f"{src}: zip has no {expected}; it holds: {', '.join(names) or '(nothing)'}")
+            binary = stack.enter_context(zf.open(wanted[0]))
+        elif name.endswith(".gz"):
+            binary = stack.enter_context(gzip.open(src, "rb"))
+        else:
+            binary = stack.enter_context(src.open("rb"))
+        text = stack.enter_context(io.TextIOWrapper(binary, encoding=encoding, errors="replace", newline=""))
+        try:
+            yield text
+        except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as exc:
+            raise UserError(f"{src}: corrupt compressed data ({exc})") from None
+
+
+def _zip_member_basename(src: Path, member: str | None) -> str:
+    """Base name used for derived ids: the data file's own name (a zip's member, not the zip)."""
+    if src.name.lower().endswith(".zip") or zipfile.is_zipfile(src):
+        with zipfile.ZipFile(src) as zf:
+            names = [i.filename for i in zf.infolist() if not i.is_dir() and not i.filename.startswith("__MACOSX/")]
+        for n in names:
+            if member and n.rsplit("/", 1)[-1] == member:
+                return member
+        if len(names) == 1:
+            return names[0].rsplit("/", 1)[-1]
+    name = src.name
+    return name[:-3] if name.lower().endswith(".gz") else name
+
+
+def _header_index(src: Path, header: list[str] | None, wanted: dict[str, str | None], fmt: str) -> dict[str, int | None]:
+    """Map canonical name -> column index; UserError naming the missing column and the ones available."""
+    if header is None:
+        raise UserError(f"{src}: empty file, no header row")
+    cols = [h.strip() for h in header]
+    out: dict[str, int | None] = {}
+    for key, col in wanted.items():
+        if col is None:
+            out[key] = None
+            continue
+        if col in cols:
+            out[key] = cols.index(col)
+            continue
+        lowered = [c.lower() for c in cols]
+        if col.lower() in lowered:
+            out[key] = lowered.index(col.lower())
+            continue
+        raise UserError(f"{src}: column {col!r} not found ({fmt}); available columns: {', '.join(cols) or '(none)'}")
+    return out
+
+
+def _first_row(reader: Iterator[list[str]]) -> list[str] | None:
+    for row in reader:
+        if row and any(cell.strip() for cell in row):
+            return row
+    return None
+
+
+def _int_or_raw(text: str | None):
+    if text is None:
+        return None
+    s = text.strip()
+    if s == "":
+        return None
+    try:
+        return int(s)
+    except ValueError:
+        try:
+            f = float(s)
+        except ValueError:
+            return text
+        return int(f) if f.is_integer() and abs(f) < 2**63 else f
+
+
+def _float_or_raw(text: str | None):
+    if text is None:
+        return None
+    s = text.strip()
+    if s == "":
+        return None
+    try:
+        return float(s)
+    except ValueError:
+        return text
+
+
+def _none_if_empty(text: str | None) -> str | None:
+    if text is None:
+        return None
+    return text if text.strip() != "" else None
+
+
+def _cell(row: list[str], idx: int | None) -> str | None:
+    if idx is None or idx >= len(row):
+        return None
+    return row[idx]
+
+
+# --------------------------------------------------------------------------------------------
+# events: canonical files are copied byte for byte
+# --------------------------------------------------------------------------------------------
+
+def _events_suffix(src: Path) -> str:
+    name = src.name.lower()
+    for suffix in sorted(LANDING_SUFFIXES, key=len, reverse=True):
+        if name.endswith(suffix):
+            return suffix
+    raise UserError(f"{src}: canonical events must be named *{', *'.join(LANDING_SUFFIXES)}")
+
+
+def _copy_canonical(directory: Path, src: Path, suffix: str) -> tuple[Path, int]:
+    with src.open("rb") as fh:
+        magic = fh.read(2)
+    is_gz = magic == b"\x1f\x8b"
+    if suffix.endswith(".gz") and not is_gz:
+        raise UserError(f"{src}: named .gz but is not gzip data")
+    if not suffix.endswith(".gz") and is_gz:
+        raise UserError(f"{src}: holds gzip data; name it *{suffix}.gz")
+    prefix = _unique_prefix(directory, "events", src)
+    final = directory / f"{prefix}-00000{suffix}"
+    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        with src.open("rb") as fin, tmp.open("wb") as fout:
+            shutil.copyfileobj(fin, fout, 1 << 20)
+        n = _count_rows(tmp, suffix, src)
+        if n == 0 and not suffix.startswith(".csv"):
+            raise UserError(f"{src}: no events in file")
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return final, n
+
+
+def _count_rows(path: Path, suffix: str, src: Path) -> int:
+    """Rows in a canonical file: non-blank lines for JSON lines, records after the header for CSV."""
+    try:
+        opener = gzip.open(path, "rb") if suffix.endswith(".gz") else path.open("rb")
+        with opener as fh:
+            if suffix.startswith(".csv"):
+                text = io.TextIOWrapper(fh, encoding="utf-8-sig", errors="replace", newline="")
+                rows = sum(1 for row in csv.reader(text) if row and any(c.strip() for c in row))
+                if rows == 0:
+                    raise UserError(f"{src}: empty file, no header row")
+                return rows - 1
+            n = 0
+            for line in fh:
+                if line.strip():
+                    n += 1
+            return n
+    except (EOFError, gzip.BadGzipFile, zlib.error) as exc:
+        raise UserError(f"{src}: corrupt gzip data ({exc})") from None
+
+
+# --------------------------------------------------------------------------------------------
+# retailrocket: events.csv (timestamp, visitorid, event, itemid, transactionid)
+# --------------------------------------------------------------------------------------------
+
+def _read_retailrocket(src: Path, args, report: ImportReport) -> Iterator[Row]:
+    basename = _zip_member_basename(src, None)
+    head, sha1 = f"retailrocket:{basename}:".encode("utf-8"), hashlib.sha1
+    with _open_text(src) as text:
+        reader = csv.reader(text)
+        idx = _header_index(src, _first_row(reader), {"ts": "timestamp", "user_id": "visitorid", "event": "event",
+                                                       "item_id": "itemid"}, "retailrocket")
+        its, iu, ie, ii = idx["ts"], idx["user_id"], idx["event"], idx["item_id"]
+        width = max(its, iu, ie, ii) + 1
+        mapping = RETAILROCKET_EVENTS
+        n = 0
+        for row in reader:
+            if not row or not any(c.strip() for c in row):
+                report.skip("blank lines")
+                continue
+            n += 1
+            eid = "retailrocket-" + sha1(head + b"%d" % n).hexdigest()[:20]
+            if len(row) < width:
+                row = row + [""] * (width - len(row))
+            ts, user, event, item = row[its], row[iu], row[ie], row[ii]
+            ev = mapping.get(event)
+            try:
+                t = int(ts)
+            except ValueError:
+                t = None
+            if t is not None and ev is not None and user and item:
+                yield f'{{"event_id":"{eid}","ts":{t},"user_id":{_esc(user)},"event_type":"{ev}","item_id":{_esc(item)}}}'
+                continue
+            yield {
+                "event_id": eid,
+                "ts": _int_or_raw(ts),
+                "user_id": _none_if_empty(user),
+                "event_type": ev or _none_if_empty(event),  # unknown strings kept: the clean job quarantines them
+                "item_id": _none_if_empty(item),
+            }
+
+
+# --------------------------------------------------------------------------------------------
+# otto: one JSON session per line
+# --------------------------------------------------------------------------------------------
+
+def _read_otto(src: Path, args, report: ImportReport) -> Iterator[Row]:
+    basename = _zip_member_basename(src, None)
+    head, sha1 = f"otto:{basename}:".encode("utf-8"), hashlib.sha1
+    mapping = OTTO_EVENTS
+    loads = json.loads
+    with _open_text(src) as text:
+        line_no = 0
+        seen_any = False
+        for line in text:
+            line_no += 1
+            if not line.strip():
+                report.skip("blank lines")
+                continue
+            seen_any = True
+            try:
+                obj = loads(line)
+            except ValueError:
+                obj = None
+            events = obj.get("events") if type(obj) is dict else None
+            if type(events) is not list:
+                # Not an OTTO session: one row the clean job quarantines, with the raw text.
+                yield {"event_id": "otto-" + sha1(head + b"%d" % line_no).hexdigest()[:20],
+                       "event_type": "<unparseable otto line>", RAW_SOURCE_FIELD: line.rstrip("\r\n")}
+                continue
+            session = obj.get("session")
+            sid = None if session is None or isinstance(session, (dict, list)) else str(session)
+            sid_json = _esc(sid) if sid else None
+            for k, ev in enumerate(events):
+                eid = "otto-" + sha1(head + b"%d:%d" % (line_no, k)).hexdigest()[:20]
+                if type(ev) is not dict:
+                    yield {"event_id": eid, "user_id": sid, "session_id": sid,
+                           "event_type": "<unparseable otto event>", RAW_SOURCE_FIELD: json.dumps(ev)}
+                    continue
+                typ = ev.get("type")
+                aid = ev.get("aid")
+                ts = ev.get("ts")
+                mapped = mapping.get(typ) if type(typ) is str else None
+                if mapped is not None and sid_json is not None and type(aid) is int and type(ts) is int:
+                    yield (f'{{"event_id":"{eid}","ts":{ts},"user_id":{sid_json},"session_id":{sid_json},'
+                           f'"event_type":"{mapped}","item_id":"{aid}"}}')
+                    continue
+                yield {
+                    "event_id": eid,
+                    "ts": ts,
+                    "user_id": sid,
+                    "session_id": sid,
+                    "event_type": mapped or typ,
+                    "item_id": None if aid is None else (aid if isinstance(aid, (dict, list)) else str(aid)),
+                }
+        if not seen_any:
+            raise UserError(f"{src}: no sessions in file")
+
+
+# --------------------------------------------------------------------------------------------
+# tafeng: the zip as distributed or the CSV inside it
+# --------------------------------------------------------------------------------------------
+
+def tafeng_date(raw: str) -> tuple[str, str]:
+    """'11/1/2000' -> ('2000-11-01T00:00:00', '2000-11-01'); the raw text twice when it does not parse."""
+    try:
+        m, d, y = raw.strip().split("/")
+        day = date(int(y), int(m), int(d)).isoformat()
+    except ValueError:
+        return raw, raw
+    return f"{day}T00:00:00", day
+
+
+def tafeng_unit_price(amount, sales: str):
+    """SALES_PRICE is the line total: unit price = SALES_PRICE / AMOUNT (None when AMOUNT is 0 or not a number).
+
+    A SALES_PRICE that is not a number is passed through raw, for the clean job to quarantine.
+    """
+    if type(amount) is not int or amount == 0:
+        return None
+    try:
+        return round(float(sales) / amount, 4)
+    except ValueError:
+        return _none_if_empty(sales)
+
+
+def _read_tafeng(src: Path, args, report: ImportReport) -> Iterator[Row]:
+    basename = _zip_member_basename(src, TAFENG_MEMBER)
+    head, sha1 = f"tafeng:{basename}:".encode("utf-8"), hashlib.sha1
+    with _open_text(src, member=TAFENG_MEMBER, encoding="utf-8-sig") as text:
+        reader = csv.reader(text)
+        idx = _header_index(src, _first_row(reader), {c: c for c in TAFENG_COLUMNS}, "tafeng")
+        i_dt, i_cust, i_cat, i_item, i_amt, i_sales = (idx[c] for c in TAFENG_COLUMNS)
+        width = max(idx.values()) + 1
+        dates: dict[str, tuple[str, str, str]] = {}
+        n = 0
+        for row in reader:
+            if len(row) < width:
+                if not row or not any(c.strip() for c in row):
+                    report.skip("blank lines")
+                    continue
+                row = row + [""] * (width - len(row))
+            n += 1
+            eid = "tafeng-" + sha1(head + b"%d" % n).hexdigest()[:20]
+            raw_dt, cust, item, cat, amount = row[i_dt], row[i_cust], row[i_item], row[i_cat], row[i_amt]
+            hit = dates.get(raw_dt)
+            if hit is None:
+                ts, day = tafeng_date(raw_dt)
+                hit = (ts, day, _esc(ts))
+                if len(dates) < 100_000:
+                    dates[raw_dt] = hit
+            ts, day, ts_json = hit
+            try:
+                qty = int(amount)
+            except ValueError:
+                qty = _int_or_raw(amount)
+            price = tafeng_unit_price(qty, row[i_sales])
+            if cust and item and cat and type(qty) is int and type(price) is float and price - price == 0.0:
+                yield (f'{{"event_id":"{eid}","ts":{ts_json},"user_id":{_esc(cust)},"session_id":{_esc(cust + "-" + day)},'
+                       f'"event_type":"purchase","item_id":{_esc(item)},"category":{_esc(cat)},"price":{price!r},'
+                       f'"quantity":{qty}}}')
+                continue
+            yield {
+                "event_id": eid,
+                "ts": ts,
+                "user_id": cust or None,
+                "session_id": f"{cust}-{day}",
+                "event_type": "purchase",
+                "item_id": item or None,
+                "category": cat or None,
+                "price": price,
+                "quantity": qty,
+            }
+
+
+# --------------------------------------------------------------------------------------------
+# movielens: ml-100k u.data (tab), ml-1m ratings.dat (::), ml-latest ratings.csv (header)
+# --------------------------------------------------------------------------------------------
+
+def _movielens_separator(first: str) -> str | None:
+    if "::" in first:
+        return "::"  # ml-1m, ml-10m ratings.dat
+    if "\t" in first:
+        return "\t"  # ml-100k u.data
+    if "," in first:
+        return ","  # ml-latest / ml-20m ratings.csv
+    return None  # any whitespace
+
+
+def _read_movielens(src: Path, args, report: ImportReport) -> Iterator[Row]:
+    basename = _zip_member_basename(src, None)
+    head, sha1 = f"movielens:{basename}:".encode("utf-8"), hashlib.sha1
+    min_rating = getattr(args, "min_rating", None)
+    skip_reason = f"movielens ratings below --min-rating {min_rating:g}" if min_rating is not None else ""
+    with _open_text(src) as text:
+        sep: str | None = None
+        started = False
+        line_no = 0
+        for line in text:
+            line_no += 1
+            s = line.strip()
+            if not s:
+                report.skip("blank lines")
+                continue
+            if not started:
+                started = True
+                sep = _movielens_separator(s)
+                if s.split(sep)[0].strip().lower() in ("userid", "user_id", "user"):
+                    continue  # a header line
+            eid = "movielens-" + sha1(head + b"%d" % line_no).hexdigest()[:20]
+            parts = s.split(sep)
+            if len(parts) < 4:
+                yield {"event_id": eid, "event_type": "<unparseable movielens line>", RAW_SOURCE_FIELD: s}
+                continue
+            user, item, rating, secs = parts[0].strip(), parts[1].strip(), parts[2].strip(), parts[3].strip()
+            if min_rating is not None:
+                try:
+                    if float(rating) < min_rating:
+                        report.skip(skip_reason)
+                        continue
+                except ValueError:
+                    pass  # an unparseable rating is kept: the row is still a valid interaction
+            try:
+                ts = int(secs) * 1000
+            except ValueError:
+                ts = None
+            if ts is not None and user and item:
+                yield f'{{"event_id":"{eid}","ts":{ts},"user_id":{_esc(user)},"event_type":"purchase","item_id":{_esc(item)}}}'
+                continue
+            yield {
+                "event_id": eid,
+                "ts": ts if ts is not None else (secs or None),
+                "user_id": user or None,
+                "event_type": "purchase",
+                "item_id": item or None,
+            }
+        if not started:
+            raise UserError(f"{src}: empty file, no ratings")
+
+
+# --------------------------------------------------------------------------------------------
+# csv: generic, column flags
+# --------------------------------------------------------------------------------------------
+
+def _parse_event_map(text: str | None) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if not text:
+        return out
+    for pair in text.split(","):
+        if not pair.strip():
+            continue
+        if "=" not in pair:
+            raise UserError(f"--event-map: expected source=canonical pairs separated by commas, got {pair.strip()!r}")
+        src, dst = (p.strip() for p in pair.split("=", 1))
+        if dst not in EVENT_TYPES:
+            raise UserError(f"--event-map: {dst!r} is not an event type; expected one of {', '.join(EVENT_TYPES)}")
+        out[src] = dst
+    return out
+
+
+def _delimiter(text: str | None) -> str:
+    if text is None or text == "":
+        return ","
+    named = {"\\t": "\t", "tab": "\t", "TAB": "\t", "\\x01": "\x01", "space": " "}
+    text = named.get(text, text)
+    if len(text) != 1:
+        raise UserError(f"--delimiter must be one character, got {text!r}")
+    return text
+
+
+def _ts_converter(fmt: str | None) -> Callable[[str | None], object]:
+    if not fmt:
+        def convert(raw: str | None) -> object:
+            if raw is None:
+                return None
+            s = raw.strip()
+            if not s:
+                return None
+            if s.isdigit():
+                return int(s)
+            return s
+        return convert
+    low = fmt.strip().lower()
+    if low in ("epoch_ms", "ms", "epoch_s", "epoch", "s", "unix"):
+        factor = 1 if low in ("epoch_ms", "ms") else 1000
+
+        def convert_epoch(raw: str | None) -> object:
+            if raw is None or not raw.strip():
+                return None
+            try:
+                return int(round(float(raw) * factor))
+            except ValueError:
+                return raw
+        return convert_epoch
+    try:
+        datetime.strptime(datetime(2001, 2, 3, 4, 5, 6).strftime(fmt), fmt)
+    except ValueError:
+        raise UserError(f"--ts-format {fmt!r} is not a usable strptime format") from None
+
+    def convert_fmt(raw: str | None) -> object:
+        if raw is None or not raw.strip():
+            return None
+        try:
+            dt = datetime.strptime(raw.strip(), fmt)
+        except ValueError:
+            return raw
+        if dt.tzinfo is not None:
+            return dt.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ").replace(".000000Z", "Z")
+        return dt.isoformat()
+    return convert_fmt
+
+
+def _read_csv(src: Path, args, report: ImportReport) -> Iterator[Row]:
+    user_col = getattr(args, "user_col", None)
+    ts_col = getattr(args, "ts_col", None)
+    event_col = getattr(args, "event_col", None)
+    default_event = getattr(args, "default_event", None)
+    if not user_col:
+        raise UserError("format csv needs --user-col (the column holding the user id)")
+    if not ts_col:
+        raise UserError("format csv needs --ts-col (the column holding the timestamp)")
+    if not event_col and not default_event:
+        raise UserError("format csv needs --event-col or --default-event")
+    if default_event and default_event not in EVENT_TYPES:
+        raise UserError(f"--default-event {default_event!r} is not an event type; expected one of {', '.join(EVENT_TYPES)}")
+    event_map = _parse_event_map(getattr(args, "event_map", None))
+    delimiter = _delimiter(getattr(args, "delimiter", ","))
+    convert_ts = _ts_converter(getattr(args, "ts_format", None))
+    wanted = {
+        "user_id": user_col, "ts": ts_col, "event_type": event_col,
+        "item_id": getattr(args, "item_col", None), "session_id": getattr(args, "session_col", None),
+        "category": getattr(args, "category_col", None), "price": getattr(args, "price_col", None),
+        "quantity": getattr(args, "quantity_col", None), "query": getattr(args, "query_col", None),
+        "event_id": getattr(args, "event_id_col", None),
+    }
+    basename = _zip_member_basename(src, None)
+    make_id = _id_maker("csv", basename)
+    with _open_text(src) as text:
+        reader = csv.reader(text, delimiter=delimiter)
+        idx = _header_index(src, _first_row(reader), wanted, "csv")
+        i_user, i_ts, i_ev, i_item, i_sess, i_cat, i_price, i_qty, i_query, i_id = (
+            idx["user_id"], idx["ts"], idx["event_type"], idx["item_id"], idx["session_id"], idx["category"],
+            idx["price"], idx["quantity"], idx["query"], idx["event_id"])
+        n = 0
+        for row in reader:
+            if not row or not any(c.strip() for c in row):
+                report.skip("blank lines")
+                continue
+            n += 1
+            if i_ev is not None:
+                raw_ev = _cell(row, i_ev)
+                ev = event_map.get(raw_ev.strip(), raw_ev.strip()) if raw_ev is not None else None
+                if not ev:
+                    ev = default_event
+            else:
+                ev = default_event
+            eid = _none_if_empty(_cell(row, i_id)) if i_id is not None else None
+            yield {
+                "event_id": eid if eid is not None else make_id(n),
+                "ts": convert_ts(_cell(row, i_ts)),
+                "user_id": _none_if_empty(_cell(row, i_user)),
+                "session_id": _none_if_empty(_cell(row, i_sess)),
+                "event_type": ev,
+                "item_id": _none_if_empty(_cell(row, i_item)),
+                "query": _none_if_empty(_cell(row, i_query)),
+                "category": _none_if_empty(_cell(row, i_cat)),
+                "price": _float_or_raw(_cell(row, i_price)),
+                "quantity": _int_or_raw(_cell(row, i_qty)),
+            }
+
+
+_READERS: dict[str, Callable[[Path, argparse.Namespace, ImportReport], Iterator[Row]]] = {
+    "retailrocket": _read_retailrocket,
+    "otto": _read_otto,
+    "tafeng": _read_tafeng,
+    "movielens": _read_movielens,
+    "csv": _read_csv,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# progress (stderr, only on a terminal)
+# --------------------------------------------------------------------------------------------
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int], None]]:
+    if not sys.stderr.isatty():
+        yield lambda desc, n: None
+        return
+    from rich.console import Console
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    tasks: dict[str, int] = {}
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,.0f} rows"),
+                  TimeElapsedColumn(), console=Console(stderr=True), transient=True) as bar:
+        def advance(desc: str, n: int) -> None:
+            if desc not in tasks:
+                tasks[desc] = bar.add_task(desc, total=None)
+            bar.advance(tasks[desc], n)
+        yield advance
+
+

@@ -1,0 +1,73 @@
+"""Bad arguments get one clear line on stderr and exit 2, never a traceback."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import SAMPLES
+
+BIN = Path(sys.executable).parent / "freshrec"
+
+
+def _run(args: list[str], home: Path) -> subprocess.CompletedProcess:
+    cmd = [str(BIN), *args] if BIN.exists() else [sys.executable, "-m", "freshrec.cli", *args]
+    env = {**os.environ, "FRESHREC_HOME": str(home)}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
+
+
+def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -> None:
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("freshrec")
+    for needle in needles:
+        assert needle in lines[0]
+
+
+@pytest.mark.parametrize("args, needles", [
+    (["import", "parquet", "x.parquet"], ["invalid choice", "parquet"]),
+    (["import", "otto", "does-not-exist.jsonl"], ["not found", "does-not-exist.jsonl"]),
+    (["generate", "--events", "-5"], ["positive integer", "-5"]),
+    (["generate", "--events", "abc"], ["positive integer", "abc"]),
+    (["generate", "--events", "0"], ["positive integer"]),
+    (["generate", "--events", "10", "--start", "soon"], ["--start"]),
+    (["frobnicate"], ["invalid choice", "frobnicate"]),
+    ([], ["required"]),
+    (["import", "retailrocket"], ["required"]),
+    (["import", "csv", str(SAMPLES / "retailrocket_sample_events.csv"), "--user-col", "visitorid", "--ts-col", "when",
+      "--default-event", "view"], ["'when'", "available columns", "timestamp"]),
+])
+def test_bad_arguments_exit_2_with_one_line(tmp_path, args, needles):
+    _assert_one_line_error(_run(args, tmp_path / "home"), *needles)
+
+
+def test_directory_source(tmp_path):
+    _assert_one_line_error(_run(["import", "events", str(tmp_path)], tmp_path / "home"), "directory")
+
+
+def test_import_and_generate_succeed(tmp_path):
+    home = tmp_path / "home"
+    ok = _run(["import", "retailrocket", str(SAMPLES / "retailrocket_sample_events.csv")], home)
+    assert ok.returncode == 0, ok.stderr
+    assert "imported 2,771 rows into 1 landing file(s)" in ok.stdout
+    gen = _run(["generate", "--events", "1000", "--seed", "3", "--start", "2024-01-01", "--dirty"], home)
+    assert gen.returncode == 0, gen.stderr
+    assert "generated 1,000 rows" in gen.stdout
+    assert (home / "landing" / "events" / "synthetic-3-00000.jsonl").is_file()
+    again = _run(["generate", "--events", "1000", "--seed", "3", "--start", "2024-01-01"], home)
+    _assert_one_line_error(again, "already exist")
+
+
+def test_min_rating_note(tmp_path):
+    src = tmp_path / "ratings.dat"
+    src.write_text("1::10::5::978300760\n1::11::3::978300761\n", encoding="utf-8")
+    res = _run(["import", "movielens", str(src), "--min-rating", "4"], tmp_path / "home")
+    assert res.returncode == 0, res.stderr
+    assert "imported 1 rows" in res.stdout
+    assert "left out 1 row(s): movielens ratings below --min-rating 4" in res.stderr
