@@ -63,12 +63,12 @@ class Ledger:
         with closing(self._connect()) as conn:
             row = conn.execute("SELECT COALESCE(SUM(read),0), COALESCE(SUM(clean),0), COALESCE(SUM(quarantined),0), "
                                "COALESCE(SUM(duplicates),0) FROM file_counts").fetchone()
-        return dict(zip(COUNT_KEYS, (int(v) for v in row)))
+        return dict(zip(COUNT_KEYS, (int(v) for v in row), strict=False))
 
     def file_counts(self) -> dict[str, dict[str, int]]:
         with closing(self._connect()) as conn:
             rows = conn.execute("SELECT source_file, read, clean, quarantined, duplicates FROM file_counts").fetchall()
-        return {r[0]: dict(zip(COUNT_KEYS, r[1:])) for r in rows}
+        return {r[0]: dict(zip(COUNT_KEYS, r[1:], strict=False)) for r in rows}
 
     def record_run(self, run_key: str, kind: str, state: str, started_at: str | None = None,
                    finished_at: str | None = None, detail: Mapping[str, Any] | None = None) -> None:

@@ -90,8 +90,8 @@ def read_catalogue(settings: Settings):
 
 def matrices_step(settings: Settings) -> dict[str, Any]:
     """Id maps (append-only), interactions, recent sequences and item stats under features/."""
-    from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
     from freshrec.spark import get_spark
+    from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
 
     spark = get_spark(settings)
     if not _exists(settings.events_path):

@@ -151,10 +151,9 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
     Among rows sharing an event id the kept one is the first by (source_file, raw), so the
     choice does not depend on Spark's partitioning and reruns keep the same row.
     """
+    from pyspark import StorageLevel
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-
-    from pyspark import StorageLevel
 
     parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours).persist(StorageLevel.MEMORY_AND_DISK)
     # The raw text only breaks ties between different rows claiming one event id; its hash
