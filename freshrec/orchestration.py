@@ -1,0 +1,497 @@
+"""Run the freshrec DAGs in-process through Airflow (``dag.test()``) on a SQLite metadata DB.
+
+Two halves live here:
+
+* helpers the DAG files call at run time (:func:`run_step`, :func:`batch_id_from_context`,
+  :func:`record_task_failure`, :func:`record_dag_run`). They import nothing heavy, so DAG
+  files that import this module still parse fast;
+* :func:`run_dag`, which ``freshrec run batch|incremental`` calls.
+
+Airflow reads its configuration from the environment when it is first imported, so
+:func:`run_dag` sets :func:`airflow_env` before importing anything from ``airflow``. The same
+environment makes the real Airflow CLI work on the same metadata DB::
+
+    eval "$(.venv/bin/python -m freshrec.orchestration env)"    # exports AIRFLOW_* and FRESHREC_*
+    .venv/bin/python -m freshrec.orchestration migrate          # once: metadata DB + freshrec_spark pool
+    .venv/bin/airflow dags test freshrec_batch
+
+which amounts to ``AIRFLOW_HOME=$FRESHREC_HOME/airflow``,
+``AIRFLOW__CORE__DAGS_FOLDER=<repo>/dags``, ``AIRFLOW__CORE__LOAD_EXAMPLES=False``,
+``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:////abs/$FRESHREC_HOME/airflow/airflow.db``,
+``AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING`` plus ``FRESHREC_HOME`` (absolute) and every other
+setting as ``FRESHREC_*`` (all paths absolute), so the tasks' ``Settings.load()`` sees exactly
+the settings of the caller.
+
+``AIRFLOW__CORE__UNIT_TEST_MODE`` is deliberately not set: it loads Airflow's own test config
+(example DAGs on, its own dags folder), which is the opposite of what is wanted here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import sys
+import time
+from dataclasses import fields
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping
+
+from freshrec.errors import QualityGateError, UserError
+from freshrec.settings import Settings
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DAGS_DIR = REPO_ROOT / "dags"
+KNOWN_DAGS = ("freshrec_batch", "freshrec_incremental")
+
+SPARK_POOL = "freshrec_spark"
+SPARK_POOL_SLOTS = 1
+DEFAULT_RETRIES = 2
+DEFAULT_RETRY_DELAY = timedelta(seconds=30)
+
+_DB_MARKER = "airflow.db.freshrec-migrated"
+_FINISHED = ("success", "failed", "skipped", "upstream_failed", "removed")
+
+
+# --------------------------------------------------------------------------------------------
+# Environment
+# --------------------------------------------------------------------------------------------
+def _env_value(value: Any) -> str:
+    if isinstance(value, dict):  # event_weights: "view=1.0,purchase=5.0" (what Settings.load parses)
+        return ",".join(f"{k}={float(v)!r}" for k, v in value.items())
+    if isinstance(value, Path):
+        return str(value.resolve())
+    return str(value)
+
+
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """``FRESHREC_*`` variables that make ``Settings.load()`` rebuild ``settings`` elsewhere.
+
+    Every field is exported (not only the non-default ones) so a ``freshrec.toml`` in the task's
+    working directory cannot make a task disagree with its caller. Paths are made absolute:
+    tasks may run with another working directory. Empty strings are skipped, since
+    ``Settings.load`` treats them as unset anyway.
+    """
+    env: dict[str, str] = {}
+    for f in fields(settings):
+        value = _env_value(getattr(settings, f.name))
+        if value != "":
+            env[f"FRESHREC_{f.name.upper()}"] = value
+    return env
+
+
+def airflow_env(settings: Settings) -> dict[str, str]:
+    """Environment for Airflow (in-process and CLI) on a SQLite metadata DB under FRESHREC_HOME."""
+    airflow_home = settings.airflow_home.resolve()
+    env = {
+        "AIRFLOW_HOME": str(airflow_home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
+    }
+    env.update(settings_to_env(settings))
+    return env
+
+
+@contextlib.contextmanager
+def _patched_environ(env: Mapping[str, str]) -> Iterator[None]:
+    """Set ``env`` for the duration of a run and restore the caller's environment after it."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def _configure_airflow(env: Mapping[str, str]) -> None:
+    """Point an already-imported Airflow at this run's metadata DB.
+
+    The first import of ``airflow`` reads the environment; a second ``run_dag`` in the same
+    process (tests, notebooks) with another FRESHREC_HOME must rebuild the ORM by hand.
+    """
+    import airflow.settings as af_settings  # first import configures everything from env
+
+    if af_settings.SQL_ALCHEMY_CONN != env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]:
+        af_settings.configure_vars()
+        af_settings.reconfigure_orm()
+    for name in ("airflow", "airflow.task", "airflow.processor", "py.warnings", "alembic", "sqlalchemy", "py4j"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+@contextlib.contextmanager
+def airflow_context(settings: Settings) -> Iterator[dict[str, str]]:
+    """Airflow configured for ``settings`` (env set, ORM pointed at its SQLite DB) inside the block.
+
+    The caller's environment is restored afterwards; Airflow stays imported.
+    """
+    env = airflow_env(settings)
+    with _patched_environ(env):
+        _configure_airflow(env)
+        yield env
+
+
+def prepare_metadata_db(settings: Settings) -> float:
+    """Create or migrate ``settings``' Airflow metadata DB; seconds spent (0.0 when already current)."""
+    settings = settings.replace(home=settings.home.resolve())
+    settings.ensure_dirs()
+    with airflow_context(settings):
+        return ensure_metadata_db(settings)
+
+
+# --------------------------------------------------------------------------------------------
+# Metadata DB
+# --------------------------------------------------------------------------------------------
+def _airflow_version() -> str:
+    from importlib.metadata import version
+
+    return version("apache-airflow")
+
+
+def ensure_metadata_db(settings: Settings) -> float:
+    """Create or migrate the Airflow metadata DB once; returns the seconds spent (0.0 when current).
+
+    A marker next to the DB records the Airflow version it was migrated with, so the usual
+    call costs one stat. Must be called with :func:`airflow_env` in effect.
+    """
+    airflow_home = settings.airflow_home.resolve()
+    db = airflow_home / "airflow.db"
+    marker = airflow_home / _DB_MARKER
+    wanted = f"{_airflow_version()}\n"
+    if db.is_file() and marker.is_file() and marker.read_text() == wanted:
+        return 0.0
+    airflow_home.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    from airflow.utils.db import initdb  # creates from the ORM when new, runs migrations otherwise
+
+    initdb()
+    _ensure_pool()
+    marker.write_text(wanted)
+    return time.monotonic() - started
+
+
+def _ensure_pool() -> None:
+    from airflow.models.pool import Pool
+
+    Pool.create_or_update_pool(
+        name=SPARK_POOL,
+        slots=SPARK_POOL_SLOTS,
+        description="freshrec Spark jobs: one at a time on one machine",
+        include_deferred=False,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers the DAG files call at run time
+# --------------------------------------------------------------------------------------------
+def _json_safe(value: Any) -> Any:
+    """XCom needs JSON; steps may return Paths, numpy ints or datetimes."""
+    return json.loads(json.dumps(value, default=str)) if value is not None else {}
+
+
+def run_step(step: Callable[..., Any], **kwargs: Any) -> Any:
+    """Call a freshrec step with settings from the environment, as every task does.
+
+    Errors the data or the user must fix (a failed quality gate, a bad input) fail the task
+    at once: retrying them only repeats the same answer minutes later.
+    """
+    from airflow.sdk.exceptions import AirflowFailException
+
+    settings = Settings.load()
+    try:
+        result = step(settings, **kwargs)
+    except (QualityGateError, UserError) as exc:
+        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    return _json_safe(result)
+
+
+def _safe_id(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_")
+
+
+def batch_id_from_context(context: Mapping[str, Any]) -> str:
+    """A batch id that names the run's data, e.g. ``batch-20260301T020000Z``.
+
+    Derived from the data interval, so rerunning the same interval reuses the same id (and
+    overwrites the same partitions) instead of adding a second copy. Runs without a data
+    interval fall back to the sanitised run_id.
+    """
+    dag = context.get("dag")
+    dag_id = getattr(dag, "dag_id", None) or "freshrec"
+    prefix = dag_id.removeprefix("freshrec_")
+    end = context.get("data_interval_end")
+    if end is not None:
+        end = end.astimezone(timezone.utc)
+        return f"{prefix}-{end:%Y%m%dT%H%M%SZ}"
+    return f"{prefix}-{_safe_id(str(context.get('run_id') or 'manual'))}"
+
+
+def _one_line(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error (see the task log)"
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    # AirflowFailException from run_step already names the original error type.
+    if not re.match(r"^[A-Za-z_]+(Error|Exception)\b", text):
+        text = f"{type(exc).__name__}: {text}"
+    return text[:1000]
+
+
+def _run_key(dag_id: str, run_id: str) -> str:
+    return f"{dag_id}:{run_id}"
+
+
+def record_task_failure(context: Mapping[str, Any]) -> None:
+    """Task ``on_failure_callback``: keep which task failed and why in the freshrec ledger.
+
+    Works wherever the task ran (dag.test, a Celery worker): it writes the ledger under
+    FRESHREC_HOME, never the Airflow metadata DB. Never raises: a callback must not mask the
+    task's own error.
+    """
+    try:
+        from freshrec.ledger import Ledger, utcnow_iso
+
+        ti = context.get("ti") or context.get("task_instance")
+        dag_id = getattr(ti, "dag_id", None) or getattr(context.get("dag"), "dag_id", "unknown")
+        run_id = context.get("run_id") or getattr(ti, "run_id", "unknown")
+        Ledger(Settings.load().state_db).record_run(
+            run_key=_run_key(dag_id, run_id), kind=dag_id, state="failed", finished_at=utcnow_iso(),
+            detail={"failed_task": getattr(ti, "task_id", None), "error": _one_line(context.get("exception"))},
+        )
+    except Exception:  # noqa: BLE001 - see docstring
+        log.warning("could not record the task failure in the freshrec ledger", exc_info=True)
+
+
+def _iso(value: Any) -> str | None:
+    return value.astimezone(timezone.utc).isoformat(timespec="seconds") if isinstance(value, datetime) else None
+
+
+def record_dag_run(context: Mapping[str, Any]) -> None:
+    """DAG ``on_success_callback``/``on_failure_callback``: keep the run in the freshrec ledger.
+
+    This is what makes ``freshrec status`` show runs started from the Airflow UI or scheduler;
+    ``run_dag`` records its own runs too (same key, so one row per run). Never raises.
+    """
+    try:
+        from freshrec.ledger import Ledger, utcnow_iso
+
+        dag_run = context.get("dag_run")
+        state = getattr(dag_run, "state", None)
+        state = str(getattr(state, "value", state) or ("success" if context.get("reason") == "success" else "failed"))
+        Ledger(Settings.load().state_db).record_run(
+            run_key=_run_key(dag_run.dag_id, dag_run.run_id), kind=dag_run.dag_id, state=state,
+            started_at=_iso(getattr(dag_run, "start_date", None)),
+            finished_at=_iso(getattr(dag_run, "end_date", None)) or utcnow_iso(),
+        )
+    except Exception:  # noqa: BLE001 - see docstring
+        log.warning("could not record the DAG run in the freshrec ledger", exc_info=True)
+
+
+# --------------------------------------------------------------------------------------------
+# run_dag
+# --------------------------------------------------------------------------------------------
+@contextlib.contextmanager
+def _output_to(log_path: Path) -> Iterator[None]:
+    """Send everything Airflow, Spark's JVM and py4j print to ``log_path`` for the block.
+
+    File descriptors 1 and 2 are redirected, not just sys.stdout: the JVM that Spark starts in
+    the first task inherits them and keeps them for its lifetime. The Python-level streams and
+    any logging handler bound to them are swapped too, because a host (pytest, a notebook) may
+    have replaced sys.stdout with an object that does not write to fd 1.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    old_out, old_err = sys.stdout, sys.stderr
+    for stream in (old_out, old_err):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    saved_out, saved_err = os.dup(1), os.dup(2)
+    # Streams over fds 1 and 2 themselves (never closed): a logger that caches one of them
+    # during the run writes to the real terminal again once the fds are restored.
+    fd_out = open(1, "w", encoding="utf-8", buffering=1, closefd=False)
+    fd_err = open(2, "w", encoding="utf-8", buffering=1, closefd=False)
+    replacement = {id(old_out): fd_out, id(old_err): fd_err}
+    for std, fd_stream in ((sys.__stdout__, fd_out), (sys.__stderr__, fd_err)):
+        if std is not None:
+            replacement.setdefault(id(std), fd_stream)
+    swapped: list[tuple[logging.StreamHandler, Any]] = []
+    loggers = [logging.getLogger()] + [lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    with open(log_path, "ab", buffering=0) as sink:
+        try:
+            os.dup2(sink.fileno(), 1)
+            os.dup2(sink.fileno(), 2)
+            sys.stdout, sys.stderr = fd_out, fd_err
+            for logger in loggers:
+                for handler in logger.handlers:
+                    if type(handler) is logging.StreamHandler and id(handler.stream) in replacement:
+                        swapped.append((handler, handler.setStream(replacement[id(handler.stream)])))
+            yield
+        finally:
+            for handler, stream in swapped:
+                handler.setStream(stream)
+            sys.stdout, sys.stderr = old_out, old_err
+            for stream in (fd_out, fd_err):
+                with contextlib.suppress(Exception):
+                    stream.flush()
+            os.dup2(saved_out, 1)
+            os.dup2(saved_err, 2)
+            os.close(saved_out)
+            os.close(saved_err)
+
+
+def _load_dag(dag_id: str):
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(DAGS_DIR), safe_mode=False)
+    dag = bag.dags.get(dag_id)
+    if dag is None:
+        errors = "; ".join(f"{Path(f).name}: {str(e).strip().splitlines()[-1]}" for f, e in bag.import_errors.items())
+        if errors:
+            raise UserError(f"DAG {dag_id} could not be loaded from {DAGS_DIR}: {errors}")
+        raise UserError(f"DAG {dag_id} is not defined in {DAGS_DIR} (yet)")
+    return dag
+
+
+def _task_rows(dag, dag_id: str, run_id: str) -> list[dict[str, Any]]:
+    """Task states of one run in the DAG's topological order."""
+    from airflow.models.taskinstance import TaskInstance
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        tis = session.scalars(select(TaskInstance).where(TaskInstance.dag_id == dag_id, TaskInstance.run_id == run_id)).all()
+        by_id = {ti.task_id: {"task_id": ti.task_id, "state": str(ti.state.value if hasattr(ti.state, "value") else ti.state),
+                              "duration_s": round(float(ti.duration), 1) if ti.duration is not None else None,
+                              "tries": ti.try_number} for ti in tis}
+    order = [t.task_id for t in dag.topological_sort()] if hasattr(dag, "topological_sort") else list(dag.task_dict)
+    return [by_id.get(tid, {"task_id": tid, "state": "none", "duration_s": None, "tries": 0}) for tid in order]
+
+
+def _dag_run_state(dag_id: str, run_id: str) -> str:
+    from airflow.models.dagrun import DagRun
+    from airflow.utils.session import create_session
+    from sqlalchemy import select
+
+    with create_session() as session:
+        state = session.scalar(select(DagRun.state).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    return str(getattr(state, "value", state) or "unknown")
+
+
+def _ledger_detail(settings: Settings, run_key: str) -> dict[str, Any]:
+    from freshrec.ledger import Ledger
+
+    for row in Ledger(settings.state_db).recent_runs(limit=100):
+        if row["run_key"] == run_key:
+            return dict(row.get("detail") or {})
+    return {}
+
+
+def _format_summary(dag_id: str, run_id: str, state: str, tasks: list[dict[str, Any]], detail: Mapping[str, Any],
+                    elapsed: float, log_path: Path) -> str:
+    width = max([len(t["task_id"]) for t in tasks] + [8])
+    lines = [f"{dag_id}  {run_id}"]
+    for t in tasks:
+        dur = f"{t['duration_s']:.1f}s" if t["duration_s"] is not None else "-"
+        line = f"  {t['task_id']:<{width}}  {t['state']:<15}  {dur:>8}"
+        if (t.get("tries") or 0) > 1:
+            line += f"  ({t['tries']} tries)"
+        if t["task_id"] == detail.get("failed_task") and detail.get("error"):
+            line += f"  {detail['error']}"
+        lines.append(line)
+    verdict = "succeeded" if state == "success" else f"{state}"
+    lines.append(f"{dag_id} {verdict} in {elapsed:.1f}s (log: {log_path})")
+    return "\n".join(lines)
+
+
+def run_dag(settings: Settings, dag_id: str) -> bool:
+    """Run one DAG end to end in this process with ``dag.test()``; True iff the run succeeded.
+
+    Prints one line per task and a verdict; Airflow's and Spark's own output go to a log file
+    under ``$FRESHREC_HOME/airflow/logs/freshrec/``. The run is recorded in the freshrec
+    ledger (``runs`` table) for ``freshrec status``.
+    """
+    if dag_id not in KNOWN_DAGS:
+        raise UserError(f"unknown DAG {dag_id!r}; expected one of {', '.join(KNOWN_DAGS)}")
+    from freshrec.ledger import Ledger, utcnow_iso
+
+    settings = settings.replace(home=settings.home.resolve())
+    settings.ensure_dirs()
+    env = airflow_env(settings)
+    ledger = Ledger(settings.state_db)
+    logical_date = datetime.now(timezone.utc).replace(microsecond=0)
+    log_path = settings.airflow_home / "logs" / "freshrec" / dag_id / f"{logical_date:%Y%m%dT%H%M%SZ}.log"
+    started_at, started = utcnow_iso(), time.monotonic()
+    run_id: str | None = None
+    state, tasks, failure = "failed", [], ""
+
+    with _patched_environ(env):
+        try:
+            with _output_to(log_path):
+                _configure_airflow(env)
+                migrate_s = ensure_metadata_db(settings)
+                if migrate_s:
+                    log.warning("airflow metadata DB created/migrated in %.1fs", migrate_s)
+                dag = _load_dag(dag_id)
+                dr = dag.test(logical_date=logical_date, run_after=logical_date)
+                run_id = dr.run_id
+                state = _dag_run_state(dag_id, run_id)
+                tasks = _task_rows(dag, dag_id, run_id)
+        except UserError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback is in the log
+            failure = _one_line(exc)
+            with contextlib.suppress(Exception), open(log_path, "a", encoding="utf-8") as fh:
+                import traceback
+
+                traceback.print_exc(file=fh)
+
+    elapsed = time.monotonic() - started
+    run_id = run_id or f"manual__{logical_date.isoformat()}"
+    run_key = _run_key(dag_id, run_id)
+    detail = _ledger_detail(settings, run_key)  # failed_task/error written by record_task_failure
+    if failure:
+        detail.setdefault("error", failure)
+    if state != "success" and "failed_task" not in detail:
+        first_failed = next((t["task_id"] for t in tasks if t["state"] == "failed"), None)
+        if first_failed:
+            detail["failed_task"] = first_failed
+            detail.setdefault("error", f"see {log_path}")
+    detail.update({"tasks": tasks, "log": str(log_path), "elapsed_s": round(elapsed, 1)})
+    ledger.record_run(run_key=run_key, kind=dag_id, state=state, started_at=started_at, finished_at=utcnow_iso(),
+                      detail=detail)
+    if failure and not tasks:
+        print(f"{dag_id} failed before any task ran: {failure} (log: {log_path})")
+    else:
+        print(_format_summary(dag_id, run_id, state, tasks, detail, elapsed, log_path))
+    return state == "success"
+
+
+def _main(argv: list[str]) -> int:
+    """``python -m freshrec.orchestration env|migrate``: set up a shell for the Airflow CLI."""
+    import shlex
+
+    if len(argv) != 1 or argv[0] not in ("env", "migrate"):
+        print("usage: python -m freshrec.orchestration env|migrate", file=sys.stderr)
+        return 2
+    settings = Settings.load()
+    settings.ensure_dirs()
+    env = airflow_env(settings)
+    if argv[0] == "env":
+        print("\n".join(f"export {k}={shlex.quote(v)}" for k, v in env.items()))
+        return 0
+    seconds = prepare_metadata_db(settings)
+    print(f"airflow metadata DB ready at {env['AIRFLOW__DATABASE__SQL_ALCHEMY_CONN']} ({seconds:.1f}s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

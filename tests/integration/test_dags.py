@@ -1,0 +1,259 @@
+"""DAG integrity, parse time, and real runs of freshrec_batch through Airflow on SQLite.
+
+One Airflow metadata DB is migrated per test session and copied into each test's
+FRESHREC_HOME, so every test has its own DB without paying for a migration each time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freshrec.ledger import Ledger
+from freshrec.orchestration import (
+    DAGS_DIR,
+    SPARK_POOL,
+    airflow_context,
+    airflow_env,
+    prepare_metadata_db,
+    run_dag,
+    settings_to_env,
+)
+from freshrec.settings import Settings
+from freshrec.status import collect_status
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+RETAILROCKET_SAMPLE = REPO / "data" / "samples" / "retailrocket_sample_events.csv"
+RETAILROCKET_ROWS = 2_771
+BATCH_TASKS = ["clean", "validate", "matrices"]
+
+
+# --------------------------------------------------------------------------------------------
+# fixtures
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def migrated_airflow_home(tmp_path_factory) -> Path:
+    """An Airflow home with a migrated metadata DB (and the freshrec_spark pool), made once."""
+    settings = Settings(home=tmp_path_factory.mktemp("airflow-template"))
+    seconds = prepare_metadata_db(settings)
+    assert seconds > 0, "a fresh home must be migrated"
+    assert prepare_metadata_db(settings) == 0.0, "a migrated DB must take the fast path"
+    return settings.airflow_home
+
+
+@pytest.fixture
+def af_settings(settings: Settings, migrated_airflow_home: Path) -> Settings:
+    """The per-test settings with a copy of the session's migrated Airflow DB."""
+    settings.airflow_home.mkdir(parents=True, exist_ok=True)
+    for item in migrated_airflow_home.iterdir():
+        if item.is_file():
+            shutil.copy2(item, settings.airflow_home / item.name)
+    return settings
+
+
+def _import_retailrocket(settings: Settings) -> None:
+    from freshrec.cli import build_parser
+    from freshrec.importers import import_sources
+
+    args = build_parser().parse_args(["import", "retailrocket", str(RETAILROCKET_SAMPLE)])
+    written = import_sources(settings, "retailrocket", [RETAILROCKET_SAMPLE], args)
+    assert sum(n for _, n in written) == RETAILROCKET_ROWS
+
+
+def _task_lines(out: str) -> dict[str, list[str]]:
+    """The per-task lines of run_dag's summary: task_id -> [state, duration, error...]."""
+    return {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith("  ") and line.strip()}
+
+
+def _parquet_rows(path: Path) -> int:
+    import pyarrow.dataset as ds
+
+    return ds.dataset(str(path), format="parquet").count_rows()
+
+
+# --------------------------------------------------------------------------------------------
+# integrity
+# --------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def dagbag(tmp_path_factory, migrated_airflow_home):
+    settings = Settings(home=migrated_airflow_home.parent)
+    with airflow_context(settings):
+        from airflow.dag_processing.dagbag import DagBag
+
+        # Airflow 3 has no include_examples= any more: AIRFLOW__CORE__LOAD_EXAMPLES=False does it.
+        return DagBag(dag_folder=str(DAGS_DIR), safe_mode=False)
+
+
+def test_every_dag_file_imports_without_errors(dagbag):
+    assert dagbag.import_errors == {}
+    dag_files = sorted(p.name for p in DAGS_DIR.glob("*.py") if not p.name.startswith("_"))
+    loaded_files = sorted({Path(dag.fileloc).name for dag in dagbag.dags.values()})
+    assert loaded_files == dag_files, "every file in dags/ defines at least one DAG"
+    assert "freshrec_batch" in dagbag.dags
+    assert not any(dag_id.startswith("example_") for dag_id in dagbag.dags)
+
+
+def test_every_dag_has_tags_retries_and_docs(dagbag):
+    for dag_id, dag in dagbag.dags.items():
+        assert dag.tags, f"{dag_id} has no tags"
+        assert dag.doc_md, f"{dag_id} has no doc_md"
+        assert dag.catchup is False, f"{dag_id} must not backfill on its own"
+        for task in dag.tasks:
+            assert task.retries >= 1, f"{dag_id}.{task.task_id} has no retries"
+            assert task.retry_delay.total_seconds() <= 300, f"{dag_id}.{task.task_id} retries too late"
+
+
+def test_batch_dag_wiring(dagbag):
+    from airflow.sdk import CronDataIntervalTimetable
+
+    dag = dagbag.dags["freshrec_batch"]
+    assert [t.task_id for t in dag.topological_sort()] == BATCH_TASKS
+    assert dag.task_dict["clean"].downstream_task_ids == {"validate"}
+    assert dag.task_dict["validate"].downstream_task_ids == {"matrices"}
+    assert dag.task_dict["matrices"].downstream_task_ids == set()
+    # A data interval (not a trigger timetable): tasks name their batch after it.
+    assert isinstance(dag.timetable, CronDataIntervalTimetable)
+    assert dag.timetable.expression == "0 2 * * *"
+    assert str(dag.timetable.timezone) in ("UTC", "Timezone('UTC')")
+    assert dag.max_active_runs == 1
+    for task in dag.tasks:
+        assert task.pool == SPARK_POOL
+        assert task.retries == 2
+        assert task.outlets, f"{task.task_id} names no asset it produces"
+    uris = {a.uri.rstrip("/") for t in dag.tasks for a in t.outlets}  # Airflow normalises "x://y" to "x://y/"
+    assert {"freshrec://lake/events", "freshrec://features"} <= uris
+
+
+def test_dags_folder_parses_fast_without_heavy_imports(af_settings):
+    """Guards the rule that pyspark/torch/great_expectations are imported inside tasks only."""
+    probe = (
+        "import json, sys, time\n"
+        "import airflow.settings\n"
+        "from airflow.dag_processing.dagbag import DagBag\n"
+        "t = time.perf_counter()\n"
+        f"bag = DagBag(dag_folder={str(DAGS_DIR)!r}, safe_mode=False)\n"
+        "seconds = time.perf_counter() - t\n"
+        "heavy = sorted(m for m in ('pyspark', 'torch', 'great_expectations', 'mlflow') if m in sys.modules)\n"
+        "print(json.dumps({'seconds': seconds, 'heavy': heavy, 'errors': len(bag.import_errors), 'dags': len(bag.dags)}))\n"
+    )
+    env = {**os.environ, **airflow_env(af_settings)}
+    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=300, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["errors"] == 0 and result["dags"] >= 1
+    assert result["heavy"] == [], f"DAG files import {result['heavy']} at parse time"
+    assert result["seconds"] < 2.0, f"parsing dags/ took {result['seconds']:.2f}s"
+
+
+def test_settings_round_trip_through_the_environment(tmp_path):
+    settings = Settings(home=tmp_path / "h", top_n=7, exclude_seen="none", max_quarantine_ratio=0.05,
+                        event_weights={"view": 0.5, "search": 0.0, "add_to_cart": 2.0, "remove_from_cart": -1.0, "purchase": 9.0})
+    env = settings_to_env(settings)
+    assert env["FRESHREC_HOME"] == str((tmp_path / "h").resolve())
+    assert "purchase=9.0" in env["FRESHREC_EVENT_WEIGHTS"]
+    assert Settings.load(env=env, config_file=tmp_path / "none.toml") == settings.replace(home=(tmp_path / "h").resolve())
+    af = airflow_env(settings)
+    assert af["AIRFLOW_HOME"] == str((tmp_path / "h" / "airflow").resolve())
+    assert af["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{(tmp_path / 'h' / 'airflow' / 'airflow.db').resolve()}"
+    assert af["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_DIR)
+    assert af["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+
+
+def test_unknown_dag_is_a_user_error(af_settings):
+    from freshrec.errors import UserError
+
+    with pytest.raises(UserError, match="unknown DAG"):
+        run_dag(af_settings, "freshrec_nope")
+
+
+# --------------------------------------------------------------------------------------------
+# real runs
+# --------------------------------------------------------------------------------------------
+def test_batch_run_end_to_end_on_the_retailrocket_sample(af_settings, capfd):
+    _import_retailrocket(af_settings)
+
+    assert run_dag(af_settings, "freshrec_batch") is True
+
+    out, err = capfd.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) <= 6, f"expected a one-line-per-task summary, got:\n{out}"
+    tasks = _task_lines(out)
+    assert list(tasks) == BATCH_TASKS, out
+    assert all(words[0] == "success" for words in tasks.values()), out
+    assert "succeeded" in lines[-1]
+    assert "Traceback" not in out + err and "INFO" not in out
+
+    status = collect_status(af_settings)
+    counts = status["counts"]
+    assert counts["read"] == RETAILROCKET_ROWS
+    assert counts["read"] == counts["clean"] + counts["quarantined"] + counts["duplicates"]
+    assert counts["clean"] > 0.9 * RETAILROCKET_ROWS
+    last = status["last_runs"][0]
+    assert last["dag_id"] == "freshrec_batch" and last["state"] == "success" and last["finished_at"]
+    assert last["run_id"].startswith("manual__")
+
+    run = Ledger(af_settings.state_db).recent_runs(limit=1)[0]
+    assert [t["task_id"] for t in run["detail"]["tasks"]] == BATCH_TASKS
+    assert {t["state"] for t in run["detail"]["tasks"]} == {"success"}
+
+    assert _parquet_rows(af_settings.events_path) == counts["clean"]
+    for table in ("user_index", "item_index", "interactions", "sequences", "item_stats"):
+        assert _parquet_rows(af_settings.features_dir / table) > 0, f"features/{table} is empty"
+    assert _parquet_rows(af_settings.features_dir / "user_index") <= 1_500  # 1,500 sampled visitors
+
+
+def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd):
+    from freshrec.landing import atomic_write_jsonl
+
+    # Mostly malformed: 16 of 20 rows break the contract, far above FRESHREC_MAX_QUARANTINE_RATIO.
+    good = [{"ts": f"2026-03-01T10:0{i}:00Z", "user_id": f"g{i}", "event_type": "view", "item_id": f"i{i}"} for i in range(4)]
+    bad = [{"ts": "not-a-time", "user_id": f"u{i}", "event_type": "teleport", "item_id": "i1"} for i in range(16)]
+    atomic_write_jsonl(af_settings.landing_events_dir, "mostly-malformed.jsonl", good + bad)
+
+    assert run_dag(af_settings, "freshrec_batch") is False
+
+    out, err = capfd.readouterr()
+    lines = out.strip().splitlines()
+    assert len(lines) <= 6, out
+    tasks = _task_lines(out)
+    assert [t for t, words in tasks.items() if words[0] == "failed"] == ["validate"], out
+    failure = " ".join(tasks["validate"])
+    assert "QualityGateError" in failure and "quarantine ratio" in failure
+    assert tasks["matrices"][0] == "upstream_failed" and tasks["clean"][0] == "success"
+    assert "failed" in lines[-1]
+    assert "Traceback" not in out + err
+
+    status = collect_status(af_settings)
+    assert status["counts"] == {"read": 20, "clean": 4, "quarantined": 16, "duplicates": 0}
+    last = status["last_runs"][0]
+    assert last["state"] == "failed" and last["failed_task"] == "validate" and "QualityGateError" in last["error"]
+    assert not (af_settings.features_dir / "interactions").exists()
+    tries = {t["task_id"]: t["tries"] for t in Ledger(af_settings.state_db).recent_runs(limit=1)[0]["detail"]["tasks"]}
+    assert tries["validate"] == 1, "a failed quality gate must not be retried"
+
+
+@pytest.mark.airflow_cli
+def test_airflow_cli_dags_test_runs_the_batch_dag(af_settings):
+    """``airflow dags test freshrec_batch`` with airflow_env(): the path the Airflow docs show."""
+    _import_retailrocket(af_settings)
+    env = {**os.environ, **airflow_env(af_settings)}
+    airflow_bin = Path(sys.executable).with_name("airflow")
+    proc = subprocess.run([str(airflow_bin), "dags", "test", "freshrec_batch"], env=env, cwd=str(REPO),
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    status = collect_status(af_settings)
+    counts = status["counts"]
+    assert counts["read"] == RETAILROCKET_ROWS
+    assert counts["read"] == counts["clean"] + counts["quarantined"] + counts["duplicates"]
+    # The DAG's own on_success_callback recorded the run: the path UI-started runs take.
+    assert status["last_runs"] and status["last_runs"][0]["dag_id"] == "freshrec_batch"
+    assert status["last_runs"][0]["state"] == "success"
+    assert _parquet_rows(af_settings.features_dir / "interactions") > 0
