@@ -11,7 +11,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from freshrec.errors import UserError
+from freshrec.errors import QualityGateError, UserError
 from freshrec.ledger import Ledger
 from freshrec.settings import Settings
 
@@ -60,9 +60,15 @@ def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:
     from freshrec.quality import validate_events
     from freshrec.spark import get_spark
 
+    counts = Ledger(settings.state_db).totals()
+    if not _exists(settings.events_path):
+        # Every row was quarantined: there is nothing to validate, and nothing fit to publish.
+        raise QualityGateError(
+            f"no clean events: all {counts['quarantined']:,} of {counts['read']:,} rows read were quarantined; "
+            f"see the reasons in {settings.quarantine_path}")
     spark = get_spark(settings)
     events = spark.read.parquet(str(settings.events_path))
-    return validate_events(events, settings, batch_id, Ledger(settings.state_db).totals())
+    return validate_events(events, settings, batch_id, counts)
 
 
 def read_catalogue(settings: Settings):

@@ -99,3 +99,13 @@ def test_tafeng_all_rows_accounted_for(spark, settings, tafeng_zip):
     summary = matrices_step(settings)
     assert summary["new_users"] == 32_266
     assert 23_000 < summary["new_items"] <= 23_812
+
+
+def test_all_rows_quarantined_fails_the_gate_not_spark(spark, settings):
+    from freshrec.errors import QualityGateError
+    from freshrec.steps import validate_step
+
+    (settings.landing_events_dir / "bad.jsonl").write_text('{"user_id": "u"}\n[1]\n')
+    assert clean_step(settings, "bad")["quarantined"] == 2
+    with pytest.raises(QualityGateError, match="all 2 of 2 rows read were quarantined"):
+        validate_step(settings, "bad")
