@@ -39,6 +39,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port number (1-65535), got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="freshrec", description="Batch-plus-incremental recommendations for e-commerce.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -72,6 +82,29 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("status", help="live version, model, freshness, last runs, counts")
     p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("recs", help="a user's recommendations from the live version (unknown users get popular items)")
+    p.add_argument("user_id", nargs="?", default=None, metavar="USER_ID")
+    p.add_argument("--users-file", type=Path, default=None, metavar="FILE", help="one user id per line; one JSON object per line out")
+    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("similar", help="items similar to an item, from the live version")
+    p.add_argument("item_id", metavar="ITEM_ID")
+    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("popular", help="popular items, overall or in one category, from the live version")
+    p.add_argument("--category", default=None, metavar="C")
+    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("rollback", help="make the previous (or the given) published version live again")
+    p.add_argument("--to", default=None, metavar="VERSION")
+
+    p = sub.add_parser("serve", help="run the HTTP read API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=_port, default=8000)
     return parser
 
 
@@ -113,7 +146,66 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         status = collect_status(settings)
         print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
         return 0
+    if args.command in ("recs", "similar", "popular", "rollback", "serve"):
+        return _serving_command(args, settings)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
+    """recs, similar, popular, rollback, serve. Serving errors (nothing published yet, an
+    unreachable store, an unknown version) are UserErrors: one line, exit 2."""
+    if args.command == "serve":
+        from freshrec.api import serve
+
+        print(f"freshrec: serving {settings.serving} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+        serve(settings, host=args.host, port=args.port)
+        return 0
+    from freshrec.client import RecsClient, format_list
+
+    with RecsClient(settings.serving) as client:
+        if args.command == "rollback":
+            before = client.store.live_version()
+            after = client.store.rollback(args.to)
+            print(f"live version: {before} -> {after}")
+            return 0
+        if args.command == "recs":
+            if (args.user_id is None) == (args.users_file is None):
+                raise UserError("give either USER_ID or --users-file FILE")
+            if args.users_file is not None:
+                return _recs_for_file(client, args.users_file, args.n, args.json)
+            result = client.recs(args.user_id, args.n)
+            title = f"user {result['user_id']}"
+        elif args.command == "similar":
+            result = client.similar(args.item_id, args.n)
+            title = f"similar to {result['item_id']}"
+        else:
+            result = client.popular(args.category, args.n)
+            title = f"popular in {args.category}" if args.category else "popular"
+        print(json.dumps(result) if args.json else format_list(title, result))
+        return 0
+
+
+def _recs_for_file(client, path: Path, n: int, as_json: bool) -> int:
+    from freshrec.client import format_list
+
+    if not path.is_file():
+        raise UserError(f"users file not found: {path}")
+    try:
+        with path.open(encoding="utf-8") as fh:
+            for line in fh:
+                user_id = line.strip()
+                if not user_id:
+                    continue
+                result = client.recs(user_id, n)
+                print(json.dumps(result) if as_json else format_list(f"user {user_id}", result))
+        sys.stdout.flush()
+    except BrokenPipeError:  # `... | head`: stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except UnicodeDecodeError as exc:
+        raise UserError(f"users file {path} is not UTF-8 text: {exc.reason}") from None
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,94 @@
+"""Python read client: the published lists in the shapes of the interface (docs/serving.md).
+
+    client = RecsClient(settings.serving)          # or RecsClient(store)
+    client.recs("42", n=10)
+    # {"user_id": "42", "version": "...", "source": "personal" | "fallback",
+    #  "updated_at": "...", "items": [{"item_id": "9", "score": 0.87}, ...]}
+
+A user, item, category or query the live version does not know gets the overall popular list
+with ``source: "fallback"``, never an error. Only "nothing is live yet" raises
+(:class:`~freshrec.serving.NothingPublished`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from freshrec.serving import ServingStore, open_store
+from freshrec.serving.base import normalise_query
+
+
+class RecsClient:
+    def __init__(self, store_or_url: ServingStore | str) -> None:
+        self._owns_store = isinstance(store_or_url, str)
+        self.store = open_store(store_or_url) if isinstance(store_or_url, str) else store_or_url
+
+    def _fallback(self, n: int) -> tuple[str | None, str | None, list[dict[str, Any]]]:
+        popular = self.store.get_popular(None, n)
+        if popular is None:  # a version committed without an overall list (require_popular=False)
+            return self.store.live_version(), None, []
+        return popular["version"], popular["updated_at"], popular["items"]
+
+    def recs(self, user_id: str, n: int = 10) -> dict[str, Any]:
+        found = self.store.get_user_recs(user_id, n)
+        if found is not None:
+            return found
+        version, updated_at, items = self._fallback(n)
+        return {"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+
+    def similar(self, item_id: str, n: int = 10) -> dict[str, Any]:
+        found = self.store.get_similar(item_id, n)
+        if found is not None:
+            return {"item_id": found["item_id"], "version": found["version"], "source": "similar",
+                    "updated_at": found["updated_at"], "items": found["items"]}
+        version, updated_at, items = self._fallback(n)
+        return {"item_id": str(item_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+
+    def popular(self, category: str | None = None, n: int = 10) -> dict[str, Any]:
+        found = self.store.get_popular(category, n)
+        if found is not None:
+            return {"category": found["category"], "version": found["version"], "source": "popular",
+                    "updated_at": found["updated_at"], "items": found["items"]}
+        version, updated_at, items = self._fallback(n)
+        return {"category": category or None, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+
+    def query_items(self, query: str, n: int = 10) -> dict[str, Any]:
+        found = self.store.get_query_items(query, n)
+        if found is not None:
+            return {"query": found["query"], "version": found["version"], "source": "query",
+                    "updated_at": found["updated_at"], "items": found["items"]}
+        version, updated_at, items = self._fallback(n)
+        return {"query": normalise_query(query), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+
+    def status(self) -> dict[str, Any]:
+        """``{"live_version", "store", "created_at", "committed_at", "live_at", "meta", "counts", "versions"}``;
+        ``live_version`` is None before the first publish (no error)."""
+        status = self.store.status()
+        status["versions"] = [{k: r[k] for k in ("version", "state", "created_at", "committed_at", "counts")}
+                              for r in self.store.versions()]
+        return status
+
+    def close(self) -> None:
+        if self._owns_store:
+            self.store.close()
+
+    def __enter__(self) -> "RecsClient":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def format_list(title: str, result: dict[str, Any]) -> str:
+    """A compact human view of one result (the CLI without --json)."""
+    head = f"{title}  version {result.get('version') or '-'}  source {result.get('source') or '-'}"
+    if result.get("updated_at"):
+        head += f"  updated {result['updated_at']}"
+    lines = [head]
+    items = result.get("items") or []
+    width = max((len(str(i["item_id"])) for i in items), default=0)
+    for rank, item in enumerate(items, 1):
+        lines.append(f"{rank:>4}  {str(item['item_id']):<{width}}  {item['score']:.6g}")
+    if not items:
+        lines.append("   (empty)")
+    return "\n".join(lines)

@@ -1,0 +1,551 @@
+"""The serving store: one interface over SQLite, Redis and PostgreSQL.
+
+A *version* is one complete publish: per-user top-N lists, per-item similar items, popular
+lists (overall and per category) and items per search query. A new version is written beside
+the live one and only becomes visible when the live pointer is switched, in one atomic step.
+Each read resolves the pointer and reads the value in one statement (SQL) or one script
+(Redis), so a reader sees the old version or the new one, never a mix. There is no pointer
+cache: reads never see a stale pointer.
+
+Every list is stored as ONE value (a compact JSON object, see :func:`encode_list`), so a read
+of a 100-item list is one key lookup plus one ``json.loads``. docs/serving.md documents the
+layout of each backend for people who write their own serving layer.
+
+The backends implement a handful of primitives (``_read``, ``_records``, ``_create_version``,
+``_write_rows``, ``_finish``, ``_switch``, ``_retire``, ``_drop_data``, ``_upsert``,
+``_delete_keys``); the rules (what may be rolled back to, what prune keeps, completeness
+checks) live here once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from abc import ABC, abstractmethod
+from datetime import datetime, timezone
+from typing import Any, Iterable, Iterator, Sequence
+
+from freshrec.errors import UserError
+
+log = logging.getLogger(__name__)
+
+#: kinds of list; each maps to one table (SQL) or one key segment (Redis)
+KINDS = ("user", "similar", "popular", "query")
+#: version states; "live" is held by exactly the version the live pointer names
+STATES = ("writing", "complete", "live", "retired", "aborted")
+#: states whose lists are still stored
+STORED_STATES = ("writing", "complete", "live")
+VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+NOTHING_PUBLISHED = "nothing published yet; run `freshrec run batch`"
+DEFAULT_BATCH_ROWS = 2000
+#: the version that stopped being live less than this many seconds ago is never pruned, so a
+#: serving layer that resolved the pointer just before a switch can finish reading it
+DEFAULT_GRACE_S = 60.0
+#: a version still "writing" after this long is taken for a crashed publish and pruned
+DEFAULT_STALE_WRITING_S = 24 * 3600.0
+MAX_N = 10_000
+
+
+class ServingError(UserError):
+    """A serving-store problem a user can act on (the CLI prints it on one line)."""
+
+
+class NothingPublished(ServingError):
+    def __init__(self, message: str = NOTHING_PUBLISHED) -> None:
+        super().__init__(message)
+
+
+class VersionError(ServingError):
+    """An unknown, malformed, already published or unreadable version."""
+
+
+class PublishError(ServingError):
+    """A publish that cannot complete: bad rows, duplicate keys, incomplete content."""
+
+
+class StoreUnavailable(ServingError):
+    """The store cannot be reached."""
+
+
+class _Conflict(Exception):
+    """The live pointer moved under a compare-and-switch; the caller retries."""
+
+
+# -- value codec ---------------------------------------------------------------------------
+
+def utc_now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def iso_to_epoch(text: str | None) -> float | None:
+    if not text:
+        return None
+    return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+
+
+def new_version_id(now: datetime | None = None) -> str:
+    """A sortable, unique-enough version id: ``v20250102T030405123Z``."""
+    now = now or datetime.now(timezone.utc)
+    return now.strftime("v%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
+
+
+def check_version_id(version: str) -> str:
+    if not isinstance(version, str) or not VERSION_RE.match(version):
+        raise VersionError(f"malformed version id {version!r}: use letters, digits, '.', '_' and '-' (at most 128)")
+    return version
+
+
+def normalise_query(query: str) -> str:
+    """Search queries are matched lower-cased, trimmed, with runs of whitespace collapsed."""
+    return " ".join(str(query).lower().split())
+
+
+def popular_key(category: str | None) -> str:
+    """The overall popular list is stored under the empty category."""
+    return "" if category is None else str(category)
+
+
+def encode_list(items: Sequence[Any], scores: Sequence[Any], updated_at: str) -> str:
+    """One stored list: ``{"items":[...],"scores":[...],"updated_at":"..."}`` (compact JSON)."""
+    if len(items) != len(scores):
+        raise PublishError(f"items and scores differ in length ({len(items)} != {len(scores)})")
+    items = [i if type(i) is str else str(i) for i in items]
+    scores = [s if type(s) is float else float(s) for s in scores]
+    try:
+        return json.dumps({"items": items, "scores": scores, "updated_at": updated_at}, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise PublishError("scores must be finite numbers (NaN or infinity found)") from None
+
+
+def decode_list(raw: Any, n: int) -> tuple[list[dict[str, Any]], str | None]:
+    value = raw if isinstance(raw, dict) else json.loads(raw)
+    items = value["items"][:n]
+    scores = value["scores"][:n]
+    return [{"item_id": i, "score": s} for i, s in zip(items, scores, strict=False)], value.get("updated_at")
+
+
+def split_row(row: Sequence[Any]) -> tuple[Any, Sequence[Any], Sequence[Any]]:
+    """``(key, [(item, score), ...])`` or ``(key, items, scores)`` -> ``(key, items, scores)``."""
+    if len(row) == 3:
+        return row[0], row[1] or (), row[2] or ()
+    if len(row) == 2:
+        pairs = row[1] or ()
+        return row[0], [p[0] for p in pairs], [p[1] for p in pairs]
+    raise PublishError(f"a row is (key, [(item, score), ...]) or (key, items, scores), got {len(row)} fields")
+
+
+def _check_n(n: int) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be a positive integer, got {n!r}")
+    return min(n, MAX_N)
+
+
+# -- the interface -------------------------------------------------------------------------
+
+class ServingStore(ABC):
+    """Base of the three adapters. Thread-safe; share one instance between threads."""
+
+    #: shown in messages; never holds a password
+    display_url: str = ""
+
+    # ---- reads (hot path) ------------------------------------------------------------
+    def get_user_recs(self, user_id: str, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+        """``{"user_id", "version", "source": "personal", "updated_at", "items"}`` or None for an
+        unknown user. Raises NothingPublished when nothing is live."""
+        user_id = str(user_id)
+        v, items, updated_at = self._get("user", user_id, n, version)
+        if items is None:
+            return None
+        return {"user_id": user_id, "version": v, "source": "personal", "updated_at": updated_at, "items": items}
+
+    def get_similar(self, item_id: str, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+        item_id = str(item_id)
+        v, items, updated_at = self._get("similar", item_id, n, version)
+        if items is None:
+            return None
+        return {"item_id": item_id, "version": v, "updated_at": updated_at, "items": items}
+
+    def get_popular(self, category: str | None = None, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+        category = category or None
+        v, items, updated_at = self._get("popular", popular_key(category), n, version)
+        if items is None:
+            return None
+        return {"category": category, "version": v, "updated_at": updated_at, "items": items}
+
+    def get_query_items(self, query: str, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+        query = normalise_query(query)
+        v, items, updated_at = self._get("query", query, n, version)
+        if items is None:
+            return None
+        return {"query": query, "version": v, "updated_at": updated_at, "items": items}
+
+    def _get(self, kind: str, key: str, n: int, version: str | None) -> tuple[str, list | None, str | None]:
+        n = _check_n(n)
+        if version is not None:
+            check_version_id(version)
+        with self._guard():
+            v, raw = self._read(kind, key, version)
+            if v is None:
+                raise NothingPublished()
+            if raw is None:
+                if version is not None:
+                    self._check_readable(version)
+                return v, None, None
+        items, updated_at = decode_list(raw, n)
+        return v, items, updated_at
+
+    def _check_readable(self, version: str) -> None:
+        record = self._record(version)
+        if record is None or record["state"] not in ("complete", "live"):
+            state = "unknown" if record is None else record["state"]
+            raise VersionError(f"version {version} is not readable (state: {state})")
+
+    # ---- versions --------------------------------------------------------------------
+    def live_version(self) -> str | None:
+        with self._guard():
+            return self._live()
+
+    def versions(self) -> list[dict[str, Any]]:
+        """Every version this store remembers, newest first: ``{"version", "seq", "state",
+        "created_at", "committed_at", "live_at", "replaced_at", "meta", "counts"}``."""
+        with self._guard():
+            return sorted(self._records(), key=lambda r: r["seq"], reverse=True)
+
+    def version_info(self, version: str) -> dict[str, Any] | None:
+        with self._guard():
+            return self._record(check_version_id(version))
+
+    def status(self) -> dict[str, Any]:
+        """The live version and its record (``live_version`` None when nothing is live)."""
+        with self._guard():
+            live = self._live()
+            record = self._record(live) if live else None
+        return {"live_version": live, "store": self.display_url,
+                "created_at": record and record["created_at"], "committed_at": record and record["committed_at"],
+                "live_at": record and record["live_at"], "meta": (record or {}).get("meta") or {},
+                "counts": (record or {}).get("counts") or {}}
+
+    def begin_version(self, version: str, meta: dict[str, Any] | None = None, *, updated_at: str | None = None,
+                      batch_rows: int = DEFAULT_BATCH_ROWS) -> "VersionWriter":
+        """Start writing a new version beside the live one. Re-beginning a version id that is
+        still ``writing`` (a retried task) discards that attempt; a complete or live id is an error."""
+        check_version_id(version)
+        meta = dict(meta or {})
+        json.dumps(meta)  # fail now, not at commit, on a meta that cannot be stored
+        with self._guard():
+            record = self._record(version)
+            if record is not None:
+                if record["state"] in ("complete", "live"):
+                    raise VersionError(f"version {version} is already published (state: {record['state']})")
+                if record["state"] == "writing":
+                    log.warning("discarding an unfinished publish of version %s", version)
+                    self._retire(version, "aborted", from_state="writing")
+                self._drop_data(version)
+            self._create_version(version, meta, utc_now_iso())
+        return VersionWriter(self, version, updated_at or utc_now_iso(), batch_rows)
+
+    def rollback(self, to: str | None = None) -> str:
+        """Make ``to`` live (a complete version), or by default the newest complete version
+        published before the live one. Returns the version now live."""
+        if to is not None:
+            check_version_id(to)
+        for _ in range(10):
+            with self._guard():
+                live = self._live()
+                if live is None:
+                    raise NothingPublished()
+                records = {r["version"]: r for r in self._records()}
+                if to is None:
+                    live_seq = records[live]["seq"] if live in records else float("inf")
+                    earlier = [r for r in records.values() if r["state"] == "complete" and r["seq"] < live_seq]
+                    if not earlier:
+                        raise VersionError(f"no earlier complete version to roll back to (live: {live})")
+                    target = max(earlier, key=lambda r: r["seq"])["version"]
+                else:
+                    target = to
+                    if target == live:
+                        return live
+                    record = records.get(target)
+                    if record is None or record["state"] != "complete":
+                        state = "unknown" if record is None else record["state"]
+                        keep = ", ".join(r["version"] for r in records.values() if r["state"] == "complete") or "none"
+                        raise VersionError(f"cannot roll back to {target} (state: {state}); complete versions: {keep}")
+                try:
+                    self._switch(target, expected_live=live, now=utc_now_iso())
+                    return target
+                except _Conflict:
+                    continue
+        raise ServingError("the live version kept changing during rollback; try again")
+
+    def prune(self, keep: int = 5, *, grace_s: float = DEFAULT_GRACE_S,
+              stale_writing_s: float | None = DEFAULT_STALE_WRITING_S) -> list[str]:
+        """Keep the newest ``keep`` complete versions (the live one always, and the one live
+        until less than ``grace_s`` ago); delete the lists of the others and mark them
+        ``retired``. Versions still ``writing`` after ``stale_writing_s`` are aborted.
+        Returns the versions removed."""
+        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+            raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        removed: list[str] = []
+        now = time.time()
+        with self._guard():
+            live = self._live()
+            records = sorted(self._records(), key=lambda r: r["seq"], reverse=True)
+            published = [r for r in records if r["state"] in ("complete", "live")]
+            for record in published[keep:]:
+                replaced = iso_to_epoch(record.get("replaced_at"))
+                if record["version"] == live or (replaced is not None and now - replaced < grace_s):
+                    continue
+                if self._retire(record["version"], "retired", from_state="complete"):
+                    self._drop_data(record["version"])
+                    removed.append(record["version"])
+            if stale_writing_s is not None:
+                for record in records:
+                    created = iso_to_epoch(record.get("created_at")) or now
+                    if record["state"] == "writing" and now - created > stale_writing_s:
+                        if self._retire(record["version"], "aborted", from_state="writing"):
+                            self._drop_data(record["version"])
+                            removed.append(record["version"])
+        return removed
+
+    # ---- incremental path ------------------------------------------------------------
+    def upsert_user_recs(self, rows: Iterable[Sequence[Any]], updated_at: str | None = None) -> dict[str, Any]:
+        """Replace (or add) users' lists in the LIVE version only.
+
+        The whole call is applied atomically to exactly one version: the one live when it
+        commits (SQLite and PostgreSQL hold the pointer lock for the transaction; Redis uses
+        WATCH on the pointer and retries). If a new batch version goes live at the same time,
+        the upsert lands either in the old version before the switch (and the new version does
+        not contain it: the next micro-batch re-scores those users) or in the new one after.
+        Other versions are never touched. Returns ``{"version", "users"}``."""
+        updated_at = updated_at or utc_now_iso()
+        encoded = []
+        for row in rows:
+            key, items, scores = split_row(row)
+            encoded.append((_key("user", key), encode_list(items, scores, updated_at)))
+        if not encoded:
+            return {"version": self.live_version(), "users": 0}
+        with self._guard():
+            version = self._upsert(encoded)
+        return {"version": version, "users": len(encoded)}
+
+    def delete_user(self, user_id: str) -> int:
+        """Erase a user's lists from every stored version (``freshrec forget``). Returns how
+        many lists were removed."""
+        with self._guard():
+            versions = [r["version"] for r in self._records() if r["state"] in STORED_STATES]
+            return self._delete_keys("user", str(user_id), versions)
+
+    # ---- lifecycle -------------------------------------------------------------------
+    def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds connections
+        """Release connections."""
+
+    def __enter__(self) -> "ServingStore":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _guard(self):
+        """A context manager turning backend connection errors into StoreUnavailable."""
+        return _Guard(self)
+
+    _connection_errors: tuple[type[BaseException], ...] = ()
+
+    # ---- backend primitives ----------------------------------------------------------
+    @abstractmethod
+    def _read(self, kind: str, key: str, version: str | None) -> tuple[str | None, Any]:
+        """``(version, raw value or None)`` resolved consistently; ``(None, None)`` when no
+        version is live (and ``version`` is None)."""
+
+    @abstractmethod
+    def _live(self) -> str | None: ...
+
+    @abstractmethod
+    def _records(self) -> list[dict[str, Any]]: ...
+
+    @abstractmethod
+    def _record(self, version: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    def _create_version(self, version: str, meta: dict[str, Any], created_at: str) -> None:
+        """Insert a ``writing`` record (replacing an aborted or retired record of that id)."""
+
+    @abstractmethod
+    def _write_rows(self, version: str, kind: str, rows: list[tuple[str, str]]) -> None:
+        """Insert rows into a ``writing`` version; a key already there is a PublishError."""
+
+    @abstractmethod
+    def _finish(self, version: str, counts: dict[str, int], activate: bool, now: str) -> None:
+        """Atomically: ``writing`` -> ``complete``, and when ``activate`` switch the pointer."""
+
+    @abstractmethod
+    def _switch(self, target: str, expected_live: str | None, now: str) -> None:
+        """Atomically point live at the complete version ``target`` if the pointer still names
+        ``expected_live`` (else _Conflict)."""
+
+    @abstractmethod
+    def _retire(self, version: str, state: str, from_state: str) -> bool:
+        """Atomically set ``state`` if the version is in ``from_state`` and not live."""
+
+    @abstractmethod
+    def _drop_data(self, version: str) -> None: ...
+
+    @abstractmethod
+    def _upsert(self, rows: list[tuple[str, str]]) -> str: ...
+
+    @abstractmethod
+    def _delete_keys(self, kind: str, key: str, versions: list[str]) -> int: ...
+
+
+class _Guard:
+    __slots__ = ("store",)
+
+    def __init__(self, store: ServingStore) -> None:
+        self.store = store
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        if exc is not None and self.store._connection_errors and isinstance(exc, self.store._connection_errors):
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(f"serving store {self.store.display_url} is unavailable: {first}") from exc
+        return False
+
+
+def _key(kind: str, key: Any) -> str:
+    if key is None:
+        if kind == "popular":
+            return ""
+        raise PublishError(f"a {kind} row has no key (null)")
+    if kind == "query":
+        key = normalise_query(key)
+        if not key:
+            raise PublishError("a query row has an empty query")
+        return key
+    key = key if type(key) is str else str(key)
+    if not key and kind != "popular":
+        raise PublishError(f"a {kind} row has an empty key")
+    return key
+
+
+_COUNT_NAMES = {"user": "users", "similar": "similar", "popular": "popular", "query": "queries"}
+
+
+class VersionWriter:
+    """Streams one version's lists into the store; ``commit`` makes it live atomically.
+
+    Rows are ``(key, [(item_id, score), ...])`` or ``(key, items, scores)``; they are written in
+    batches of ``batch_rows`` so memory stays flat whatever the number of users. A duplicate
+    key is an error (a query repeated after normalisation keeps its first list). Used as a
+    context manager, an exception aborts the version."""
+
+    def __init__(self, store: ServingStore, version: str, updated_at: str, batch_rows: int) -> None:
+        self.store = store
+        self.version = version
+        self.updated_at = updated_at
+        self.batch_rows = max(1, int(batch_rows))
+        self.counts = {name: 0 for name in _COUNT_NAMES.values()}
+        self.state = "writing"
+        self._has_overall_popular = False
+        self._seen_queries: set[str] = set()
+
+    def write_user_recs(self, rows: Iterable[Sequence[Any]]) -> int:
+        return self._write("user", rows)
+
+    def write_similar(self, rows: Iterable[Sequence[Any]]) -> int:
+        return self._write("similar", rows)
+
+    def write_popular(self, category: str | None, items: Sequence[Any], scores: Sequence[Any] | None = None) -> int:
+        """One popular list: ``items`` as ``[(item_id, score), ...]``, or ids with ``scores``."""
+        row = (category, items) if scores is None else (category, items, scores)
+        return self._write("popular", [row])
+
+    def write_popular_rows(self, rows: Iterable[Sequence[Any]]) -> int:
+        """Several popular lists as rows keyed by category (None = overall)."""
+        return self._write("popular", rows)
+
+    def write_query_items(self, rows: Iterable[Sequence[Any]]) -> int:
+        return self._write("query", rows)
+
+    def _write(self, kind: str, rows: Iterable[Sequence[Any]]) -> int:
+        if self.state != "writing":
+            raise PublishError(f"version {self.version} is {self.state}; nothing more can be written")
+        written = 0
+        batch: list[tuple[str, str]] = []
+        for row in rows:
+            key, items, scores = split_row(row)
+            key = _key(kind, key)
+            if kind == "query":
+                if key in self._seen_queries:
+                    continue
+                self._seen_queries.add(key)
+            elif kind == "popular" and key == "":
+                self._has_overall_popular = True
+            batch.append((key, encode_list(items, scores, self.updated_at)))
+            if len(batch) >= self.batch_rows:
+                self._flush(kind, batch)
+                written += len(batch)
+                batch = []
+        if batch:
+            self._flush(kind, batch)
+            written += len(batch)
+        return written
+
+    def _flush(self, kind: str, batch: list[tuple[str, str]]) -> None:
+        with self.store._guard():
+            self.store._write_rows(self.version, kind, batch)
+        self.counts[_COUNT_NAMES[kind]] += len(batch)
+
+    def commit(self, expected_users: int | None = None, *, require_popular: bool = True, activate: bool = True) -> dict[str, Any]:
+        """Check completeness, then mark the version complete and (``activate``) switch the
+        live pointer to it in one atomic step. On a failed check the version is aborted."""
+        if self.state != "writing":
+            raise PublishError(f"version {self.version} is {self.state}; it cannot be committed")
+        try:
+            if expected_users is not None and self.counts["users"] != expected_users:
+                raise PublishError(f"incomplete publish of {self.version}: {self.counts['users']:,} user lists written, "
+                                   f"{expected_users:,} expected")
+            if require_popular and not self._has_overall_popular:
+                raise PublishError(f"incomplete publish of {self.version}: no overall popular list "
+                                   "(category None), which unknown users fall back to")
+            with self.store._guard():
+                self.store._finish(self.version, dict(self.counts), activate, utc_now_iso())
+        except BaseException:
+            self.abort()
+            raise
+        self.state = "live" if activate else "complete"
+        record = self.store.version_info(self.version)
+        return record or {"version": self.version, "state": self.state, "counts": dict(self.counts)}
+
+    def abort(self) -> None:
+        """Forget this version: it never becomes live and its lists are deleted. Idempotent."""
+        if self.state != "writing":
+            return
+        self.state = "aborted"
+        with self.store._guard():
+            if self.store._retire(self.version, "aborted", from_state="writing"):
+                self.store._drop_data(self.version)
+
+    def __enter__(self) -> "VersionWriter":
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if exc is not None:
+            self.abort()
+        elif self.state == "writing":
+            self.abort()
+            raise PublishError(f"version {self.version} was neither committed nor aborted; it was aborted")
+
+
+def chunked(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

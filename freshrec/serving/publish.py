@@ -1,0 +1,142 @@
+"""Publish the scoring job's Parquet tables to a serving store as one new version.
+
+Inputs under ``recs_dir`` (a directory of Parquet files each, as Spark writes them, or a single
+``<name>.parquet`` file):
+
+    user_topn    user_id string, items array<string>, scores array<double>    (required)
+    popular      category string (null = overall), items, scores             (required; needs the overall row)
+    similar      item_id string, items, scores                               (optional)
+    query_items  query string, items, scores                                 (optional)
+
+Tables are streamed in record batches (never all in memory), written through one
+:class:`~freshrec.serving.base.VersionWriter`, checked for completeness (every user row
+written, an overall popular list present), and only then switched live. Any failure aborts the
+version: the live version is unchanged and the partial lists are deleted.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any, Iterable, Iterator, Mapping, Sequence
+
+from freshrec.serving.base import DEFAULT_GRACE_S, PublishError, ServingStore
+
+log = logging.getLogger(__name__)
+
+#: table name -> (key column, writer method)
+TABLES = {
+    "user_topn": ("user_id", "write_user_recs"),
+    "similar": ("item_id", "write_similar"),
+    "popular": ("category", "write_popular_rows"),
+    "query_items": ("query", "write_query_items"),
+}
+REQUIRED = ("user_topn", "popular")
+DEFAULT_KEEP = 5
+
+
+def _table_path(recs_dir: Path, name: str) -> Path | None:
+    for candidate in (recs_dir / name, recs_dir / f"{name}.parquet"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _dataset(path: Path, name: str, key: str):
+    import pyarrow.dataset as ds
+
+    try:
+        dataset = ds.dataset(str(path), format="parquet")
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for unreadable input
+        raise PublishError(f"cannot read {name} at {path}: {exc}") from exc
+    missing = [c for c in (key, "items", "scores") if c not in dataset.schema.names]
+    if missing:
+        raise PublishError(f"{name} at {path} lacks column(s) {', '.join(missing)} (has: {', '.join(dataset.schema.names)})")
+    return dataset
+
+
+def _rows(dataset, key: str, batch_rows: int) -> Iterator[tuple[Any, list, list]]:
+    for batch in dataset.to_batches(columns=[key, "items", "scores"], batch_size=batch_rows):
+        keys = batch.column(0).to_pylist()
+        items = batch.column(1).to_pylist()
+        scores = batch.column(2).to_pylist()
+        yield from zip(keys, items, scores, strict=True)
+
+
+def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta: Mapping[str, Any] | None = None, *,
+                   keep: int = DEFAULT_KEEP, batch_rows: int = 2000, activate: bool = True,
+                   prune_grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+    """Write ``recs_dir``'s tables as ``version``, make it live, prune to ``keep`` versions
+    (:meth:`ServingStore.prune`: versions live less than ``prune_grace_s`` ago are kept too).
+
+    Returns ``{"version", "users", "similar", "popular", "queries", "seconds", "pruned"}``.
+    On any exception the version is aborted and the exception re-raised."""
+    recs_dir = Path(recs_dir)
+    started = time.perf_counter()
+    paths = {name: _table_path(recs_dir, name) for name in TABLES}
+    missing = [name for name in REQUIRED if paths[name] is None]
+    if missing:
+        raise PublishError(f"nothing to publish: {', '.join(missing)} missing under {recs_dir}")
+    datasets = {name: _dataset(path, name, TABLES[name][0]) for name, path in paths.items() if path is not None}
+    expected_users = datasets["user_topn"].count_rows()
+    meta = {**dict(meta or {}), "recs_dir": str(recs_dir.resolve())}
+
+    writer = store.begin_version(version, meta, batch_rows=batch_rows)
+    try:
+        for name, dataset in datasets.items():
+            key, method = TABLES[name]
+            written = getattr(writer, method)(_rows(dataset, key, batch_rows))
+            log.info("published %s: %d rows into version %s", name, written, version)
+        writer.commit(expected_users=expected_users, activate=activate)
+    except BaseException:
+        writer.abort()
+        raise
+    result: dict[str, Any] = {"version": version, **writer.counts, "seconds": round(time.perf_counter() - started, 3)}
+    try:
+        result["pruned"] = store.prune(keep=keep, grace_s=prune_grace_s)
+    except Exception as exc:  # noqa: BLE001 - the new version is live; a failed prune is retried next time
+        log.warning("publish of %s succeeded but pruning failed: %s", version, exc)
+        result["pruned"] = []
+        result["prune_error"] = str(exc)
+    return result
+
+
+# -- writing such tables (tests, benchmarks, small jobs) -----------------------------------
+
+ListRows = Iterable[tuple[Any, Sequence[tuple[str, float]]]] | Mapping[Any, Sequence[tuple[str, float]]]
+
+
+def write_recs_tables(recs_dir: Path | str, *, users: ListRows = (), popular: ListRows = (), similar: ListRows = (),
+                      queries: ListRows = (), rows_per_file: int = 100_000) -> Path:
+    """Write the four tables under ``recs_dir`` from Python lists of ``(key, [(item, score), ...])``
+    (or mappings key -> pairs); ``popular`` keys are categories, None for the overall list.
+    Empty tables are still written (with their schema) so readers find them."""
+
+    recs_dir = Path(recs_dir)
+    sources = {"user_topn": users, "popular": popular, "similar": similar, "query_items": queries}
+    for name, rows in sources.items():
+        out = recs_dir / name
+        out.mkdir(parents=True, exist_ok=True)
+        for old in out.glob("*.parquet"):
+            old.unlink()
+        part, buffer = 0, []
+        for row in rows.items() if isinstance(rows, Mapping) else rows:
+            buffer.append(row)
+            if len(buffer) >= rows_per_file:
+                _write_part(out / f"part-{part:05d}.parquet", TABLES[name][0], buffer)
+                part, buffer = part + 1, []
+        if buffer or part == 0:
+            _write_part(out / f"part-{part:05d}.parquet", TABLES[name][0], buffer)
+    return recs_dir
+
+
+def _write_part(path: Path, key: str, rows: list) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([pa.field(key, pa.string()), pa.field("items", pa.list_(pa.string())),
+                        pa.field("scores", pa.list_(pa.float64()))])
+    table = pa.table({key: [r[0] for r in rows], "items": [[p[0] for p in r[1]] for r in rows],
+                      "scores": [[float(p[1]) for p in r[1]] for r in rows]}, schema=schema)
+    pq.write_table(table, path)

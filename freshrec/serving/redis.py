@@ -1,0 +1,256 @@
+"""Redis serving store: one string key per list, namespaced by version, and a pointer key.
+
+Keys (``P`` is the prefix, ``freshrec`` by default; ``?prefix=`` in the URL changes it):
+
+    P:live                       the live version id (a plain string; switched with one SET)
+    P:versions                   hash: version id -> JSON version record
+    P:seq                        counter giving each version its sequence number
+    P:v:{version}:user:{user_id}        -> {"items": [...], "scores": [...], "updated_at": "..."}
+    P:v:{version}:similar:{item_id}
+    P:v:{version}:popular:{category}    (the overall list under the empty category: "P:v:V:popular:")
+    P:v:{version}:query:{normalised query}
+
+A read runs one Lua script that GETs the pointer and then the key of that version, atomically,
+so it cannot mix versions nor miss a version deleted between the two steps. The pointer switch
+and the version-state changes go in one MULTI/EXEC guarded by WATCH. Lua reads touch keys that
+are not declared in KEYS, which standalone Redis (and Valkey) allow; Redis Cluster does not.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any, Callable
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import WatchError
+
+from freshrec.serving.base import NothingPublished, PublishError, ServingError, ServingStore, VersionError, _Conflict
+
+PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+UNLINK_CHUNK = 500
+
+_READ_LUA = """
+local v = redis.call('GET', KEYS[1])
+if not v then return false end
+return {v, redis.call('GET', ARGV[1] .. v .. ARGV[2])}
+"""
+
+
+def split_prefix(url: str) -> tuple[str, str | None]:
+    """Take freshrec's own ``prefix`` query parameter out of a redis URL."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    prefix = next((v for k, v in query if k == "prefix"), None)
+    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urlunsplit(parts._replace(query=rest)), prefix
+
+
+def _redact(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password:
+        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
+        return urlunsplit(parts._replace(netloc=netloc))
+    return url
+
+
+class RedisStore(ServingStore):
+    _connection_errors = (RedisConnectionError, RedisTimeoutError)
+
+    def __init__(self, url: str, prefix: str | None = None) -> None:
+        url, url_prefix = split_prefix(url)
+        prefix = prefix or url_prefix or "freshrec"
+        if not PREFIX_RE.match(prefix):
+            raise ServingError(f"malformed redis key prefix {prefix!r}: use letters, digits, '.', '_' and '-'")
+        self.prefix = prefix
+        self.display_url = _redact(url) + ("" if prefix == "freshrec" else f" (prefix {prefix})")
+        self.r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        self.k_live = f"{prefix}:live"
+        self.k_versions = f"{prefix}:versions"
+        self.k_seq = f"{prefix}:seq"
+        self._vprefix = f"{prefix}:v:"
+        self._script = self.r.register_script(_READ_LUA)
+
+    def key(self, version: str, kind: str, key: str) -> str:
+        return f"{self._vprefix}{version}:{kind}:{key}"
+
+    def close(self) -> None:
+        self.r.close()
+
+    def _atomic(self, body: Callable[[Any], Any], *watch: str) -> Any:
+        """Run ``body(pipe)`` under WATCH of ``watch``; ``body`` calls multi() and execute()."""
+        with self.r.pipeline() as pipe:
+            for _ in range(200):
+                try:
+                    pipe.watch(*watch)
+                    return body(pipe)
+                except WatchError:
+                    continue
+        raise ServingError("the serving store is too busy (a WATCH kept failing); try again")
+
+    # -- primitives ----------------------------------------------------------------------
+    def _read(self, kind: str, key: str, version: str | None) -> tuple[str | None, Any]:
+        if version is None:
+            found = self._script(keys=[self.k_live], args=[self._vprefix, f":{kind}:{key}"])
+            if not found:
+                return None, None
+            return found[0].decode(), found[1]
+        return version, self.r.get(self.key(version, kind, key))
+
+    def _live(self) -> str | None:
+        value = self.r.get(self.k_live)
+        return value.decode() if value else None
+
+    def _records(self) -> list[dict[str, Any]]:
+        return [json.loads(v) for v in self.r.hvals(self.k_versions)]
+
+    def _record(self, version: str) -> dict[str, Any] | None:
+        raw = self.r.hget(self.k_versions, version)
+        return json.loads(raw) if raw else None
+
+    def _create_version(self, version: str, meta: dict[str, Any], created_at: str) -> None:
+        seq = int(self.r.incr(self.k_seq))
+        record = {"version": version, "seq": seq, "state": "writing", "created_at": created_at, "committed_at": None,
+                  "live_at": None, "replaced_at": None, "meta": meta, "counts": {}}
+
+        def body(pipe: Any) -> None:
+            raw = pipe.hget(self.k_versions, version)
+            if raw and json.loads(raw)["state"] not in ("retired", "aborted"):
+                raise VersionError(f"version {version} already exists (state: {json.loads(raw)['state']})")
+            pipe.multi()
+            pipe.hset(self.k_versions, version, json.dumps(record))
+            pipe.execute()
+
+        self._atomic(body, self.k_versions)
+
+    def _write_rows(self, version: str, kind: str, rows: list[tuple[str, str]]) -> None:
+        record = self._record(version)
+        if record is None or record["state"] != "writing":
+            raise VersionError(f"version {version} is {'unknown' if record is None else record['state']}, expected writing")
+        with self.r.pipeline(transaction=False) as pipe:
+            for k, v in rows:
+                pipe.set(self.key(version, kind, k), v, nx=True)
+            results = pipe.execute()
+        if not all(results):
+            dup = next(k for (k, _), ok in zip(rows, results, strict=True) if not ok)
+            raise PublishError(f"duplicate key {dup!r} in the {kind} lists of version {version}")
+
+    def _point_live(self, pipe: Any, version: str, now: str) -> None:
+        """Queue the pointer switch on ``pipe`` (in WATCH mode, before multi())."""
+        old = pipe.get(self.k_live)
+        old = old.decode() if old else None
+        records = {}
+        for name in {old, version} - {None}:
+            raw = pipe.hget(self.k_versions, name)
+            records[name] = json.loads(raw) if raw else None
+        pipe.multi()
+        if old == version:
+            return
+        if old is not None and records.get(old):
+            records[old].update(state="complete", replaced_at=now)
+            pipe.hset(self.k_versions, old, json.dumps(records[old]))
+        new = records[version]
+        new.update(state="live", live_at=now)
+        pipe.hset(self.k_versions, version, json.dumps(new))
+        pipe.set(self.k_live, version)
+
+    def _finish(self, version: str, counts: dict[str, int], activate: bool, now: str) -> None:
+        def body(pipe: Any) -> None:
+            raw = pipe.hget(self.k_versions, version)
+            record = json.loads(raw) if raw else None
+            if record is None or record["state"] != "writing":
+                raise VersionError(f"version {version} is {'unknown' if record is None else record['state']}, expected writing")
+            record.update(state="complete", committed_at=now, counts=counts)
+            if not activate:
+                pipe.multi()
+                pipe.hset(self.k_versions, version, json.dumps(record))
+                pipe.execute()
+                return
+            old = pipe.get(self.k_live)
+            old = old.decode() if old else None
+            old_record = json.loads(pipe.hget(self.k_versions, old) or "null") if old else None
+            pipe.multi()
+            if old_record:
+                old_record.update(state="complete", replaced_at=now)
+                pipe.hset(self.k_versions, old, json.dumps(old_record))
+            record.update(state="live", live_at=now)
+            pipe.hset(self.k_versions, version, json.dumps(record))
+            pipe.set(self.k_live, version)
+            pipe.execute()
+
+        self._atomic(body, self.k_live, self.k_versions)
+
+    def _switch(self, target: str, expected_live: str | None, now: str) -> None:
+        def body(pipe: Any) -> None:
+            live = pipe.get(self.k_live)
+            if (live.decode() if live else None) != expected_live:
+                raise _Conflict()
+            raw = pipe.hget(self.k_versions, target)
+            if not raw or json.loads(raw)["state"] != "complete":
+                raise VersionError(f"version {target} is {'unknown' if not raw else json.loads(raw)['state']}, expected complete")
+            self._point_live(pipe, target, now)
+            pipe.execute()
+
+        self._atomic(body, self.k_live, self.k_versions)
+
+    def _retire(self, version: str, state: str, from_state: str) -> bool:
+        def body(pipe: Any) -> bool:
+            live = pipe.get(self.k_live)
+            raw = pipe.hget(self.k_versions, version)
+            record = json.loads(raw) if raw else None
+            if record is None or record["state"] != from_state or (live and live.decode() == version):
+                pipe.unwatch()
+                return False
+            record["state"] = state
+            pipe.multi()
+            pipe.hset(self.k_versions, version, json.dumps(record))
+            pipe.execute()
+            return True
+
+        return self._atomic(body, self.k_live, self.k_versions)
+
+    def _drop_data(self, version: str) -> None:
+        batch: list[bytes] = []
+        for key in self.r.scan_iter(match=f"{self._vprefix}{version}:*", count=2000):
+            batch.append(key)
+            if len(batch) >= UNLINK_CHUNK:
+                self.r.unlink(*batch)
+                batch = []
+        if batch:
+            self.r.unlink(*batch)
+
+    def _upsert(self, rows: list[tuple[str, str]]) -> str:
+        def body(pipe: Any) -> str:
+            live = pipe.get(self.k_live)
+            if not live:
+                raise NothingPublished()
+            version = live.decode()
+            pipe.multi()
+            for k, v in rows:
+                pipe.set(self.key(version, "user", k), v)
+            pipe.execute()
+            return version
+
+        return self._atomic(body, self.k_live)
+
+    def _delete_keys(self, kind: str, key: str, versions: list[str]) -> int:
+        if not versions:
+            return 0
+        return int(self.r.delete(*[self.key(v, kind, key) for v in versions]))
+
+    # -- test and bench helper -----------------------------------------------------------
+    def destroy(self) -> int:
+        """Delete every key under this store's prefix (tests, benchmarks)."""
+        removed = 0
+        batch: list[bytes] = []
+        for key in self.r.scan_iter(match=f"{self.prefix}:*", count=2000):
+            batch.append(key)
+            if len(batch) >= UNLINK_CHUNK:
+                removed += self.r.unlink(*batch)
+                batch = []
+        if batch:
+            removed += self.r.unlink(*batch)
+        return removed
