@@ -148,6 +148,9 @@ def free_port() -> int:
 
 
 def bench_http(url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Keep-alive ``http.client`` connections: a light client, so the numbers are mostly server."""
+    import http.client
+
     import httpx
 
     store = open_store(url)
@@ -169,21 +172,27 @@ def bench_http(url: str, args: argparse.Namespace) -> dict[str, Any]:
             if server.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"freshrec serve did not start: {server.stderr.read() if server.poll() is not None else 'timeout'}")
             time.sleep(0.2)
-        result: dict[str, Any] = {"backend": url.split(":", 1)[0], "server": "uvicorn, 1 process (freshrec serve)"}
-        with httpx.Client(base_url=base, timeout=10) as client:
-            for _ in range(200):
-                client.get("/v1/users/u1/recommendations", params={"n": 100})
-            for n in (10, 100):
-                result[f"read_{n}"] = percentiles(timed_reads(
-                    lambda u, n=n: client.get(f"/v1/users/{u}/recommendations", params={"n": n}).raise_for_status(),
-                    args.users, args.reads // 2))
+        result: dict[str, Any] = {"backend": url.split(":", 1)[0], "server": "uvicorn, 1 process (freshrec serve)",
+                                  "client": "http.client keep-alive"}
         local = threading.local()
 
+        def get(user: str, n: int) -> None:
+            conn = getattr(local, "conn", None)
+            if conn is None:
+                conn = local.conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            conn.request("GET", f"/v1/users/{user}/recommendations?n={n}")
+            response = conn.getresponse()
+            body = response.read()
+            if response.status != 200 or not body:
+                raise RuntimeError(f"HTTP {response.status}")
+
+        for _ in range(200):
+            get("u1", 100)
+        for n in (10, 100):
+            result[f"read_{n}"] = percentiles(timed_reads(lambda u, n=n: get(u, n), args.users, args.reads // 2))
+
         def read(user: str) -> None:
-            client = getattr(local, "client", None)
-            if client is None:
-                client = local.client = httpx.Client(base_url=base, timeout=10)
-            client.get(f"/v1/users/{user}/recommendations", params={"n": 100}).raise_for_status()
+            get(user, 100)
 
         result[f"throughput_{args.threads}_clients_rps"] = throughput(read, args.users, args.threads, args.seconds)
         return result
@@ -205,6 +214,7 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("FRESHREC_TEST_REDIS_URL"))
     parser.add_argument("--postgres-url", default=os.environ.get("FRESHREC_TEST_POSTGRES_URL"))
     parser.add_argument("--skip-http", action="store_true")
+    parser.add_argument("--backends", default="sqlite,redis,postgres", help="comma-separated subset to run in process ('' for none)")
     parser.add_argument("--publish-worker", nargs=4, metavar=("URL", "VERSION", "USERS", "ITEMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -226,7 +236,10 @@ def main() -> None:
             urls["redis"] = f"{args.redis_url}{'&' if '?' in args.redis_url else '?'}prefix=freshrec-bench-{tag}"
         if args.postgres_url:
             urls["postgres"] = f"{args.postgres_url}{'&' if '?' in args.postgres_url else '?'}schema=freshrec_bench_{tag}"
+        wanted = {b.strip() for b in args.backends.split(",") if b.strip()}
         for name, url in urls.items():
+            if name not in wanted:
+                continue
             print(f"bench: {name}", file=sys.stderr)
             out["backends"][name] = bench_backend(name, url, args)
         if not args.skip_http:

@@ -111,8 +111,13 @@ def encode_list(items: Sequence[Any], scores: Sequence[Any], updated_at: str) ->
     """One stored list: ``{"items":[...],"scores":[...],"updated_at":"..."}`` (compact JSON)."""
     if len(items) != len(scores):
         raise PublishError(f"items and scores differ in length ({len(items)} != {len(scores)})")
+    if any(i is None for i in items):
+        raise PublishError("a list holds a null item id")
     items = [i if type(i) is str else str(i) for i in items]
-    scores = [s if type(s) is float else float(s) for s in scores]
+    try:
+        scores = [s if type(s) is float else float(s) for s in scores]
+    except (TypeError, ValueError):
+        raise PublishError(f"scores must be numbers, got {[s for s in scores if not isinstance(s, (int, float))][:3]}") from None
     try:
         return json.dumps({"items": items, "scores": scores, "updated_at": updated_at}, separators=(",", ":"), allow_nan=False)
     except ValueError:

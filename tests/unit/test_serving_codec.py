@@ -34,6 +34,10 @@ def test_encode_rejects_bad_lists():
         encode_list(["a", "b"], [1.0], "t")
     with pytest.raises(PublishError, match="finite"):
         encode_list(["a"], [float("inf")], "t")
+    with pytest.raises(PublishError, match="null item"):
+        encode_list(["a", None], [1.0, 0.5], "t")
+    with pytest.raises(PublishError, match="numbers"):
+        encode_list(["a", "b"], [1.0, None], "t")
 
 
 def test_rows_as_pairs_or_columns():
