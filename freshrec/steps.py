@@ -41,7 +41,9 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
     result = clean_raw(read_landing(spark, files), now=now or datetime.now(timezone.utc),
                        min_event_ts=settings.min_event_ts, max_future_skew_hours=settings.max_future_skew_hours)
     try:
-        result.clean.write.mode("overwrite").partitionBy("event_date").parquet(str(settings.events_path))
+        # One file per date instead of one per (date, shuffle partition).
+        (result.clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date")
+         .parquet(str(settings.events_path)))
         # The quarantine of a full rebuild replaces the whole table: it is derived from the
         # same landing files, so nothing is lost and nothing piles up twice.
         (result.quarantine.withColumn("batch_id", F.lit(batch_id)).write.mode("overwrite")

@@ -62,8 +62,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     df = raw.withColumn("v", F.try_parse_json(quoted))
     df = df.withColumn("_is_object", F.ltrim(F.col("raw")).startswith("{") & F.col("v").isNotNull())
 
-    strings = {name: F.trim(_field(name)) for name in EVENT_FIELDS}
-    blank = {name: F.when(strings[name] == "", None).otherwise(strings[name]) for name in EVENT_FIELDS}
+    blank = {name: F.nullif(F.trim(_field(name)), F.lit("")) for name in EVENT_FIELDS}
     df = df.select(
         "source_file", "raw", "v", "_is_object",
         *[blank[n].alias(f"s_{n}") for n in EVENT_FIELDS],
