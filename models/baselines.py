@@ -1,0 +1,310 @@
+"""Baselines that are always evaluated beside the model, behind one interface.
+
+Every recommender (baselines and models.seqrec.SeqRec) is fitted on the training histories and
+scores the whole catalogue for a batch of user histories: ``score(histories) -> (n, n_items)``.
+``recommend`` turns scores into top-k lists with the seen-item exclusion applied. A baseline
+that has nothing to say about an item (a new user, an item outside a user's categories) falls
+back to overall popularity, so every list is full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+
+from models.data import SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
+
+
+def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
+          exclude_items: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k item indices and scores per row, best first; excluded items never appear.
+
+    Ties are broken by the lower item index. Rows with fewer than k scorable items are padded
+    with item -1 and score -inf.
+    """
+    scores = np.array(scores, dtype=np.float32, copy=True)
+    if exclude_rows is not None and len(exclude_rows):
+        scores[exclude_rows, exclude_items] = -np.inf
+    n, n_items = scores.shape
+    k_eff = min(k, n_items)
+    part = np.argpartition(-scores, k_eff - 1, axis=1)[:, :k_eff] if k_eff < n_items else np.tile(np.arange(n_items), (n, 1))
+    part_scores = np.take_along_axis(scores, part, axis=1)
+    order = np.lexsort((part, -part_scores), axis=1)
+    items = np.take_along_axis(part, order, axis=1).astype(np.int64)
+    vals = np.take_along_axis(part_scores, order, axis=1)
+    items[~np.isfinite(vals)] = -1
+    if k_eff < k:
+        items = np.pad(items, ((0, 0), (0, k - k_eff)), constant_values=-1)
+        vals = np.pad(vals, ((0, 0), (0, k - k_eff)), constant_values=-np.inf)
+    return items, vals
+
+
+class Recommender:
+    """Base class: fit on training histories, score a batch of histories over the catalogue."""
+
+    name = "recommender"
+    kind = "baseline"
+    catalogue: Catalogue
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "Recommender":
+        raise NotImplementedError
+
+    def score(self, histories: Histories) -> np.ndarray:
+        raise NotImplementedError
+
+    def params(self) -> dict[str, Any]:
+        return {}
+
+    def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
+                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, scores) for each user, ``exclude[u]`` removed from user u's list."""
+        items = np.full((len(histories), k), -1, dtype=np.int64)
+        vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(histories), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(histories)))
+            batch = histories.subset(rows)
+            ex_rows = ex_items = None
+            if exclude is not None:
+                sub = exclude.subset(rows)
+                ex_rows, ex_items = sub.rows, sub.values
+            items[rows], vals[rows] = top_k(self.score(batch), k, ex_rows, ex_items)
+        return items, vals
+
+
+def _fallback(primary: np.ndarray | sp.spmatrix, popularity: np.ndarray) -> np.ndarray:
+    """Rank items with a positive primary score first (in primary order), the rest by popularity.
+
+    Scores land in [1, 2] for the primary items and [0, 1) for the popularity fill.
+    """
+    top = popularity.max() if len(popularity) else 0.0
+    pop = (popularity / (top + 1.0) if top > 0 else np.zeros_like(popularity)).astype(np.float32)
+    out = np.tile(pop, (primary.shape[0], 1))
+    if sp.issparse(primary):
+        coo = primary.tocoo()
+        pos = coo.data > 0
+        rows, cols, vals = coo.row[pos], coo.col[pos], coo.data[pos]
+    else:
+        rows, cols = np.nonzero(primary > 0)
+        vals = primary[rows, cols]
+    row_max = np.zeros(primary.shape[0])
+    np.maximum.at(row_max, rows, vals)
+    out[rows, cols] = 1.0 + vals / row_max[rows]
+    return out
+
+
+@dataclass
+class Popularity(Recommender):
+    """Overall popularity: the summed event weights of each item."""
+
+    event_weights: dict[str, float] | None = None
+    name = "popularity"
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "Popularity":
+        self.catalogue = catalogue
+        self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        return np.tile(_fallback(np.zeros((1, len(self.catalogue))), self.popularity), (len(histories), 1))
+
+
+@dataclass
+class CategoryPopularity(Recommender):
+    """Popularity within the user's categories: score = P(category | user) x P(item | category)."""
+
+    event_weights: dict[str, float] | None = None
+    name = "category_popularity"
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "CategoryPopularity":
+        self.catalogue = catalogue
+        self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
+        cat = catalogue.category_code
+        n_cat = len(catalogue.categories)
+        known = cat >= 0
+        cat_total = np.bincount(cat[known], weights=self.popularity[known], minlength=n_cat)
+        self.item_share = np.where(known, self.popularity / np.maximum(cat_total[np.maximum(cat, 0)], 1e-12), 0.0)
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        cat = self.catalogue.category_code
+        n_cat = len(self.catalogue.categories)
+        w = event_weight_array(self.event_weights)[histories.etype]
+        ok = (histories.item >= 0) & (w > 0)
+        ev_cat = cat[np.where(ok, histories.item, 0)]
+        ok &= ev_cat >= 0
+        profile = np.zeros((len(histories), max(n_cat, 1)))
+        np.add.at(profile, (histories.row_of_event[ok], ev_cat[ok]), w[ok])
+        profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
+        primary = np.where(cat[None, :] >= 0, profile[:, np.maximum(cat, 0)] * self.item_share[None, :], 0.0)
+        return _fallback(primary, self.popularity)
+
+
+@dataclass
+class Trending(Recommender):
+    """Recent popularity: event weights over the last ``window_days``, halving every window/2 days."""
+
+    window_days: float = 7.0
+    event_weights: dict[str, float] | None = None
+    name = "trending"
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "Trending":
+        self.catalogue = catalogue
+        now = int(train.now.max()) if len(train) else 0
+        age_days = (now - train.t) / SECONDS_PER_DAY
+        w = event_weight_array(self.event_weights)[train.etype] * np.exp2(-age_days / (self.window_days / 2))
+        ok = (train.item >= 0) & (age_days <= self.window_days) & (w > 0)
+        self.trend = np.bincount(train.item[ok], weights=w[ok], minlength=len(catalogue))
+        self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {"window_days": self.window_days}
+
+    def score(self, histories: Histories) -> np.ndarray:
+        return np.tile(_fallback(self.trend[None, :], self.popularity), (len(histories), 1))
+
+
+@dataclass
+class RepeatBuy(Recommender):
+    """The user's own most frequent items (summed event weights, ties to the most recent),
+    then overall popularity. Meaningful only where seen items may be recommended (EXCLUDE_SEEN=none)."""
+
+    event_weights: dict[str, float] | None = None
+    name = "repeat_buy"
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "RepeatBuy":
+        self.catalogue = catalogue
+        self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
+        return self
+
+    def score(self, histories: Histories) -> np.ndarray:
+        n_items = len(self.catalogue)
+        weights = event_weight_array(self.event_weights)
+        w = weights[histories.etype]
+        ok = (histories.item >= 0) & (w > 0)
+        rows, items, t = histories.row_of_event[ok], histories.item[ok], histories.t[ok]
+        key = rows * n_items + items
+        pairs, inverse = np.unique(key, return_inverse=True)
+        freq = np.bincount(inverse, weights=w[ok], minlength=len(pairs))
+        last = np.full(len(pairs), np.iinfo(np.int64).min)
+        np.maximum.at(last, inverse, t)
+        p_rows, p_items = pairs // n_items, pairs % n_items
+        # recency breaks ties between equal frequencies: less than half the smallest weight step
+        span = np.maximum(histories.now - (t.min() if len(t) else 0), 1).astype(np.float64)
+        recency = np.clip(1.0 - (histories.now[p_rows] - last) / span[p_rows], 0.0, 1.0)
+        step = weights[weights > 0].min() if np.any(weights > 0) else 1.0
+        primary = sp.csr_matrix((freq + 0.45 * step * recency, (p_rows, p_items)), shape=(len(histories), n_items))
+        return _fallback(primary, self.popularity)
+
+
+@dataclass
+class CooccurrenceKNN(Recommender):
+    """Item-to-item kNN on co-occurrence in user histories (cosine), ``n_neighbors`` per item.
+
+    A user's score for item j is sum over their items i of sim(i, j) (the diagonal is zero:
+    the list shows what goes with the user's items, not the items themselves).
+    """
+
+    n_neighbors: int = 100
+    max_history: int = 200  # only the most recent distinct items of a user build co-occurrence
+    event_weights: dict[str, float] | None = None
+    name = "cooccurrence_knn"
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "CooccurrenceKNN":
+        self.catalogue = catalogue
+        n_items = len(catalogue)
+        inter = train.interaction_matrix(n_items, self.event_weights)
+        self.popularity = np.asarray(inter.sum(axis=0)).ravel()
+        x = _recent_binary(train, n_items, self.max_history)
+        co = (x.T @ x).tocsr().astype(np.float64)
+        diag = co.diagonal()
+        co.setdiag(0.0)
+        co.eliminate_zeros()
+        norm = np.sqrt(np.maximum(diag, 1.0))
+        co = sp.diags(1.0 / norm) @ co @ sp.diags(1.0 / norm)
+        self.similarity = _keep_top_per_row(co.tocsr(), self.n_neighbors)
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {"n_neighbors": self.n_neighbors, "max_history": self.max_history}
+
+    def score(self, histories: Histories) -> np.ndarray:
+        x = _recent_binary(histories, len(self.catalogue), self.max_history)
+        return _fallback(x @ self.similarity, self.popularity)
+
+    def similar_items(self, item: int, k: int) -> np.ndarray:
+        row = self.similarity.getrow(item)
+        order = np.lexsort((row.indices, -row.data))[:k]
+        return row.indices[order]
+
+
+@dataclass
+class EASE(Recommender):
+    """EASE (Steck 2019): a closed-form item-item linear model; dense, so for small catalogues only."""
+
+    l2: float = 500.0
+    max_items: int = 10_000
+    name = "ease"
+    weights_: np.ndarray = field(default=None, repr=False)  # type: ignore[assignment]
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "EASE":
+        n_items = len(catalogue)
+        if n_items > self.max_items:
+            raise ValueError(f"EASE needs a dense {n_items}x{n_items} matrix; the limit is {self.max_items} items")
+        self.catalogue = catalogue
+        x = _recent_binary(train, n_items, None)
+        self.popularity = np.asarray(x.sum(axis=0)).ravel()
+        gram = (x.T @ x).toarray()
+        gram[np.diag_indices(n_items)] += self.l2
+        p = np.linalg.inv(gram)
+        b = -p / np.diag(p)[None, :]
+        b[np.diag_indices(n_items)] = 0.0
+        self.weights_ = b.astype(np.float32)
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {"l2": self.l2, "max_items": self.max_items}
+
+    def score(self, histories: Histories) -> np.ndarray:
+        x = _recent_binary(histories, len(self.catalogue), None)
+        return _fallback(np.asarray(x @ self.weights_), self.popularity)
+
+
+def _recent_binary(histories: Histories, n_items: int, max_history: int | None) -> sp.csr_matrix:
+    """users x items, 1 where the user had a positive event on the item (their last max_history items)."""
+    positive = (histories.item >= 0) & (event_weight_array(None)[histories.etype] > 0)
+    rows, items = histories.row_of_event[positive], histories.item[positive]
+    if max_history is not None and len(rows):
+        # the latest event of each (user, item); events are grouped by user, oldest first
+        rev = np.arange(len(rows))[::-1]
+        _, first = np.unique((rows * n_items + items)[rev], return_index=True)
+        latest = np.sort(rev[first])
+        r = rows[latest]
+        from_end = np.cumsum(np.bincount(r, minlength=len(histories)))[r] - np.arange(len(r)) - 1
+        keep = latest[from_end < max_history]
+        rows, items = rows[keep], items[keep]
+    x = sp.csr_matrix((np.ones(len(rows)), (rows, items)), shape=(len(histories), n_items))
+    x.sum_duplicates()
+    x.data[:] = 1.0
+    return x
+
+
+def _keep_top_per_row(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
+    rows, cols, vals = [], [], []
+    for i in range(m.shape[0]):
+        start, end = m.indptr[i], m.indptr[i + 1]
+        if end == start:
+            continue
+        data, idx = m.data[start:end], m.indices[start:end]
+        if end - start > k:
+            top = np.lexsort((idx, -data))[:k]
+            data, idx = data[top], idx[top]
+        rows.append(np.full(len(idx), i))
+        cols.append(idx)
+        vals.append(data)
+    if not rows:
+        return sp.csr_matrix(m.shape)
+    return sp.csr_matrix((np.concatenate(vals), (np.concatenate(rows), np.concatenate(cols))), shape=m.shape)

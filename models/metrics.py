@@ -1,0 +1,99 @@
+"""Ranking metrics at K on numpy arrays (one implementation; metrics_spark.py is its Spark twin).
+
+Inputs: ``recs`` (n_users, K_max) int item codes in rank order, -1 padding where a list is
+shorter; ``targets`` a Ragged of the relevant item codes per user (codes of items that no list
+can contain may be any other negative number except -1). Binary relevance; for one user with
+target set T and hits h_1..h_K (h_r = 1 when the item at rank r is in T):
+
+- precision@K = sum(h) / K
+- recall@K    = sum(h) / |T|
+- hit_rate@K  = 1 if sum(h) > 0
+- ndcg@K      = sum_r h_r / log2(r + 1)  /  sum_{r <= min(|T|, K)} 1 / log2(r + 1)
+- map@K       = sum_r h_r * precision@r  /  min(|T|, K)
+
+and, over all lists: coverage@K = distinct recommended items / catalogue size, novelty@K =
+mean popularity rank (1 = most popular) of the recommended items. Users without a target are
+not evaluated (callers drop them).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from models.data import Ragged
+
+PER_USER_METRICS = ("precision", "recall", "hit_rate", "ndcg", "map")
+
+
+def hits_matrix(recs: np.ndarray, targets: Ragged) -> np.ndarray:
+    """(n_users, K) bool: is the item at each rank one of the user's targets?"""
+    recs = np.asarray(recs, dtype=np.int64)
+    n, k = recs.shape
+    if len(targets) != n:
+        raise ValueError(f"{n} recommendation lists but {len(targets)} target sets")
+    if n == 0 or k == 0 or len(targets.values) == 0:
+        return np.zeros((n, k), dtype=bool)
+    lo = min(int(recs.min()), int(targets.values.min()))
+    span = max(int(recs.max()), int(targets.values.max())) - lo + 1
+    rec_keys = np.arange(n, dtype=np.int64)[:, None] * span + (recs - lo)
+    target_keys = targets.rows * span + (targets.values - lo)
+    return np.isin(rec_keys, target_keys) & (recs != -1)
+
+
+def per_user_metrics(recs: np.ndarray, targets: Ragged, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """``{"ndcg_at_10": array(n_users), ...}`` for each metric in PER_USER_METRICS and k in ks."""
+    hits = hits_matrix(recs, targets)
+    n, kmax = hits.shape
+    if max(ks) > kmax:
+        raise ValueError(f"lists have {kmax} items, fewer than k={max(ks)}")
+    n_rel = targets.lengths.astype(np.float64)
+    if np.any(n_rel == 0):
+        raise ValueError("every evaluated user needs at least one target")
+    ranks = np.arange(1, kmax + 1, dtype=np.float64)
+    discount = 1.0 / np.log2(ranks + 1.0)
+    cum_hits = np.cumsum(hits, axis=1, dtype=np.float64)
+    dcg = np.cumsum(hits * discount, axis=1)
+    ideal = np.cumsum(discount)
+    ap_terms = np.cumsum(hits * cum_hits / ranks, axis=1)
+    out: dict[str, np.ndarray] = {}
+    for k in ks:
+        h = cum_hits[:, k - 1]
+        n_ideal = np.minimum(n_rel, k).astype(np.int64)
+        out[f"precision_at_{k}"] = h / k
+        out[f"recall_at_{k}"] = h / n_rel
+        out[f"hit_rate_at_{k}"] = (h > 0).astype(np.float64)
+        out[f"ndcg_at_{k}"] = dcg[:, k - 1] / ideal[n_ideal - 1]
+        out[f"map_at_{k}"] = ap_terms[:, k - 1] / n_ideal
+    return out
+
+
+def coverage(recs: np.ndarray, k: int, n_items: int) -> float:
+    """Share of the catalogue that appears in at least one top-k list."""
+    top = np.asarray(recs)[:, :k]
+    return float(len(np.unique(top[top >= 0])) / n_items) if n_items else 0.0
+
+
+def novelty(recs: np.ndarray, k: int, popularity_rank: np.ndarray) -> float:
+    """Mean popularity rank of the recommended items (higher = less popular = more novel)."""
+    top = np.asarray(recs)[:, :k]
+    top = top[top >= 0]
+    return float(popularity_rank[top].mean()) if len(top) else float("nan")
+
+
+def popularity_rank(counts: np.ndarray) -> np.ndarray:
+    """1 for the most popular item; ties share the best rank (competition ranking)."""
+    counts = np.asarray(counts, dtype=np.float64)
+    order = np.sort(counts)[::-1]
+    return (np.searchsorted(-order, -counts, side="left") + 1).astype(np.int64)
+
+
+def ranking_metrics(recs: np.ndarray, targets: Ragged, ks: tuple[int, ...], n_items: int,
+                    popularity_rank_: np.ndarray | None = None) -> dict[str, float]:
+    """Means of the per-user metrics plus coverage (and novelty when ranks are given)."""
+    out = {name: float(values.mean()) if len(values) else float("nan")
+           for name, values in per_user_metrics(recs, targets, ks).items()}
+    for k in ks:
+        out[f"coverage_at_{k}"] = coverage(recs, k, n_items)
+        if popularity_rank_ is not None:
+            out[f"novelty_at_{k}"] = novelty(recs, k, popularity_rank_)
+    return out

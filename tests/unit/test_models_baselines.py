@@ -1,0 +1,102 @@
+"""Each baseline on tiny data, and the shared top-k with exclusions."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending, top_k
+from models.data import Catalogue, Histories, Ragged, normalize_events
+from models.split import seen_items
+
+T0 = pd.Timestamp("2024-03-01", tz="UTC")
+
+
+def log(rows):
+    return normalize_events(pd.DataFrame([
+        {"user_id": u, "item_id": i, "event_type": e, "ts": T0 + pd.Timedelta(days=d), "category": c, "price": 1.0}
+        for u, i, e, d, c in rows]))
+
+
+# p1 is the most popular overall; t1 sells only lately; f1/f2 are always bought together
+LOG = log([
+    ("u1", "p1", "purchase", 0, "A"), ("u2", "p1", "purchase", 1, "A"), ("u3", "p1", "purchase", 2, "A"),
+    ("u4", "p1", "purchase", 3, "A"), ("u5", "p2", "purchase", 3, "A"),
+    ("u1", "f1", "purchase", 4, "B"), ("u1", "f2", "purchase", 4, "B"),
+    ("u2", "f1", "purchase", 5, "B"), ("u2", "f2", "purchase", 5, "B"),
+    ("u3", "f1", "purchase", 6, "B"),
+    ("u6", "t1", "purchase", 28, "C"), ("u7", "t1", "purchase", 29, "C"), ("u8", "t1", "view", 29, "C"),
+    ("u9", "r1", "purchase", 10, "B"), ("u9", "r1", "purchase", 12, "B"), ("u9", "r1", "purchase", 14, "B"),
+    ("u9", "r2", "purchase", 20, "B"),
+])
+CAT = Catalogue.from_events(LOG)
+NOW = int((T0 + pd.Timedelta(days=30)).timestamp())
+TRAIN = Histories.from_events(LOG, CAT, now=NOW)
+
+
+def ids(idx):
+    return [CAT.item_ids[i] if i >= 0 else None for i in idx]
+
+
+def recs_for(rec, users, k=3):
+    hist = Histories.from_events(LOG, CAT, users=users, now=NOW)
+    items, _ = rec.fit(TRAIN, CAT).recommend(hist, k)
+    return [ids(row) for row in items]
+
+
+def test_popularity_is_the_same_list_for_everyone_and_new_users():
+    assert recs_for(Popularity(), ["u1", "new"], k=2) == [["p1", "f1"], ["p1", "f1"]]
+
+
+def test_category_popularity_follows_the_users_categories():
+    # u9 buys only in B: B's best sellers first (f1 and r1 tie, the lower index wins), then overall popularity
+    assert recs_for(CategoryPopularity(), ["u9"], k=5) == [["f1", "r1", "f2", "r2", "p1"]]
+    assert recs_for(CategoryPopularity(), ["new"], k=1) == [["p1"]]
+
+
+def test_trending_ranks_what_sells_lately():
+    assert recs_for(Trending(window_days=7), ["new"], k=2) == [["t1", "p1"]]
+
+
+def test_repeat_buy_lists_own_items_by_frequency_then_popular_ones():
+    assert recs_for(RepeatBuy(), ["u9"], k=3) == [["r1", "r2", "p1"]]
+    assert recs_for(RepeatBuy(), ["new"], k=1) == [["p1"]]
+
+
+def test_repeat_buy_breaks_frequency_ties_by_recency():
+    # u1 bought p1 (day 0), f1 and f2 (day 4) once each: the later ones first, f1 before f2 by index
+    assert recs_for(RepeatBuy(), ["u1"], k=3) == [["f1", "f2", "p1"]]
+
+
+def test_cooccurrence_recommends_what_goes_with_the_users_items():
+    rec = CooccurrenceKNN(n_neighbors=5)
+    # u3 bought p1 and f1: f2 co-occurs with both; an item is never its own neighbour
+    assert recs_for(rec, ["u3"], k=1) == [["f2"]]
+    # f2 was bought with f1 twice (cosine 2/sqrt(2*3)) and with p1 twice (2/sqrt(2*4))
+    assert ids(rec.similar_items(CAT.index["f2"], 2)) == ["f1", "p1"]
+
+
+def test_ease_scores_co_bought_items_and_refuses_large_catalogues():
+    hist = Histories.from_events(LOG, CAT, users=["u3"], now=NOW)
+    items, _ = EASE(l2=1.0).fit(TRAIN, CAT).recommend(hist, 1, exclude=seen_items(hist, "all"))
+    assert ids(items[0]) == ["f2"]
+    with pytest.raises(ValueError):
+        EASE(max_items=3).fit(TRAIN, CAT)
+
+
+def test_every_list_is_full_and_respects_exclusions():
+    hist = Histories.from_events(LOG, CAT, users=["u9"], now=NOW)
+    exclude = Ragged.from_pairs(np.array([0, 0]), np.array([CAT.index["r1"], CAT.index["p1"]]), 1)
+    for rec in (Popularity(), CategoryPopularity(), Trending(), RepeatBuy(), CooccurrenceKNN(), EASE(l2=1.0)):
+        items, scores = rec.fit(TRAIN, CAT).recommend(hist, len(CAT) - 2, exclude=exclude)
+        got = ids(items[0])
+        assert None not in got and "r1" not in got and "p1" not in got, rec.name
+        assert np.all(np.diff(scores[0]) <= 0), rec.name
+
+
+def test_top_k_pads_and_breaks_ties_by_index():
+    scores = np.array([[1.0, 3.0, 3.0, 0.0]], dtype=np.float32)
+    items, vals = top_k(scores, 6, np.array([0]), np.array([3]))
+    assert items.tolist() == [[1, 2, 0, -1, -1, -1]]
+    assert np.isneginf(vals[0, 3:]).all()

@@ -1,0 +1,75 @@
+"""Ranking metrics against values computed by hand."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from models.data import Ragged
+from models.metrics import coverage, hits_matrix, novelty, per_user_metrics, popularity_rank, ranking_metrics
+
+
+def ragged(lists):
+    rows = np.concatenate([np.full(len(x), i) for i, x in enumerate(lists)]) if lists else np.zeros(0)
+    vals = np.concatenate([np.asarray(x) for x in lists]) if lists else np.zeros(0)
+    return Ragged.from_pairs(rows.astype(np.int64), vals.astype(np.int64), len(lists))
+
+
+def test_one_user_by_hand():
+    # targets {2, 4, 9}; the list hits at ranks 2 and 4
+    m = per_user_metrics(np.array([[1, 2, 3, 4]]), ragged([[2, 4, 9]]), ks=(2, 4))
+    assert m["precision_at_4"][0] == pytest.approx(0.5)
+    assert m["recall_at_4"][0] == pytest.approx(2 / 3)
+    assert m["hit_rate_at_4"][0] == 1.0
+    dcg = 1 / math.log2(3) + 1 / math.log2(5)
+    idcg = 1 + 1 / math.log2(3) + 1 / math.log2(4)
+    assert m["ndcg_at_4"][0] == pytest.approx(dcg / idcg)
+    assert m["map_at_4"][0] == pytest.approx((1 / 2 + 2 / 4) / 3)
+    # at k=2: one hit at rank 2; ideal is two hits
+    assert m["ndcg_at_2"][0] == pytest.approx((1 / math.log2(3)) / (1 + 1 / math.log2(3)))
+    assert m["map_at_2"][0] == pytest.approx((1 / 2) / 2)
+    assert m["recall_at_2"][0] == pytest.approx(1 / 3)
+
+
+def test_perfect_and_empty_lists():
+    m = per_user_metrics(np.array([[7, 8, -1], [-1, -1, -1]]), ragged([[7, 8], [5]]), ks=(3,))
+    assert m["ndcg_at_3"].tolist() == pytest.approx([1.0, 0.0])
+    assert m["map_at_3"].tolist() == pytest.approx([1.0, 0.0])
+    assert m["recall_at_3"].tolist() == pytest.approx([1.0, 0.0])
+    assert m["precision_at_3"].tolist() == pytest.approx([2 / 3, 0.0])
+
+
+def test_padding_never_hits_and_unknown_targets_count():
+    # -1 is padding; -2 is a target outside the catalogue: it can't be hit but counts in |T|
+    hits = hits_matrix(np.array([[-1, 3]]), ragged([[-2, 3]]))
+    assert hits.tolist() == [[False, True]]
+    m = per_user_metrics(np.array([[-1, 3]]), ragged([[-2, 3]]), ks=(2,))
+    assert m["recall_at_2"][0] == pytest.approx(0.5)
+
+
+def test_ranking_metrics_means_and_list_metrics():
+    recs = np.array([[0, 1], [0, 2]])
+    out = ranking_metrics(recs, ragged([[0], [3]]), ks=(1, 2), n_items=4, popularity_rank_=np.array([1, 2, 3, 4]))
+    assert out["hit_rate_at_1"] == pytest.approx(0.5)
+    assert out["coverage_at_1"] == pytest.approx(1 / 4)
+    assert out["coverage_at_2"] == pytest.approx(3 / 4)
+    assert out["novelty_at_2"] == pytest.approx((1 + 2 + 1 + 3) / 4)
+
+
+def test_coverage_and_novelty_ignore_padding():
+    recs = np.array([[0, -1], [1, -1]])
+    assert coverage(recs, 2, 10) == pytest.approx(0.2)
+    assert novelty(recs, 2, np.arange(1, 11)) == pytest.approx(1.5)
+
+
+def test_popularity_rank_ties_share_the_best_rank():
+    assert popularity_rank(np.array([5.0, 9.0, 5.0, 1.0])).tolist() == [2, 1, 2, 4]
+
+
+def test_users_without_targets_and_short_lists_are_errors():
+    with pytest.raises(ValueError):
+        per_user_metrics(np.array([[1, 2]]), ragged([[]]), ks=(2,))
+    with pytest.raises(ValueError):
+        per_user_metrics(np.array([[1, 2]]), ragged([[1]]), ks=(3,))

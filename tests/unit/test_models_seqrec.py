@@ -1,0 +1,130 @@
+"""The sequence model: determinism, refresh without retraining, new items, exclusions."""
+
+from __future__ import annotations
+
+import copy
+import pickle
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from models.data import Catalogue, Histories
+from models.datasets import synthetic_sequential
+from models.seqrec import SeqRec, SeqRecConfig
+from models.split import build_eval_set, seen_items, time_split
+
+CFG = SeqRecConfig(epochs=2, batch_size=64, dim=16, max_len=20, horizon_days=7, seed=0)
+
+
+@pytest.fixture(scope="module")
+def data():
+    events = synthetic_sequential(n_users=150, n_items=60, n_categories=6, events_per_user=20, days=40, seed=2)
+    split = time_split(events, window_days=7, min_target_users=5)
+    return build_eval_set(split, "none")
+
+
+@pytest.fixture(scope="module")
+def model(data):
+    return SeqRec(CFG).fit(data.train, data.catalogue)
+
+
+def test_same_seed_same_scores_other_seed_other_scores(data, model):
+    again = SeqRec(CFG).fit(data.train, data.catalogue)
+    assert np.array_equal(model.score(data.histories), again.score(data.histories))
+    other = SeqRec(SeqRecConfig(**{**CFG.__dict__, "seed": 1})).fit(data.train, data.catalogue)
+    assert not np.allclose(model.score(data.histories), other.score(data.histories))
+    assert len(model.history) == CFG.epochs and all(np.isfinite(r["loss"]) for r in model.history)
+
+
+def test_training_restores_process_wide_torch_settings(data):
+    threads = torch.get_num_threads()
+    SeqRec(SeqRecConfig(**{**CFG.__dict__, "epochs": 1})).fit(data.train, data.catalogue)
+    assert torch.get_num_threads() == threads
+    assert not torch.are_deterministic_algorithms_enabled()
+
+
+def test_scores_cover_the_catalogue_for_new_and_returning_users(data, model):
+    scores = model.score(data.histories)
+    assert scores.shape == (len(data), len(data.catalogue))
+    assert np.isfinite(scores).all()
+    empty = no_events(["nobody"], data)
+    assert np.isfinite(model.score(empty)).all()
+    assert model.encode_users(empty).shape == (1, CFG.dim)
+
+
+def no_events(users, data):
+    return Histories.from_events(pd.DataFrame(columns=["user_id", "item_id", "event_type", "ts"]), data.catalogue,
+                                 users=users, now=data.cutoff)
+
+
+def _sequence(user, items, start, catalogue):
+    rows = [{"user_id": user, "item_id": item, "event_type": "purchase", "ts": start + pd.Timedelta(hours=i),
+             "category": catalogue.category[catalogue.index[item]], "price": 3.0} for i, item in enumerate(items)]
+    return pd.DataFrame(rows)
+
+
+def test_a_new_users_sequence_is_scored_without_retraining(data, model):
+    before = copy.deepcopy(model.state_dict())
+    start = pd.Timestamp(data.cutoff - 2 * 86400, unit="s", tz="UTC")
+    item = data.catalogue.item_ids[5]
+    seq = Histories.from_events(_sequence("first-timer", [item, item, item], start, data.catalogue), data.catalogue,
+                                now=data.cutoff)
+    empty = no_events(["first-timer"], data)
+    with_seq, without = model.score(seq)[0], model.score(empty)[0]
+    # three recent purchases of the item make it one of the first suggestions; without them it is not
+    assert (with_seq > with_seq[5]).sum() < 3
+    assert (without > without[5]).sum() > (with_seq > with_seq[5]).sum()
+    assert not np.allclose(model.encode_users(seq), model.encode_users(empty))
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor, before[name]), name
+
+
+def test_refreshing_a_known_users_sequence_changes_their_list(data, model):
+    hist = data.histories.subset(np.array([int(np.flatnonzero(~data.is_new)[0])]))
+    user = hist.user_ids[0]
+    base = model.score(hist)[0]
+    known = set(hist.item.tolist())
+    new_item = next(i for i in np.argsort(base) if i not in known)  # a poorly ranked item the user never touched
+    item_id = data.catalogue.item_ids[new_item]
+    fresh = pd.concat([
+        pd.DataFrame({"user_id": user, "item_id": data.catalogue.item_ids[hist.item], "event_type": "purchase",
+                      "ts": pd.to_datetime(hist.t, unit="s", utc=True),
+                      "category": data.catalogue.category[hist.item], "price": 1.0}),
+        _sequence(user, [item_id] * 3, pd.Timestamp(data.cutoff - 3600 * 5, unit="s", tz="UTC"), data.catalogue),
+    ])
+    refreshed = model.score(Histories.from_events(fresh, data.catalogue, now=data.cutoff))[0]
+    assert (refreshed > refreshed[new_item]).sum() < (base > base[new_item]).sum()
+
+
+def test_a_new_item_is_scored_from_its_category_and_price(data, model):
+    old = data.catalogue
+    catalogue = Catalogue(item_ids=np.append(old.item_ids, "zz-brand-new"), category=np.append(old.category, old.category[0]),
+                          price=np.append(old.price, 2.0))
+    fresh = copy.deepcopy(model).prepare(catalogue, data.train)  # appended: the histories' indices still hold
+    new = len(old)
+    assert fresh.item_row[new] == 1  # the unknown-ID row: category and price carry it
+    scores = fresh.score(no_events(["someone"], data))
+    assert scores.shape == (1, len(catalogue)) and np.isfinite(scores[0, new])
+    # a new item of a category scores differently from one of another category
+    another = next(c for c in old.category if c != old.category[0])
+    other = Catalogue(item_ids=catalogue.item_ids, category=np.append(old.category, another), price=catalogue.price)
+    assert copy.deepcopy(model).prepare(other, data.train).score(no_events(["someone"], data))[0, new] != scores[0, new]
+
+
+@pytest.mark.parametrize("mode", ["all", "purchased"])
+def test_exclusion_modes_train_with_sampled_softmax_and_never_list_seen_items(mode):
+    events = synthetic_sequential(n_users=80, n_items=40, events_per_user=15, days=30, seed=4)
+    es = build_eval_set(time_split(events, window_days=7, min_target_users=5), mode)
+    cfg = SeqRecConfig(**{**CFG.__dict__, "epochs": 1, "exclude_seen": mode, "full_softmax_max_items": 10, "n_negatives": 16})
+    model = SeqRec(cfg).fit(es.train, es.catalogue)
+    items, _ = model.recommend(es.histories, 10, exclude=seen_items(es.histories, mode))
+    seen = seen_items(es.histories, mode)
+    for u in range(len(es)):
+        assert not set(items[u].tolist()) & set(seen[u].tolist())
+
+
+def test_pickle_round_trip_scores_the_same(data, model):
+    clone = pickle.loads(pickle.dumps(model))
+    assert np.array_equal(clone.score(data.histories), model.score(data.histories))
