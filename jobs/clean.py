@@ -43,7 +43,9 @@ class CleanResult:
 def _field(name: str) -> "Column":
     from pyspark.sql import functions as F
 
-    return F.expr(f"try_variant_get(v, '$.{name}', 'string')")
+    # Every variant value casts to a string (objects and arrays as JSON text), so the cheaper
+    # non-try form cannot fail here.
+    return F.expr(f"variant_get(v, '$.{name}', 'string')")
 
 
 def _field_type(name: str) -> "Column":
@@ -58,11 +60,16 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
 
     # Python's json writes bare NaN/Infinity; quote them so the row parses and the price rule
     # (not a JSON syntax error) explains what is wrong.
-    quoted = F.regexp_replace("raw", r'(:\s*)(-?Infinity|NaN)(\s*[,}])', '$1"$2"$3')
+    # (The regex runs only on lines that mention them: applied to every line it triples the parse cost.)
+    raw_col = F.col("raw")
+    quoted = F.when(raw_col.contains("NaN") | raw_col.contains("Infinity"),
+                    F.regexp_replace(raw_col, r'(:\s*)(-?Infinity|NaN)(\s*[,}])', '$1"$2"$3')).otherwise(raw_col)
     df = raw.withColumn("v", F.try_parse_json(quoted))
     df = df.withColumn("_is_object", F.ltrim(F.col("raw")).startswith("{") & F.col("v").isNotNull())
 
-    blank = {name: F.nullif(F.trim(_field(name)), F.lit("")) for name in EVENT_FIELDS}
+    # Numbers and timestamps are trimmed by their casts; trimming them here too costs time.
+    blank = {name: F.nullif(_field(name) if name in ("price", "quantity") else F.trim(_field(name)), F.lit(""))
+             for name in EVENT_FIELDS}
     df = df.select(
         "source_file", "raw", "v", "_is_object",
         *[blank[n].alias(f"s_{n}") for n in EVENT_FIELDS],
@@ -127,8 +134,13 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     derived_id = F.concat(F.lit("d-"), F.substring(F.sha2(F.concat_ws(
         "\u0001", F.expr("cast(unix_micros(ts) as string)"),
         "s_user_id", "s_session_id", event_type, "s_item_id", F.lower("s_query")), 256), 1, 32))
-    return df.select(
-        "source_file", "raw", reason.alias("reason"),
+    # Valid rows keep only a hash of their text (to break ties between rows sharing an event
+    # id); carrying every raw line through the cache and the shuffle doubles the job's cost.
+    return df.withColumn("reason", reason).select(
+        "source_file",
+        F.when(F.col("reason").isNotNull(), F.col("raw")).alias("raw"),
+        F.xxhash64("raw").alias("raw_hash"),
+        "reason",
         F.coalesce("s_event_id", derived_id).alias("event_id"),
         "ts",
         F.col("s_user_id").alias("user_id"),
@@ -155,10 +167,8 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
     from pyspark.sql import functions as F
 
     parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours).persist(StorageLevel.MEMORY_AND_DISK)
-    # The raw text only breaks ties between different rows claiming one event id; its hash
-    # does that as deterministically and keeps the shuffle small.
-    valid = parsed.where(F.col("reason").isNull()).withColumn("_tie", F.xxhash64("raw")).drop("raw")
-    order = Window.partitionBy("event_id").orderBy("source_file", "_tie")
+    valid = parsed.where(F.col("reason").isNull()).drop("raw")
+    order = Window.partitionBy("event_id").orderBy("source_file", "raw_hash")
     ranked = valid.withColumn("_rank", F.row_number().over(order))
     if known_event_ids is not None:
         known = known_event_ids.select("event_id").distinct().withColumn("_known", F.lit(True))
