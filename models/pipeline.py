@@ -14,7 +14,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import pandas as pd
@@ -124,9 +124,14 @@ def train_model(eval_set: EvalSet, config: TrainingConfig, on_epoch=None) -> Seq
 
 
 def train_and_gate(settings, events: pd.DataFrame | None = None, config: TrainingConfig | None = None,
-                   items: pd.DataFrame | None = None) -> TrainingReport:
+                   items: pd.DataFrame | None = None, trainer: Callable[..., SeqRec] | None = None) -> TrainingReport:
     """Split, evaluate every baseline and the new model on the same window, track them in MLflow,
-    register the model (alias challenger) and run the promotion gate (alias champion)."""
+    register the model (alias challenger) and run the promotion gate (alias champion).
+
+    ``trainer(eval_set, config, on_epoch)`` returns the fitted model (default ``train_model``);
+    passing another one gates any model on the same protocol.
+    """
+    trainer = trainer or train_model
     from models import tracking
 
     config = config or TrainingConfig.from_settings(settings)
@@ -158,8 +163,7 @@ def train_and_gate(settings, events: pd.DataFrame | None = None, config: Trainin
 
         run_id = tracking.start_run(client, "model", "seqrec", {**window, **config.model.to_params()}, window_tag)
         try:
-            model = train_model(eval_set, config,
-                                on_epoch=lambda epoch, row: tracking.log_metrics(client, run_id, row, step=epoch))
+            model = trainer(eval_set, config, on_epoch=lambda epoch, row: tracking.log_metrics(client, run_id, row, step=epoch))
             result = evaluate(model, eval_set, config.ks)
             results["seqrec"] = result
             tracking.log_metrics(client, run_id, {**result.metrics, "train_seconds": model.train_seconds,

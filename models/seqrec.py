@@ -65,7 +65,8 @@ class SeqRecConfig:
     horizon_days: float = 14.0  # targets of a training example: the next horizon_days (use the eval window)
     # "cutoffs": examples are (user, calendar cutoff) like the evaluation window, one cutoff every
     # cutoff_stride_days going back from the end; "sessions": one example per session start
-    examples: str = "cutoffs"
+    # (the moment a micro-batch refreshes a user); "both": the union
+    examples: str = "both"
     cutoff_stride_days: float | None = None  # None: horizon_days / 2
     session_gap_minutes: float = 30.0
     max_examples_per_user: int = 50  # the most recent examples of each user
@@ -606,12 +607,15 @@ def _training_examples(train: Histories, cfg: SeqRecConfig) -> _Examples:
     horizon = int(cfg.horizon_days * SECONDS_PER_DAY)
     t0 = int(t.min())
     key = rows * (1 << 36) + (t - t0)
-    if cfg.examples == "sessions":
+    if cfg.examples not in ("cutoffs", "sessions", "both"):
+        raise ValueError(f"examples must be 'cutoffs', 'sessions' or 'both', got {cfg.examples!r}")
+    cuts, nows = [], []
+    if cfg.examples in ("sessions", "both"):
         new_session = np.ones(n, bool)
         new_session[1:] = (rows[1:] != rows[:-1]) | ((t[1:] - t[:-1]) > cfg.session_gap_minutes * 60)
-        cut = np.flatnonzero(new_session)
-        now = t[cut]
-    elif cfg.examples == "cutoffs":
+        cuts.append(np.flatnonzero(new_session))
+        nows.append(t[cuts[-1]])
+    if cfg.examples in ("cutoffs", "both"):
         stride = int((cfg.cutoff_stride_days or cfg.horizon_days / 2) * SECONDS_PER_DAY)
         end = int(train.now.max()) if len(train) else int(t.max()) + 1
         cutoffs = np.arange(end - horizon, t0, -max(stride, 1))
@@ -619,17 +623,13 @@ def _training_examples(train: Histories, cfg: SeqRecConfig) -> _Examples:
             cutoffs = np.array([t0 + (end - t0) // 2])
         # for each cutoff, every user with an event in [cutoff, cutoff + horizon)
         user_rows = np.arange(len(train))
-        cuts, nows = [], []
         for c in cutoffs:
             first = np.searchsorted(key, user_rows * (1 << 36) + (c - t0), side="left")
             active = (first < train.offsets[1:]) & (t[np.minimum(first, n - 1)] < c + horizon)
             cuts.append(first[active])
             nows.append(np.full(int(active.sum()), c, dtype=np.int64))
-        cut, now = np.concatenate(cuts), np.concatenate(nows)
-        order = np.lexsort((now, rows[cut]))
-        cut, now = cut[order], now[order]
-    else:
-        raise ValueError(f"examples must be 'cutoffs' or 'sessions', got {cfg.examples!r}")
+    pairs = np.unique(np.stack([np.concatenate(cuts), np.concatenate(nows)], axis=1), axis=0)  # sorted by event, then time
+    cut, now = pairs[:, 0], pairs[:, 1]
     cut_rows = rows[cut]
     from_end = np.cumsum(np.bincount(cut_rows, minlength=len(train)))[cut_rows] - np.arange(len(cut)) - 1
     recent = from_end < cfg.max_examples_per_user

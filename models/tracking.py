@@ -9,6 +9,7 @@ and restored afterwards. Runs live in experiment ``freshrec`` with the tag ``fre
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
@@ -28,17 +29,26 @@ CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
 
 @contextlib.contextmanager
 def tracking(uri: str) -> Iterator[Any]:
-    """An MlflowClient on ``uri`` with the fluent API pointed there too, restored on exit."""
+    """An MlflowClient on ``uri`` with the fluent API pointed there too, restored on exit.
+
+    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which Settings.tracking_uri
+    reads first: the variable is restored too, so one store never leaks into the next call.
+    """
     import mlflow
     from mlflow.tracking import MlflowClient
 
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
+    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI
     try:
         yield MlflowClient(tracking_uri=uri, registry_uri=uri)
     finally:
         if previous is not None:
             mlflow.set_tracking_uri(previous)
+        if previous_env is None:
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+        else:
+            os.environ["MLFLOW_TRACKING_URI"] = previous_env
 
 
 def experiment_id(client) -> str:

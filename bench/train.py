@@ -1,0 +1,112 @@
+"""Benchmark of the training step on Ta-Feng: baselines, model, gate. Prints one JSON object.
+
+    .venv/bin/python bench/train.py [--sequence-length 200] [--exclude-seen none] [--epochs 3]
+
+Reads ../shared/data/ta_feng.csv.zip (or FRESHREC_TAFENG_ZIP); tracks into a throw-away
+FRESHREC_HOME (MLflow sqlite store included) unless --home is given. Reports per-recommender
+ndcg_at_10 / recall_at_10 on the held-out window, training time and examples/s, and the
+full-catalogue scoring throughput of the trained model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("FRESHREC_TAFENG_ZIP", REPO.parent / "shared" / "data" / "ta_feng.csv.zip")))
+    parser.add_argument("--exclude-seen", default="none", choices=("none", "purchased", "all"))
+    parser.add_argument("--sequence-length", type=int, default=200, help="events per user the model reads")
+    parser.add_argument("--window-days", type=float, default=14.0)
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--home", type=Path, default=None, help="FRESHREC_HOME (default: a temporary directory)")
+    parser.add_argument("--score-users", type=int, default=4096, help="users scored for the throughput figure")
+    args = parser.parse_args()
+
+    import numpy as np
+    import torch
+
+    from freshrec.settings import Settings
+    from models.datasets import load_tafeng
+    from models.pipeline import TrainingConfig, train_and_gate
+    from models.seqrec import SeqRec
+
+    home = args.home or Path(tempfile.mkdtemp(prefix="freshrec-bench-"))
+    settings = Settings(home=home, exclude_seen=args.exclude_seen, sequence_length=args.sequence_length)
+    settings.ensure_dirs()
+    config = TrainingConfig.from_settings(settings, env={})
+    config = dataclasses.replace(config, window_days=args.window_days)
+    if args.epochs is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=args.epochs))
+
+    started = time.perf_counter()
+    events = load_tafeng(args.data)
+    load_seconds = time.perf_counter() - started
+
+    captured: dict[str, SeqRec] = {}
+
+    def trainer(eval_set, cfg, on_epoch=None):
+        from models.pipeline import train_model
+
+        captured["model"] = train_model(eval_set, cfg, on_epoch)
+        captured["eval_set"] = eval_set
+        return captured["model"]
+
+    started = time.perf_counter()
+    report = train_and_gate(settings, events, config, trainer=trainer)
+    step_seconds = time.perf_counter() - started
+
+    model, eval_set = captured["model"], captured["eval_set"]
+    n = min(args.score_users, len(eval_set))
+    hist = eval_set.histories.subset(np.arange(n))
+    model.score(hist.subset(np.arange(min(64, n))))  # warm-up
+    t = time.perf_counter()
+    for start in range(0, n, 1024):
+        model.score(hist.subset(np.arange(start, min(start + 1024, n))))
+    score_seconds = time.perf_counter() - t
+
+    keys = ("ndcg_at_10", "recall_at_10", "recall_at_20", "map_at_10", "coverage_at_10",
+            "new_users/ndcg_at_10", "returning_users/ndcg_at_10")
+    table = {name: {k: round(b["metrics"][k], 5) for k in keys if k in b["metrics"]} for name, b in report.baselines.items()}
+    table["seqrec"] = {k: round(report.model["metrics"][k], 5) for k in keys if k in report.model["metrics"]}
+    out = {
+        "dataset": "ta_feng", "events": int(len(events)), "exclude_seen": args.exclude_seen,
+        "sequence_length": args.sequence_length, "window": report.window,
+        "metrics": table,
+        "model_beats_every_baseline": all(table["seqrec"]["ndcg_at_10"] > v["ndcg_at_10"] for k, v in table.items() if k != "seqrec"),
+        "training": {
+            "seconds": round(report.model["train_seconds"], 1),
+            "examples": model.n_examples,
+            "examples_per_second": round(report.model["examples_per_second"], 1),
+            "epochs_run": len(model.history), "best_epoch": report.model["best_epoch"],
+            "explore_offset": model.explore_offset, "device": str(model.device),
+            "torch_threads": model.config.num_threads,
+        },
+        "scoring": {
+            "users": n, "items": len(eval_set.catalogue), "seconds": round(score_seconds, 2),
+            "users_per_second": round(n / score_seconds, 1),
+            "scores_per_second": round(n * len(eval_set.catalogue) / score_seconds),
+        },
+        "gate": {"promoted": report.decision.promote, "publish": report.publish, "reason": report.decision.reason},
+        "seconds": {"load": round(load_seconds, 1), "training_step_total": round(step_seconds, 1)},
+        "machine": {"python": platform.python_version(), "torch": torch.__version__, "cpus": os.cpu_count(),
+                    "cuda": torch.cuda.is_available()},
+    }
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
