@@ -7,16 +7,13 @@ half-written file. Hidden names (leading dot or underscore) are ignored by Spark
 
 from __future__ import annotations
 
-import csv
 import gzip
 import io
 import json
 import os
 import uuid
 from pathlib import Path
-from typing import IO, Iterable, Iterator, Mapping
-
-from freshrec.schemas import EVENT_FIELDS, ITEM_FIELDS
+from typing import IO, Iterable, Mapping
 
 
 def _open_text(path: Path, gz: bool) -> IO[str]:
@@ -43,39 +40,3 @@ def atomic_write_jsonl(directory: Path, name: str, rows: Iterable[Mapping], gz: 
         tmp.unlink(missing_ok=True)
         raise
     return final, n
-
-
-def atomic_write_csv(directory: Path, name: str, rows: Iterable[Mapping], columns: tuple[str, ...] = EVENT_FIELDS) -> tuple[Path, int]:
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / name
-    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    n = 0
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=list(columns), extrasaction="ignore")
-            writer.writeheader()
-            for row in rows:
-                writer.writerow(row)
-                n += 1
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final, n
-
-
-def chunked(rows: Iterable[Mapping], size: int) -> Iterator[list[Mapping]]:
-    """Group an iterator into lists of ``size`` rows, so writers hold bounded memory."""
-    chunk: list[Mapping] = []
-    for row in rows:
-        chunk.append(row)
-        if len(chunk) >= size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
-def write_items(directory: Path, name: str, items: Iterable[Mapping]) -> tuple[Path, int]:
-    """Write an item catalogue file (item_id, category, price, available) as JSON lines."""
-    return atomic_write_jsonl(directory, name, ({k: it.get(k) for k in ITEM_FIELDS} for it in items))
