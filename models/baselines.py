@@ -124,7 +124,7 @@ class CategoryPopularity(Recommender):
         cat = catalogue.category_code
         n_cat = len(catalogue.categories)
         known = cat >= 0
-        cat_total = np.bincount(cat[known], weights=self.popularity[known], minlength=n_cat)
+        cat_total = np.bincount(cat[known], weights=self.popularity[known], minlength=max(n_cat, 1))
         self.item_share = np.where(known, self.popularity / np.maximum(cat_total[np.maximum(cat, 0)], 1e-12), 0.0)
         return self
 

@@ -100,3 +100,12 @@ def test_top_k_pads_and_breaks_ties_by_index():
     items, vals = top_k(scores, 6, np.array([0]), np.array([3]))
     assert items.tolist() == [[1, 2, 0, -1, -1, -1]]
     assert np.isneginf(vals[0, 3:]).all()
+
+
+def test_category_popularity_without_categories_is_popularity():
+    plain = log([(u, i, e, d, "") for u, i, e, d, _ in [
+        ("u1", "p1", "purchase", 0, ""), ("u2", "p1", "purchase", 1, ""), ("u2", "p2", "purchase", 2, "")]])
+    cat = Catalogue.from_events(plain)
+    hist = Histories.from_events(plain, cat, users=["u1"], now=NOW)
+    items, _ = CategoryPopularity().fit(Histories.from_events(plain, cat, now=NOW), cat).recommend(hist, 2)
+    assert [cat.item_ids[i] for i in items[0]] == ["p1", "p2"]
