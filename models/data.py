@@ -225,10 +225,6 @@ class Histories:
             now=self.now if now is None else np.broadcast_to(np.asarray(now, dtype=np.int64), (len(self),)).copy(),
         )
 
-    def with_now(self, now: int | np.ndarray) -> "Histories":
-        return Histories(self.user_ids, self.offsets, self.item, self.etype, self.t, self.category, self.price,
-                         np.broadcast_to(np.asarray(now, dtype=np.int64), (len(self.user_ids),)).copy())
-
     def interaction_matrix(self, n_items: int, weights: dict[str, float] | None = None):
         """Sparse users x items matrix of summed event weights (negatives clipped at 0)."""
         import scipy.sparse as sp

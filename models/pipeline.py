@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import pandas as pd
 
 from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
@@ -204,10 +203,3 @@ def train_and_gate(settings, events: pd.DataFrame | None = None, config: Trainin
                "examples_per_second": model.examples_per_second, "best_epoch": model.best_epoch},
         champion=champion, decision=decision, publish=publish,
     )
-
-
-def summary_table(report: TrainingReport, metrics: tuple[str, ...] = ("ndcg_at_10", "recall_at_10", "map_at_10",
-                                                                        "coverage_at_10")) -> pd.DataFrame:
-    rows = {name: {m: b["metrics"].get(m, np.nan) for m in metrics} for name, b in report.baselines.items()}
-    rows["seqrec"] = {m: report.model["metrics"].get(m, np.nan) for m in metrics}
-    return pd.DataFrame(rows).T

@@ -1,30 +1,32 @@
-"""The main model: a sequence encoder plus a learned repeat-or-explore score over the catalogue.
+"""The main model: a sequence encoder with a learned repeat-or-explore decision over the catalogue.
 
 For a user at time ``now`` with recent item events e_1..e_L (oldest first):
 
 - Item representation: ID embedding + category embedding + price-bucket embedding. Items seen
   fewer than ``min_item_count`` times in training (and items new since training) share the
   unknown-ID row, so they are scored from their category and price: a new item can be listed.
-- Sequence encoder (SASRec-style): each event is its item representation plus embeddings of
-  its event type, the gap since the previous event, its age at ``now`` and its recency rank; a
-  transformer reads them with a query token whose output is the user vector h. There is no
-  user-ID parameter: a user seen for the first time, or whose sequence changed, is encoded
-  from the sequence alone, without retraining.
-- Explore score, for every catalogue item i: h . e_i + b_i + w(h) . [popularity_i, trend_i],
-  the last two read from the training log as of ``now`` (new users get a fresh list).
-- Repeat score (RepeatNet-style, Ren et al. 2019), for each item already in the user's
-  sequence: an MLP of what the user did with it (counts per event type, distinct days, first
-  and last age, share of the sequence, recency) and of h, added to its explore score. The
-  network learns per user whether to re-offer own items or to explore, and which own items.
+- Sequence encoder (SASRec-style): each event is its item representation plus embeddings of its
+  event type, the gap since the previous event, its age at ``now`` and its recency rank; attention
+  from a query token reads them into the user vector h. There is no user-ID parameter: a user
+  seen for the first time, or whose sequence changed, is encoded from the sequence alone.
+- Repeat head (RepeatNet-style, Ren et al. 2019; "what the user already buys" as a first-class
+  input): for each item in the user's sequence, P(taken again within the horizon) from what the
+  user did with it (counts per event type, distinct days, first and last age, share of the
+  sequence, recency), the item's popularity and trend, and h.
+- Explore head: the expected number of new items the user takes, times a softmax over every other
+  catalogue item of h . e_i + b_i + w(h) . [popularity_i, trend_i] (popularity and trend read
+  from the log as of ``now``, so new users get a fresh list).
+- Score = log P(item among what the user takes in the horizon): own items from the repeat head,
+  the others from the explore head shifted by an offset calibrated on the validation window
+  (explore is far less predictable in some windows than in others: promotions come and go).
 
-Training: one example per (user, session start t); input = the events before t, targets = the
-distinct target-type items of the user in [t, t + horizon): the same shape as the evaluation
-window. Loss = softmax cross-entropy averaged over each example's targets. The partition
-function sums the example's targets and own items exactly and the rest of the catalogue either
-exactly (catalogues up to ``full_softmax_max_items``) or by importance sampling
-(``n_negatives`` shared draws from a popularity-smoothed proposal, log-q corrected), which keeps
-a CPU epoch on a 20k-item catalogue in seconds. Deterministic for a seed on the CPU (fixed
-thread count, deterministic algorithms, seeded batching and sampling).
+Training examples: (user, session start) and (user, calendar cutoff) pairs, input = the events
+before that moment, targets = the distinct target-type items of the next horizon: the shape of the
+evaluation window. Loss = binary cross-entropy of the repeat head over own items + Poisson
+likelihood of the number of new items + softmax cross-entropy of each new target; the softmax
+partition is exact for catalogues up to ``full_softmax_max_items`` and importance-sampled above
+(``n_negatives`` shared draws, log-q corrected). Deterministic for a seed on the CPU (fixed thread
+count, deterministic algorithms, seeded batching and sampling); on a GPU when one is present.
 """
 
 from __future__ import annotations
