@@ -1,6 +1,8 @@
 """Small readers of public data sets and synthetic logs into the canonical event columns.
 
-For experiments, tests and bench/ only: the pipeline reads lake/events (models.data.read_lake_events).
+For experiments, tests and bench/ only: the pipeline reads lake/events (models.data.read_lake_events)
+that `freshrec import` fills. These read a whole file into pandas at once (seconds for Ta-Feng)
+with the importers' mappings, so a model experiment needs no landing zone or Spark.
 Each reader returns a DataFrame with user_id, item_id, event_type, ts (UTC), category, price, quantity.
 """
 
@@ -12,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-RETAILROCKET_EVENTS = {"view": "view", "addtocart": "add_to_cart", "transaction": "purchase"}
-OTTO_EVENTS = {"clicks": "view", "carts": "add_to_cart", "orders": "purchase"}
+from freshrec.importers import OTTO_EVENTS, RETAILROCKET_EVENTS, TAFENG_COLUMNS
 
 
 def load_tafeng(path: Path) -> pd.DataFrame:
     """Ta-Feng: every row a purchase of AMOUNT units; unit price = SALES_PRICE / AMOUNT."""
-    raw = pd.read_csv(path, usecols=["TRANSACTION_DT", "CUSTOMER_ID", "PRODUCT_SUBCLASS", "PRODUCT_ID", "AMOUNT", "SALES_PRICE"])
+    raw = pd.read_csv(path, usecols=list(TAFENG_COLUMNS))
     amount = raw["AMOUNT"].clip(lower=1)
     return pd.DataFrame({
         "user_id": raw["CUSTOMER_ID"].astype(str),

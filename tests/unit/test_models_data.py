@@ -67,3 +67,16 @@ def test_read_lake_events_reads_the_partitioned_parquet(tmp_path):
     got = read_lake_events(lake, start=pd.Timestamp("2024-01-02", tz="UTC"))
     assert sorted(got.columns) == sorted(["user_id", "item_id", "event_type", "ts", "category", "price"])
     assert len(got) == 3
+
+
+def test_sample_readers_map_events_to_the_canonical_types():
+    from pathlib import Path
+
+    from models.datasets import load_otto, load_retailrocket
+
+    samples = Path(__file__).resolve().parents[2] / "data" / "samples"
+    rr = load_retailrocket(samples / "retailrocket_sample_events.csv")
+    assert len(rr) == 2771 and set(rr["event_type"]) == {"view", "add_to_cart", "purchase"}
+    otto = load_otto(samples / "otto_sample_train.jsonl")
+    assert len(otto) == 862 and otto["user_id"].nunique() == 20
+    assert normalize_events(otto)["t"].min() > 1_600_000_000  # epoch seconds, not milliseconds
