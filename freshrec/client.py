@@ -36,29 +36,23 @@ class RecsClient:
         version, updated_at, items = self._fallback(n)
         return {"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
 
-    def similar(self, item_id: str, n: int = 10) -> dict[str, Any]:
-        found = self.store.get_similar(item_id, n)
+    def _or_fallback(self, key_name: str, found: dict[str, Any] | None, source: str, fallback_key: Any,
+                     n: int) -> dict[str, Any]:
+        """A keyed list in the recs shape, or the overall popular list marked ``fallback``."""
         if found is not None:
-            return {"item_id": found["item_id"], "version": found["version"], "source": "similar",
+            return {key_name: found[key_name], "version": found["version"], "source": source,
                     "updated_at": found["updated_at"], "items": found["items"]}
         version, updated_at, items = self._fallback(n)
-        return {"item_id": str(item_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+        return {key_name: fallback_key, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+
+    def similar(self, item_id: str, n: int = 10) -> dict[str, Any]:
+        return self._or_fallback("item_id", self.store.get_similar(item_id, n), "similar", str(item_id), n)
 
     def popular(self, category: str | None = None, n: int = 10) -> dict[str, Any]:
-        found = self.store.get_popular(category, n)
-        if found is not None:
-            return {"category": found["category"], "version": found["version"], "source": "popular",
-                    "updated_at": found["updated_at"], "items": found["items"]}
-        version, updated_at, items = self._fallback(n)
-        return {"category": category or None, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+        return self._or_fallback("category", self.store.get_popular(category, n), "popular", category or None, n)
 
     def query_items(self, query: str, n: int = 10) -> dict[str, Any]:
-        found = self.store.get_query_items(query, n)
-        if found is not None:
-            return {"query": found["query"], "version": found["version"], "source": "query",
-                    "updated_at": found["updated_at"], "items": found["items"]}
-        version, updated_at, items = self._fallback(n)
-        return {"query": normalise_query(query), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+        return self._or_fallback("query", self.store.get_query_items(query, n), "query", normalise_query(query), n)
 
     def status(self) -> dict[str, Any]:
         """``{"live_version", "store", "created_at", "committed_at", "live_at", "meta", "counts", "versions"}``;

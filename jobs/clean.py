@@ -30,7 +30,6 @@ ITEM_EVENT_TYPES = tuple(t for t in EVENT_TYPES if t != "search")
 class CleanResult:
     clean: "DataFrame"        # columns CLEAN_EVENT_COLUMNS, unique on event_id
     quarantine: "DataFrame"   # source_file, raw, reason
-    duplicates: "DataFrame"   # source_file, event_id (rows dropped as repeats of a kept row)
     per_file: "DataFrame"     # source_file, read, clean, quarantined, duplicates
     _cached: tuple = ()
 
@@ -180,7 +179,6 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
 
     clean = ranked.where(~F.col("_dup")).select(
         *[c for c in CLEAN_EVENT_COLUMNS if c != "event_date"], F.to_date("ts").alias("event_date"))
-    duplicates = ranked.where(F.col("_dup")).select("source_file", "event_id")
     quarantine = parsed.where(F.col("reason").isNotNull()).select("source_file", "raw", "reason")
 
     status = F.when(F.col("reason").isNotNull(), "quarantined")
@@ -196,7 +194,7 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
             F.sum(F.when(F.col("status") == "duplicates", 1).otherwise(0)).alias("duplicates"),
         )
     )
-    return CleanResult(clean=clean, quarantine=quarantine, duplicates=duplicates, per_file=per_file,
+    return CleanResult(clean=clean, quarantine=quarantine, per_file=per_file,
                        _cached=(parsed, ranked))
 
 

@@ -23,6 +23,17 @@ def reference_time(events: "DataFrame") -> "Column":
     return F.lit(ref).cast("timestamp")
 
 
+def decayed_weight(events: "DataFrame", weights: Mapping[str, float], half_life_days: float) -> "tuple[Column, Column]":
+    """(event-type weight x 2^(-age/half-life), age in days), age measured from the newest event."""
+    from pyspark.sql import functions as F
+
+    ref = reference_time(events)
+    weight_of = F.create_map(*[x for k, v in weights.items() for x in (F.lit(k), F.lit(float(v)))])
+    age_days = (F.unix_micros(ref) - F.unix_micros("ts")) / 86_400e6
+    decay = F.pow(F.lit(2.0), -age_days / F.lit(half_life_days))
+    return F.coalesce(weight_of[F.col("event_type")], F.lit(0.0)) * decay, age_days
+
+
 def item_events(events: "DataFrame") -> "DataFrame":
     from pyspark.sql import functions as F
 
@@ -54,14 +65,11 @@ def interactions(events: "DataFrame", weights: Mapping[str, float], half_life_da
     """One row per (user, item): decayed weighted strength plus per-type counts."""
     from pyspark.sql import functions as F
 
-    ref = reference_time(events)
-    weight_of = F.create_map(*[x for k, v in weights.items() for x in (F.lit(k), F.lit(float(v)))])
-    age_days = (F.unix_micros(ref) - F.unix_micros("ts")) / 86_400e6
-    decay = F.pow(F.lit(2.0), -age_days / F.lit(half_life_days))
+    weight, _ = decayed_weight(events, weights, half_life_days)
     n_of = lambda t: F.sum(F.when(F.col("event_type") == t, 1).otherwise(0)).cast("long")  # noqa: E731
     return (
         item_events(events)
-        .withColumn("w", F.coalesce(weight_of[F.col("event_type")], F.lit(0.0)) * decay)
+        .withColumn("w", weight)
         .groupBy("user_id", "item_id")
         .agg(F.sum("w").alias("weight"), n_of("view").alias("n_view"), n_of("add_to_cart").alias("n_cart"),
              n_of("purchase").alias("n_purchase"), F.count("*").alias("n_events"), F.max("ts").alias("last_ts"))
@@ -108,15 +116,12 @@ def item_stats(events: "DataFrame", weights: Mapping[str, float], half_life_days
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    ref = reference_time(events)
-    weight_of = F.create_map(*[x for k, v in weights.items() for x in (F.lit(k), F.lit(float(v)))])
-    age_days = (F.unix_micros(ref) - F.unix_micros("ts")) / 86_400e6
-    decay = F.pow(F.lit(2.0), -age_days / F.lit(half_life_days))
+    weight, age_days = decayed_weight(events, weights, half_life_days)
     recent = F.sum(F.when(age_days < trending_days, 1).otherwise(0))
     previous = F.sum(F.when((age_days >= trending_days) & (age_days < 2 * trending_days), 1).otherwise(0))
     stats = (
         item_events(events)
-        .withColumn("w", F.greatest(F.coalesce(weight_of[F.col("event_type")], F.lit(0.0)), F.lit(0.0)) * decay)
+        .withColumn("w", F.greatest(weight, F.lit(0.0)))  # a removal never makes an item less popular than unseen
         .groupBy("item_id")
         .agg(
             F.max_by("category", F.when(F.col("category").isNotNull(), F.col("ts"))).alias("category"),
