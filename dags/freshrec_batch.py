@@ -26,6 +26,9 @@ LAKE_EVENTS = Asset(name="freshrec_lake_events", uri="freshrec://lake/events")
 LAKE_QUARANTINE = Asset(name="freshrec_lake_quarantine", uri="freshrec://lake/quarantine")
 VALIDATED_EVENTS = Asset(name="freshrec_validated_events", uri="freshrec://lake/events/validated")
 FEATURES = Asset(name="freshrec_features", uri="freshrec://features")
+MODEL = Asset(name="freshrec_model", uri="freshrec://mlflow/models/freshrec")
+RECS = Asset(name="freshrec_recs", uri="freshrec://recs")
+SERVING = Asset(name="freshrec_serving", uri="freshrec://serving/live")
 
 DOC_MD = """
 ### freshrec_batch
@@ -37,10 +40,17 @@ Daily batch of the freshrec pipeline (02:00 UTC; each run covers the previous da
 | `clean` | Spark clean of every landing file; bad rows go to quarantine with a reason | `lake/events`, `lake/quarantine`, ledger counts |
 | `validate` | Great Expectations gate on the clean events; fails the run (no retries) when the data is unfit | - |
 | `matrices` | stable id maps, weighted interactions, recent sequences, item stats | `features/` |
+| `train` | fit the PyTorch model on the time split; register it in MLflow (alias `challenger`) | model version |
+| `evaluate` | model, every baseline and the champion on the same held-out window (MLflow runs) | metrics |
+| `gate` | promote to `champion` only if it beats the best baseline and the champion | `reports/gate.json` |
+| `score` | Spark job over user partitions: top-N per user, similar items, popular, query lists | `recs/<version>/` |
+| `publish` | write the version beside the live one, switch the live pointer atomically, prune | serving store |
 
-Every task is idempotent: rerunning a run (or a whole day) overwrites the same outputs.
-Spark tasks share the `freshrec_spark` pool (1 slot) so two Spark jobs never compete for one
-machine. Data-quality failures are not retried; anything else is retried twice.
+Every task is idempotent: rerunning a run (or a whole day) overwrites the same outputs; train
+reuses the version it registered for the same batch, and publish skips a version already live.
+Heavy tasks share the `freshrec_spark` pool (1 slot) so two jobs never compete for one
+machine. Data-quality failures are not retried; anything else is retried twice. A failure
+anywhere leaves the last published version serving.
 
 Run it locally with `freshrec run batch` (in-process, `dag.test()`), or
 `airflow dags test freshrec_batch` with the environment from `freshrec.orchestration.airflow_env`.
@@ -48,7 +58,7 @@ Run it locally with `freshrec run batch` (in-process, `dag.test()`), or
 
 with DAG(
     dag_id="freshrec_batch",
-    description="Daily: clean + validate the landing zone, then build the feature matrices",
+    description="Daily: clean, validate, features, train, evaluate, gate, score and publish",
     schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
     start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
     catchup=False,
@@ -88,4 +98,42 @@ with DAG(
 
         return run_step(matrices_step)
 
-    clean() >> validate() >> matrices()
+    @task(pool=SPARK_POOL, outlets=[MODEL])
+    def train(**context) -> dict:
+        """Fit the model on the held-out split; register it as the challenger."""
+        from freshrec.steps import train_step
+
+        return run_step(train_step, batch_id=batch_id_from_context(context))
+
+    @task(pool=SPARK_POOL)
+    def evaluate(trained: dict, **context) -> dict:
+        """Evaluate the challenger, every baseline and the champion on the same window."""
+        from freshrec.steps import evaluate_step
+
+        return run_step(evaluate_step, trained=trained, batch_id=batch_id_from_context(context))
+
+    @task
+    def gate(trained: dict, evaluated: dict, **context) -> dict:
+        """Promotion gate: champion only when better than the best baseline and the champion."""
+        from freshrec.steps import gate_step
+
+        return run_step(gate_step, trained=trained, evaluated=evaluated, batch_id=batch_id_from_context(context))
+
+    @task(pool=SPARK_POOL, outlets=[RECS])
+    def score(decision: dict, **context) -> dict:
+        """Score every user with what the gate chose; similar, popular and query lists."""
+        from freshrec.steps import score_step
+
+        return run_step(score_step, batch_id=batch_id_from_context(context), gate=decision)
+
+    @task(outlets=[SERVING])
+    def publish(scored: dict) -> dict:
+        """Publish the scored version and switch it live atomically."""
+        from freshrec.steps import publish_step
+
+        return run_step(publish_step, scored=scored)
+
+    trained = train()
+    clean() >> validate() >> matrices() >> trained
+    evaluated = evaluate(trained)
+    publish(score(gate(trained, evaluated)))

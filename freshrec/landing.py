@@ -40,3 +40,16 @@ def atomic_write_jsonl(directory: Path, name: str, rows: Iterable[Mapping], gz: 
         tmp.unlink(missing_ok=True)
         raise
     return final, n
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    """Replace ``path`` with ``text`` atomically (readers see the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path

@@ -35,6 +35,7 @@ class Settings:
     spark_shuffle_partitions: int = 8
     mlflow_tracking_uri: str = ""  # default derived from home; MLFLOW_TRACKING_URI wins
     top_n: int = 100
+    keep_versions: int = 5  # published versions kept for rollback
     exclude_seen: str = "purchased"
     microbatch_minutes: int = 5
     # cleaning
@@ -87,6 +88,11 @@ class Settings:
     @property
     def reports_dir(self) -> Path:
         return self.home / "reports"
+
+    @property
+    def recs_dir(self) -> Path:
+        """recs/<version>/: the scoring step's Parquet tables behind each published version."""
+        return self.home / "recs"
 
     @property
     def state_db(self) -> Path:

@@ -8,7 +8,9 @@ empty or missing FRESHREC_HOME it reports zeros and empty lists and creates noth
 from __future__ import annotations
 
 import io
+import json
 import sqlite3
+from pathlib import Path
 from typing import Any
 
 from freshrec.ledger import COUNT_KEYS, Ledger
@@ -50,7 +52,6 @@ def _last_runs(ledger: Ledger, limit: int) -> list[dict[str, Any]]:
 def collect_status(settings: Settings) -> dict[str, Any]:
     """The ``freshrec status --json`` object (interface.md); never raises for a missing home."""
     status: dict[str, Any] = {
-        # Filled in once publishing and model registration exist (later issues).
         "live_version": None,
         "model": None,
         "counts": _zero_counts(),
@@ -66,9 +67,46 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             status["last_runs"] = _last_runs(ledger, LAST_RUNS_LIMIT)
         except (sqlite3.Error, ValueError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
+    _serving_status(settings, status, warnings)
     if warnings:
         status["warnings"] = warnings
     return status
+
+
+def _serving_status(settings: Settings, status: dict[str, Any], warnings: list[str]) -> None:
+    """live_version and model: what the serving store says is live, and the last gate decision."""
+    from freshrec.serving import ServingError, open_store
+
+    gate_file = settings.reports_dir / "gate.json"
+    gate = None
+    if gate_file.is_file():
+        try:
+            gate = json.loads(gate_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            warnings.append(f"cannot read {gate_file}: {exc}")
+    url = settings.serving
+    if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
+        live = {}  # nothing published yet; do not create the database by looking
+    else:
+        try:
+            with open_store(url) as store:
+                live = store.status()
+        except ServingError as exc:
+            warnings.append(f"serving store: {exc}")
+            live = {}
+    status["live_version"] = live.get("live_version")
+    source = (live.get("meta") or {}).get("model")
+    if isinstance(source, dict):
+        model: dict[str, Any] = {"name": source.get("name"), "version": source.get("version"), "alias": source.get("alias"),
+                                 "kind": source.get("kind")}
+    else:
+        model = {}
+    if gate:
+        decision = gate.get("decision") or {}
+        model["gate"] = {"batch_id": gate.get("batch_id"), "decided_at": gate.get("decided_at"),
+                         "candidate_version": (gate.get("model") or {}).get("version"),
+                         "promoted": decision.get("promote"), "reason": decision.get("reason")}
+    status["model"] = model or None
 
 
 def _or_dash(value: Any) -> str:
@@ -84,10 +122,14 @@ def format_status(status: dict[str, Any]) -> str:
     console = Console(file=out, width=120, force_terminal=False, color_system=None, highlight=False)
 
     model = status.get("model")
-    if isinstance(model, dict):
-        model_text = f"{model.get('name', '?')} v{model.get('version', '?')}" + (f" ({model['alias']})" if model.get("alias") else "")
+    gate = (model or {}).get("gate") if isinstance(model, dict) else None
+    if isinstance(model, dict) and model.get("name"):
+        if model.get("kind") == "baseline":
+            model_text = f"baseline {model['name']} (no model has passed the gate)"
+        else:
+            model_text = f"{model['name']} v{model.get('version', '?')}" + (f" ({model['alias']})" if model.get("alias") else "")
     else:
-        model_text = _or_dash(model)
+        model_text = "-"
     counts = status.get("counts") or {}
     fresh = status.get("freshness") or {}
 
@@ -97,6 +139,10 @@ def format_status(status: dict[str, Any]) -> str:
     overview.add_row("home", _or_dash(status.get("home")))
     overview.add_row("live version", _or_dash(status.get("live_version")))
     overview.add_row("model", model_text)
+    if gate:
+        verdict = "promoted" if gate.get("promoted") else "not promoted"
+        overview.add_row("last gate", f"v{_or_dash(gate.get('candidate_version'))} {verdict} at {_or_dash(gate.get('decided_at'))}: "
+                                      f"{_or_dash(gate.get('reason'))}")
     overview.add_row("counts", "  ".join(f"{key} {int(counts.get(key, 0)):,}" for key in COUNT_KEYS))
     p50, p95 = fresh.get("landing_to_served_p50_s"), fresh.get("landing_to_served_p95_s")
     overview.add_row("freshness", f"last micro-batch {_or_dash(fresh.get('last_microbatch_at'))}  "

@@ -6,7 +6,12 @@ grow by ids they lack) and returns a small JSON-able summary for logs and XCom.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import pickle
+import shutil
+import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -16,6 +21,9 @@ from freshrec.ledger import Ledger
 from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: a search query gets a published item list once it was searched this many times
+QUERY_MIN_SEARCHES = 3
 
 
 def _exists(path: Path) -> bool:
@@ -133,3 +141,170 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
     summary = {"new_users": added["user_index"], "new_items": added["item_index"], **{f"{k}_rows": v for k, v in rows.items()}}
     log.info("matrices: %s", summary)
     return summary
+
+
+# -- models: train -> evaluate -> gate (models/pipeline.py holds the logic) -----------------
+
+def _training(settings: Settings):
+    from models.pipeline import TrainingConfig, training_window
+
+    config = TrainingConfig.from_settings(settings)
+    if not _exists(settings.events_path):
+        raise UserError(f"no clean events at {settings.events_path}: run the clean step first")
+    eval_set, window = training_window(settings, config)
+    return config, eval_set, window
+
+
+def train_step(settings: Settings, batch_id: str) -> dict[str, Any]:
+    """Fit the model on the held-out split of the lake and register it (alias challenger).
+
+    A rerun for the same batch and window reuses the version already registered for them
+    instead of adding a second one."""
+    from models import tracking
+    from models.pipeline import train_stage
+
+    try:
+        config, eval_set, window = _training(settings)
+    except ValueError as exc:  # too little history for a held-out window: publish what is there
+        log.warning("train %s skipped: %s", batch_id, exc)
+        return {"skipped": f"not enough history to train and evaluate: {exc}"}
+    with tracking.tracking(settings.tracking_uri) as client:
+        previous = tracking.registered_for_batch(client, batch_id, window)
+    if previous is not None:
+        log.info("train %s: reusing model version %s registered for this batch and window", batch_id, previous["version"])
+        return previous
+    _, trained = train_stage(settings, eval_set, window, config, batch_id=batch_id)
+    log.info("train %s: version %s, %.0f s", batch_id, trained["version"], trained["train_seconds"])
+    return trained
+
+
+def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    """Evaluate the new version, every baseline and the current champion on the same window."""
+    from models.pipeline import evaluate_stage, load_trained
+
+    if trained.get("skipped"):
+        return {"skipped": trained["skipped"]}
+    config, eval_set, window = _training(settings)
+    model = load_trained(settings, trained, eval_set)
+    evaluated = evaluate_stage(settings, eval_set, window, config, model, trained, batch_id=batch_id)
+    log.info("evaluate %s: %s=%.5f; baselines %s", batch_id, config.gate_metric, evaluated["metrics"][config.gate_metric],
+             {k: round(v["metrics"][config.gate_metric], 5) for k, v in evaluated["baselines"].items()})
+    return evaluated
+
+
+def gate_step(settings: Settings, trained: dict[str, Any], evaluated: dict[str, Any], batch_id: str) -> dict[str, Any]:
+    """Promote the new version to champion or not; record the decision for `freshrec status`."""
+    from freshrec.landing import atomic_write_text
+    from models import tracking
+    from models.pipeline import TrainingConfig, gate_stage
+
+    decided_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    if trained.get("skipped"):
+        with tracking.tracking(settings.tracking_uri) as client:
+            champion = tracking.champion_version(client)
+        publish = ({"kind": "model", "name": tracking.REGISTERED_MODEL, "version": champion} if champion is not None
+                   else {"kind": "baseline", "name": "popularity"})
+        reason = f"{trained['skipped']}; publishing the {'champion' if champion else 'popularity baseline'}"
+        decision = {"promote": False, "publish": "champion" if champion else "baseline", "reason": reason}
+        out = {"batch_id": batch_id, "decided_at": decided_at, "decision": decision, "publish": publish, "model": {}}
+    else:
+        report = gate_stage(settings, TrainingConfig.from_settings(settings), trained, evaluated)
+        publish, decision = report.publish, report.decision.as_dict()
+        out = {"batch_id": batch_id, "decided_at": decided_at, "decision": decision, "publish": publish,
+               "model": report.model | {"metrics": {k: v for k, v in report.model["metrics"].items() if "/" not in k}},
+               "baselines": {k: v["metrics"].get("ndcg_at_10") for k, v in report.baselines.items()}}
+    atomic_write_text(settings.reports_dir / "gate.json", json.dumps(out, indent=2, default=str))
+    log.info("gate %s: %s", batch_id, decision["reason"])
+    return {"batch_id": batch_id, "promoted": decision["promote"], "reason": decision["reason"], "publish": publish}
+
+
+# -- score -> publish ----------------------------------------------------------------------
+
+def _fingerprint(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[str, Any]:
+    """Score every known user with what the gate chose, and build the similar-items, popular and
+    search-query lists, under recs/<version>/ (Parquet). Nothing is served until `publish`.
+
+    The version id is the batch id plus a fingerprint of the inputs, so a rerun on the same
+    data writes the same directory and the publish step sees it is already live."""
+    import pandas as pd
+    from pyspark.sql import functions as F
+
+    from freshrec.serving.publish import write_list_table
+    from freshrec.spark import get_spark
+    from jobs.score import popular_lists, query_items, score_users, similar_items, user_inputs
+    from models.data import read_lake_events
+    from models.pipeline import serving_recommender
+
+    started = time.perf_counter()
+    spark = get_spark(settings)
+    feats = settings.features_dir
+    for name in ("user_index", "sequences", "interactions", "item_stats"):
+        if not _exists(feats / name):
+            raise UserError(f"no features/{name}: run the matrices step first")
+    events = read_lake_events(settings.events_path)
+    catalogue_df = read_catalogue(settings)
+    items = catalogue_df.toPandas() if catalogue_df is not None else None
+    rec, knn = serving_recommender(settings, gate["publish"], events, items)
+    cat = rec.catalogue
+    now = int(pd.Timestamp(events["ts"].max()).timestamp()) + 1  # every user is scored as of the newest event
+
+    stats = spark.read.parquet(str(feats / "item_stats"))
+    blocked = {r.item_id for r in stats.where(~F.coalesce("available", F.lit(True))).select("item_id").collect()}
+    if items is not None and "available" in items:
+        blocked |= set(items.loc[items["available"] == False, "item_id"].astype(str))  # noqa: E712 - pandas mask
+    unavailable = cat.lookup(sorted(blocked))
+    unavailable = unavailable[unavailable >= 0]
+
+    totals = Ledger(settings.state_db).totals()
+    version = f"{batch_id}-{_fingerprint(gate['publish'], totals, now, settings.top_n, settings.exclude_seen, sorted(blocked))}"
+    recs_dir = settings.recs_dir / version
+    user_index = spark.read.parquet(str(feats / "user_index"))
+    n_users = user_index.count()
+    inputs = user_inputs(user_index, spark.read.parquet(str(feats / "sequences")),
+                         spark.read.parquet(str(feats / "interactions")), settings.exclude_seen)
+    # users spread over every core (and, on a cluster, every executor); ~20k users per task
+    inputs = inputs.repartition(max(spark.sparkContext.defaultParallelism, -(-n_users // 20_000)), "user_id")
+    score_users(spark, inputs, rec, settings.top_n, now, unavailable).write.mode("overwrite").parquet(str(recs_dir / "user_topn"))
+    scored_at = time.perf_counter()
+    popular_lists(stats, settings.top_n).coalesce(1).write.mode("overwrite").parquet(str(recs_dir / "popular"))
+    lake = spark.read.parquet(str(settings.events_path))
+    blocked_df = spark.createDataFrame([(i,) for i in sorted(blocked)], "item_id string") if blocked else None
+    (query_items(lake, settings.event_weights, settings.top_n, QUERY_MIN_SEARCHES, blocked_df)
+     .coalesce(1).write.mode("overwrite").parquet(str(recs_dir / "query_items")))
+    write_list_table(recs_dir / "similar", "item_id", similar_items(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
+    with open(recs_dir / "recommender.pkl", "wb") as fh:  # the incremental path re-scores users with it
+        pickle.dump(rec, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    source = dict(gate["publish"])
+    source["alias"] = "champion" if source["kind"] == "model" else None
+    summary = {"batch_id": batch_id, "version": version, "recs_dir": str(recs_dir), "source": source,
+               "scored_at_epoch": now, "users": n_users, "items": len(cat), "unavailable": len(unavailable),
+               "score_users_seconds": round(scored_at - started, 1), "seconds": round(time.perf_counter() - started, 1)}
+    log.info("score: %s", summary)
+    return summary
+
+
+def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
+    """Publish recs/<version>/ as a new serving version and switch it live (atomically), keep
+    the last FRESHREC_KEEP_VERSIONS versions. A version already published is left as it is."""
+    from freshrec.serving import open_store
+    from freshrec.serving.publish import publish_tables
+
+    version = scored["version"]
+    meta = {k: scored[k] for k in ("batch_id", "source", "users", "items")} | {"model": scored["source"]}
+    with open_store(settings.serving) as store:
+        record = store.version_info(version)
+        if record is not None and record["state"] in ("complete", "live"):
+            log.info("publish: version %s is already %s; nothing to do", version, record["state"])
+            return {"version": version, "state": record["state"], "skipped": True}
+        result = publish_tables(store, version, scored["recs_dir"], meta, keep=settings.keep_versions)
+        kept = {r["version"] for r in store.versions() if r["state"] in ("writing", "complete", "live")}
+    for old in settings.recs_dir.iterdir() if settings.recs_dir.is_dir() else ():
+        if old.is_dir() and old.name not in kept:  # the Parquet behind pruned versions
+            shutil.rmtree(old, ignore_errors=True)
+    log.info("publish: %s", result)
+    return result
+

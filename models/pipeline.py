@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import pandas as pd
 
 from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
-from models.data import Catalogue, normalize_events, read_lake_events
+from models.data import Catalogue, Histories, normalize_events, read_lake_events
 from models.evaluate import DEFAULT_KS, EvalResult, evaluate
 from models.gate import GateDecision, apply_decision, decide
 from models.seqrec import SeqRec, SeqRecConfig
@@ -122,18 +122,11 @@ def train_model(eval_set: EvalSet, config: TrainingConfig, on_epoch=None) -> Seq
     return model.prepare(eval_set.catalogue, eval_set.train)
 
 
-def train_and_gate(settings, events: pd.DataFrame | None = None, config: TrainingConfig | None = None,
-                   items: pd.DataFrame | None = None, trainer: Callable[..., SeqRec] | None = None) -> TrainingReport:
-    """Split, evaluate every baseline and the new model on the same window, track them in MLflow,
-    register the model (alias challenger) and run the promotion gate (alias champion).
+def training_window(settings, config: TrainingConfig, events: pd.DataFrame | None = None,
+                    items: pd.DataFrame | None = None) -> tuple[EvalSet, dict[str, Any]]:
+    """The held-out window of the lake's events (or ``events``), and its description for MLflow.
 
-    ``trainer(eval_set, config, on_epoch)`` returns the fitted model (default ``train_model``);
-    passing another one gates any model on the same protocol.
-    """
-    trainer = trainer or train_model
-    from models import tracking
-
-    config = config or TrainingConfig.from_settings(settings)
+    Deterministic: the train, evaluate and gate tasks each rebuild the same window."""
     if events is None:
         events = read_lake_events(settings.events_path)
     eval_set = prepare_window(events, config, settings.exclude_seen, items)
@@ -144,49 +137,114 @@ def train_and_gate(settings, events: pd.DataFrame | None = None, config: Trainin
         "n_new_users": int(eval_set.is_new.sum()), "n_items": len(eval_set.catalogue),
         "n_train_events": int(len(eval_set.train.t)),
     }
-    window_tag = {"freshrec.window": f"{window['cutoff']}/{config.window_days}d/{eval_set.exclude_seen}"}
-    results: dict[str, EvalResult] = {}
-    baseline_report: dict[str, dict[str, Any]] = {}
-    with tracking.tracking(settings.tracking_uri) as client:
-        for rec in make_baselines(config, eval_set.exclude_seen, len(eval_set.catalogue), dict(settings.event_weights),
-                                  settings.trending_window_days):
-            started = time.perf_counter()
-            rec.fit(eval_set.train, eval_set.catalogue)
-            result = evaluate(rec, eval_set, config.ks)
-            run_id = tracking.start_run(client, "baseline", rec.name, {**window, **rec.params()},
-                                        {**window_tag, "freshrec.baseline": rec.name})
-            tracking.log_metrics(client, run_id, {**result.metrics, "fit_seconds": time.perf_counter() - started - result.seconds})
-            client.set_terminated(run_id)
-            results[rec.name] = result
-            baseline_report[rec.name] = {"run_id": run_id, "metrics": result.metrics, "seconds": result.seconds}
+    return eval_set, window
 
-        run_id = tracking.start_run(client, "model", "seqrec", {**window, **config.model.to_params()}, window_tag)
+
+def _run_tags(window: dict[str, Any], batch_id: str | None) -> dict[str, str]:
+    from models import tracking
+
+    tags = {tracking.WINDOW_TAG: tracking.window_tag(window)}
+    if batch_id is not None:
+        tags[tracking.BATCH_TAG] = batch_id
+    return tags
+
+
+def train_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: TrainingConfig,
+                trainer: Callable[..., SeqRec] | None = None, batch_id: str | None = None) -> tuple[SeqRec, dict[str, Any]]:
+    """Fit the model (its own MLflow run, per-epoch loss and validation metrics) and register it
+    as a new version of ``freshrec`` with alias ``challenger``. The run stays open for the
+    evaluate and gate stages; a failure marks it FAILED."""
+    from models import tracking
+
+    trainer = trainer or train_model
+    with tracking.tracking(settings.tracking_uri) as client:
+        run_id = tracking.start_run(client, "model", "seqrec", {**window, **config.model.to_params()},
+                                    _run_tags(window, batch_id))
         try:
             model = trainer(eval_set, config, on_epoch=lambda epoch, row: tracking.log_metrics(client, run_id, row, step=epoch))
-            result = evaluate(model, eval_set, config.ks)
-            results["seqrec"] = result
-            tracking.log_metrics(client, run_id, {**result.metrics, "train_seconds": model.train_seconds,
+            tracking.log_metrics(client, run_id, {"train_seconds": model.train_seconds,
                                                   "examples_per_second": model.examples_per_second,
                                                   "n_examples": model.n_examples, "best_epoch": model.best_epoch,
                                                   "explore_offset": model.explore_offset})
-            tracking.log_plots(client, run_id, eval_set, results, focus="seqrec")
             version = tracking.log_and_register_model(client, run_id, model) if config.register else None
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+    return model, {"run_id": run_id, "version": version, "window": window, "train_seconds": model.train_seconds,
+                   "examples_per_second": model.examples_per_second, "best_epoch": model.best_epoch}
+
+
+def load_trained(settings, trained: dict[str, Any], eval_set: EvalSet) -> SeqRec:
+    """The registered version ``train_stage`` produced, bound to ``eval_set``'s catalogue and log."""
+    from models import tracking
+
+    if trained.get("version") is None:
+        raise ValueError("the trained model was not registered; nothing to evaluate")
+    with tracking.tracking(settings.tracking_uri):
+        model = tracking.load_model_version(trained["version"])
+    return model.prepare(eval_set.catalogue, eval_set.train)
+
+
+def evaluate_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: TrainingConfig, model: SeqRec,
+                   trained: dict[str, Any], batch_id: str | None = None) -> dict[str, Any]:
+    """Evaluate every baseline (one MLflow run each), the new model and the current champion on
+    the same window; log the model's metrics and plots on its run. A rerun for the same batch
+    replaces that batch's baseline runs instead of adding more."""
+    from models import tracking
+
+    run_id = trained["run_id"]
+    results: dict[str, EvalResult] = {}
+    baselines: dict[str, dict[str, Any]] = {}
+    with tracking.tracking(settings.tracking_uri) as client:
+        try:
+            for old in tracking.batch_runs(client, "baseline", batch_id) if batch_id is not None else ():
+                client.delete_run(old.info.run_id)
+            for rec in make_baselines(config, eval_set.exclude_seen, len(eval_set.catalogue),
+                                      dict(settings.event_weights), settings.trending_window_days):
+                started = time.perf_counter()
+                rec.fit(eval_set.train, eval_set.catalogue)
+                result = evaluate(rec, eval_set, config.ks)
+                b_run = tracking.start_run(client, "baseline", rec.name, {**window, **rec.params()},
+                                           {**_run_tags(window, batch_id), "freshrec.baseline": rec.name})
+                tracking.log_metrics(client, b_run, {**result.metrics,
+                                                     "fit_seconds": time.perf_counter() - started - result.seconds})
+                client.set_terminated(b_run)
+                results[rec.name] = result
+                baselines[rec.name] = {"run_id": b_run, "metrics": result.metrics, "seconds": result.seconds}
+
+            result = evaluate(model, eval_set, config.ks)
+            results["seqrec"] = result
+            tracking.log_metrics(client, run_id, result.metrics)
+            tracking.log_plots(client, run_id, eval_set, results, focus="seqrec")
 
             champion = None
             champion_version = tracking.champion_version(client) if config.register else None
-            if champion_version is not None and champion_version != version:
+            if champion_version is not None and champion_version != trained.get("version"):
                 previous = tracking.load_model_version(champion_version)
                 previous.prepare(eval_set.catalogue, eval_set.train)
-                champ_metrics = evaluate(previous, eval_set, config.ks).metrics
-                champion = {"version": champion_version, "metrics": champ_metrics}
+                champion = {"version": champion_version, "metrics": evaluate(previous, eval_set, config.ks).metrics}
+        except BaseException:
+            client.set_terminated(run_id, status="FAILED")
+            raise
+    return {"run_id": run_id, "version": trained.get("version"), "window": window, "metrics": result.metrics,
+            "baselines": baselines, "champion": champion}
+
+
+def gate_stage(settings, config: TrainingConfig, trained: dict[str, Any], evaluated: dict[str, Any]) -> TrainingReport:
+    """The promotion gate on the evaluate stage's numbers; closes the model run."""
+    from models import tracking
+
+    run_id, version, champion = trained["run_id"], trained.get("version"), evaluated["champion"]
+    metric = config.gate_metric
+    with tracking.tracking(settings.tracking_uri) as client:
+        try:
             decision = decide(
-                result.metrics[config.gate_metric],
-                {name: r.metrics[config.gate_metric] for name, r in results.items() if name != "seqrec"},
-                None if champion is None else champion["metrics"][config.gate_metric],
-                config.gate_tolerance, config.gate_metric)
+                evaluated["metrics"][metric],
+                {name: b["metrics"][metric] for name, b in evaluated["baselines"].items()},
+                None if champion is None else champion["metrics"][metric], config.gate_tolerance, metric)
             apply_decision(client, decision, tracking.REGISTERED_MODEL, version, run_id)
             client.set_terminated(run_id)
-        except Exception:
+        except BaseException:
             client.set_terminated(run_id, status="FAILED")
             raise
 
@@ -196,10 +254,57 @@ def train_and_gate(settings, events: pd.DataFrame | None = None, config: Trainin
         publish = {"kind": "model", "name": tracking.REGISTERED_MODEL, "version": champion["version"] if champion else None}
     else:
         best = decision.best_baseline
-        publish = {"kind": "baseline", "name": best, "run_id": baseline_report[best]["run_id"]}
+        publish = {"kind": "baseline", "name": best, "run_id": evaluated["baselines"][best]["run_id"]}
     return TrainingReport(
-        window=window, baselines=baseline_report,
-        model={"run_id": run_id, "version": version, "metrics": result.metrics, "train_seconds": model.train_seconds,
-               "examples_per_second": model.examples_per_second, "best_epoch": model.best_epoch},
+        window=trained["window"], baselines=evaluated["baselines"],
+        model={"run_id": run_id, "version": version, "metrics": evaluated["metrics"],
+               "train_seconds": trained["train_seconds"], "examples_per_second": trained["examples_per_second"],
+               "best_epoch": trained["best_epoch"]},
         champion=champion, decision=decision, publish=publish,
     )
+
+
+def serving_recommender(settings, publish: dict[str, Any], events: pd.DataFrame, items: pd.DataFrame | None = None,
+                        config: TrainingConfig | None = None) -> tuple[Recommender, CooccurrenceKNN]:
+    """What the gate chose to publish, bound to the whole log: the model version (no retraining;
+    item popularity and trend are read from the full log, new items join the catalogue with
+    their category and price), or the best baseline refit on the full log. Also returns the
+    co-occurrence kNN of the full log, which the similar-items lists come from."""
+    from models import tracking
+
+    config = config or TrainingConfig.from_settings(settings)
+    ev = normalize_events(events)
+    if ev.empty:
+        raise ValueError("no item events to score from")
+    catalogue = Catalogue.from_events(ev, items)
+    histories = Histories.from_events(ev, catalogue)
+    weights = dict(settings.event_weights)
+    baselines = {b.name: b for b in make_baselines(config, settings.exclude_seen, len(catalogue), weights,
+                                                   settings.trending_window_days)}
+    if publish.get("kind") == "model" and publish.get("version") is not None:
+        with tracking.tracking(settings.tracking_uri):
+            rec = tracking.load_model_version(str(publish["version"]))
+        rec.prepare(catalogue, histories)
+    else:
+        name = publish.get("name") or "popularity"
+        if name not in baselines:
+            raise ValueError(f"unknown baseline {name!r} to publish (have: {', '.join(baselines)})")
+        rec = baselines[name].fit(histories, catalogue)
+    knn = rec if isinstance(rec, CooccurrenceKNN) else baselines["cooccurrence_knn"].fit(histories, catalogue)
+    return rec, knn
+
+
+def train_and_gate(settings, events: pd.DataFrame | None = None, config: TrainingConfig | None = None,
+                   items: pd.DataFrame | None = None, trainer: Callable[..., SeqRec] | None = None) -> TrainingReport:
+    """The three stages in one call (the DAG runs them as separate tasks): split, train and
+    register the model, evaluate it beside every baseline and the champion on the same window,
+    and run the promotion gate (alias champion).
+
+    ``trainer(eval_set, config, on_epoch)`` returns the fitted model (default ``train_model``);
+    passing another one gates any model on the same protocol.
+    """
+    config = config or TrainingConfig.from_settings(settings)
+    eval_set, window = training_window(settings, config, events, items)
+    model, trained = train_stage(settings, eval_set, window, config, trainer)
+    evaluated = evaluate_stage(settings, eval_set, window, config, model, trained)
+    return gate_stage(settings, config, trained, evaluated)

@@ -170,3 +170,37 @@ def load_model_version(version: str, map_location: str = "cpu"):
     import mlflow
 
     return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}", map_location=map_location)
+
+
+BATCH_TAG = "freshrec.batch_id"
+WINDOW_TAG = "freshrec.window"
+
+
+def batch_runs(client, kind: str, batch_id: str) -> list:
+    """The runs of ``kind`` tagged with ``batch_id`` (not deleted)."""
+    return client.search_runs([experiment_id(client)],
+                              filter_string=f"tags.`{KIND_TAG}` = '{kind}' and tags.`{BATCH_TAG}` = '{batch_id}'",
+                              max_results=1000)
+
+
+def registered_for_batch(client, batch_id: str, window: dict[str, Any]) -> dict[str, Any] | None:
+    """What a finished train of this batch on this window registered, for a rerun to reuse."""
+    from mlflow.exceptions import MlflowException
+
+    for run in batch_runs(client, "model", batch_id):
+        if run.data.tags.get(WINDOW_TAG) != window_tag(window) or run.info.status == "FAILED":
+            continue
+        try:
+            versions = client.search_model_versions(f"run_id = '{run.info.run_id}'")
+        except MlflowException:
+            continue
+        if versions:
+            m = run.data.metrics
+            return {"run_id": run.info.run_id, "version": str(versions[0].version), "window": window,
+                    "train_seconds": m.get("train_seconds", 0.0), "examples_per_second": m.get("examples_per_second", 0.0),
+                    "best_epoch": int(m.get("best_epoch", -1)), "reused": True}
+    return None
+
+
+def window_tag(window: dict[str, Any]) -> str:
+    return f"{window['cutoff']}/{window['window_days']}d/{window['exclude_seen']}"

@@ -116,19 +116,25 @@ def write_recs_tables(recs_dir: Path | str, *, users: ListRows = (), popular: Li
     recs_dir = Path(recs_dir)
     sources = {"user_topn": users, "popular": popular, "similar": similar, "query_items": queries}
     for name, rows in sources.items():
-        out = recs_dir / name
-        out.mkdir(parents=True, exist_ok=True)
-        for old in out.glob("*.parquet"):
-            old.unlink()
-        part, buffer = 0, []
-        for row in rows.items() if isinstance(rows, Mapping) else rows:
-            buffer.append(row)
-            if len(buffer) >= rows_per_file:
-                _write_part(out / f"part-{part:05d}.parquet", TABLES[name][0], buffer)
-                part, buffer = part + 1, []
-        if buffer or part == 0:
-            _write_part(out / f"part-{part:05d}.parquet", TABLES[name][0], buffer)
+        write_list_table(recs_dir / name, TABLES[name][0], rows, rows_per_file)
     return recs_dir
+
+
+def write_list_table(out: Path | str, key: str, rows: ListRows, rows_per_file: int = 100_000) -> Path:
+    """One table of ``(key, [(item, score), ...])`` rows as Parquet files under ``out`` (replaced)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.parquet"):
+        old.unlink()
+    part, buffer = 0, []
+    for row in rows.items() if isinstance(rows, Mapping) else rows:
+        buffer.append(row)
+        if len(buffer) >= rows_per_file:
+            _write_part(out / f"part-{part:05d}.parquet", key, buffer)
+            part, buffer = part + 1, []
+    if buffer or part == 0:
+        _write_part(out / f"part-{part:05d}.parquet", key, buffer)
+    return out
 
 
 def _write_part(path: Path, key: str, rows: list) -> None:

@@ -33,7 +33,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 RETAILROCKET_SAMPLE = REPO / "data" / "samples" / "retailrocket_sample_events.csv"
 RETAILROCKET_ROWS = 2_771
-BATCH_TASKS = ["clean", "validate", "matrices"]
+BATCH_TASKS = ["clean", "validate", "matrices", "train", "evaluate", "gate", "score", "publish"]
+HEAVY_TASKS = {"clean", "validate", "matrices", "train", "evaluate", "score"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -50,8 +51,11 @@ def migrated_airflow_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def af_settings(settings: Settings, migrated_airflow_home: Path) -> Settings:
-    """The per-test settings with a copy of the session's migrated Airflow DB."""
+def af_settings(settings: Settings, migrated_airflow_home: Path, monkeypatch) -> Settings:
+    """The per-test settings with a copy of the session's migrated Airflow DB (and a one-epoch,
+    small model: these tests are about the wiring, test_models_* about the model)."""
+    monkeypatch.setenv("FRESHREC_MODEL_EPOCHS", "1")
+    monkeypatch.setenv("FRESHREC_MODEL_DIM", "16")
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     for item in migrated_airflow_home.iterdir():
         if item.is_file():
@@ -118,18 +122,22 @@ def test_batch_dag_wiring(dagbag):
     assert [t.task_id for t in dag.topological_sort()] == BATCH_TASKS
     assert dag.task_dict["clean"].downstream_task_ids == {"validate"}
     assert dag.task_dict["validate"].downstream_task_ids == {"matrices"}
-    assert dag.task_dict["matrices"].downstream_task_ids == set()
+    assert dag.task_dict["matrices"].downstream_task_ids == {"train"}
+    assert dag.task_dict["train"].downstream_task_ids == {"evaluate", "gate"}
+    assert dag.task_dict["evaluate"].downstream_task_ids == {"gate"}
+    assert dag.task_dict["gate"].downstream_task_ids == {"score"}
+    assert dag.task_dict["score"].downstream_task_ids == {"publish"}
+    assert dag.task_dict["publish"].downstream_task_ids == set()
     # A data interval (not a trigger timetable): tasks name their batch after it.
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     assert dag.timetable.expression == "0 2 * * *"
     assert str(dag.timetable.timezone) in ("UTC", "Timezone('UTC')")
     assert dag.max_active_runs == 1
     for task in dag.tasks:
-        assert task.pool == SPARK_POOL
+        assert (task.pool == SPARK_POOL) == (task.task_id in HEAVY_TASKS), task.task_id
         assert task.retries == 2
-        assert task.outlets, f"{task.task_id} names no asset it produces"
     uris = {a.uri.rstrip("/") for t in dag.tasks for a in t.outlets}  # Airflow normalises "x://y" to "x://y/"
-    assert {"freshrec://lake/events", "freshrec://features"} <= uris
+    assert {"freshrec://lake/events", "freshrec://features", "freshrec://recs", "freshrec://serving/live"} <= uris
 
 
 def test_dags_folder_parses_fast_without_heavy_imports(af_settings):
@@ -183,7 +191,7 @@ def test_batch_run_end_to_end_on_the_retailrocket_sample(af_settings, capfd):
 
     out, err = capfd.readouterr()
     lines = out.strip().splitlines()
-    assert len(lines) <= 6, f"expected a one-line-per-task summary, got:\n{out}"
+    assert len(lines) <= len(BATCH_TASKS) + 3, f"expected a one-line-per-task summary, got:\n{out}"
     tasks = _task_lines(out)
     assert list(tasks) == BATCH_TASKS, out
     assert all(words[0] == "success" for words in tasks.values()), out
@@ -207,6 +215,14 @@ def test_batch_run_end_to_end_on_the_retailrocket_sample(af_settings, capfd):
     for table in ("user_index", "item_index", "interactions", "sequences", "item_stats"):
         assert _parquet_rows(af_settings.features_dir / table) > 0, f"features/{table} is empty"
     assert _parquet_rows(af_settings.features_dir / "user_index") <= 1_500  # 1,500 sampled visitors
+    # published: every known user has a list, and status shows what is live and why
+    assert status["live_version"] and status["live_version"].startswith("batch-")
+    assert status["model"]["gate"]["reason"]
+    from freshrec.client import RecsClient
+
+    client = RecsClient(af_settings.serving)
+    users = __import__("pandas").read_parquet(af_settings.features_dir / "user_index")["user_id"]
+    assert all(client.recs(u, n=5)["source"] == "personal" for u in users.head(100))
 
 
 def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd):
@@ -221,17 +237,19 @@ def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd)
 
     out, err = capfd.readouterr()
     lines = out.strip().splitlines()
-    assert len(lines) <= 6, out
+    assert len(lines) <= len(BATCH_TASKS) + 3, out
     tasks = _task_lines(out)
     assert [t for t, words in tasks.items() if words[0] == "failed"] == ["validate"], out
     failure = " ".join(tasks["validate"])
     assert "QualityGateError" in failure and "quarantine ratio" in failure
-    assert tasks["matrices"][0] == "upstream_failed" and tasks["clean"][0] == "success"
+    assert tasks["clean"][0] == "success"
+    assert all(tasks[t][0] == "upstream_failed" for t in BATCH_TASKS[2:]), out
     assert "failed" in lines[-1]
     assert "Traceback" not in out + err
 
     status = collect_status(af_settings)
     assert status["counts"] == {"read": 20, "clean": 4, "quarantined": 16, "duplicates": 0}
+    assert status["live_version"] is None, "unfit data never reaches the serving store"
     last = status["last_runs"][0]
     assert last["state"] == "failed" and last["failed_task"] == "validate" and "QualityGateError" in last["error"]
     assert not (af_settings.features_dir / "interactions").exists()

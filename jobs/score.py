@@ -1,0 +1,213 @@
+"""Scoring: the lists the publish step serves (docs/serving.md).
+
+- ``score_users``: a Spark job over partitions of users (``mapInPandas``). The recommender (the
+  model's weights and item embeddings, or a baseline's item tables) is broadcast once; inside a
+  partition users are scored in batches of matrix products and top-k (``score_frame``, a pure
+  pandas -> pandas function the incremental path calls directly for the users who just acted).
+- ``popular_lists`` and ``query_items``: Spark aggregations over features/item_stats and the lake.
+- ``similar_items``: per item, its co-occurrence neighbours, filled up from its category's and
+  then the overall popular items; a batched pass over a sparse matrix on the driver.
+
+Items marked unavailable in the catalogue never appear in any list.
+"""
+
+from __future__ import annotations
+
+import pickle
+import uuid
+from typing import TYPE_CHECKING, Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+LIST_COLUMNS = ("items", "scores")
+USER_LIST_SCHEMA = "user_id string, items array<string>, scores array<double>"
+#: an item event within this long after a search, in the same session, answers the query
+QUERY_WINDOW_MINUTES = 30
+
+
+def user_inputs(user_index: "DataFrame", sequences: "DataFrame", interactions: "DataFrame",
+                exclude_seen: str) -> "DataFrame":
+    """One row per known user: the recent sequence (item_ids, event_types, t epoch seconds) and
+    the items FRESHREC_EXCLUDE_SEEN keeps out of their list (``exclude``). Users without item
+    events get empty arrays: they are scored as new users."""
+    from pyspark.sql import functions as F
+
+    seq = sequences.select("user_id", "item_ids", "event_types",
+                           F.transform("ts", lambda x: F.unix_seconds(x)).alias("t"))
+    if exclude_seen == "none":
+        seen = None
+    else:
+        rows = interactions if exclude_seen == "all" else interactions.where(F.col("n_purchase") > 0)
+        seen = rows.groupBy("user_id").agg(F.sort_array(F.collect_set("item_id")).alias("exclude"))
+    out = user_index.select("user_id").join(seq, "user_id", "left")
+    empty_s, empty_l = F.array().cast("array<string>"), F.array().cast("array<long>")
+    out = out.select("user_id", F.coalesce("item_ids", empty_s).alias("item_ids"),
+                     F.coalesce("event_types", empty_s).alias("event_types"), F.coalesce("t", empty_l).alias("t"))
+    if seen is None:
+        return out.withColumn("exclude", empty_s)
+    return out.join(seen, "user_id", "left").withColumn("exclude", F.coalesce("exclude", empty_s))
+
+
+def score_frame(rec, frame: pd.DataFrame, n: int, now: int, unavailable: np.ndarray | None = None,
+                batch_size: int = 1024) -> pd.DataFrame:
+    """Top-``n`` (items, scores) per row of ``frame`` (user_id, item_ids, event_types, t, exclude).
+
+    ``rec`` is a fitted recommender bound to its catalogue; ``now`` (epoch seconds) is the
+    moment every user is scored at; ``unavailable`` holds catalogue indices no list may show."""
+    from models.data import EVENT_CODES, Histories, Ragged
+
+    cat = rec.catalogue
+    users = frame["user_id"].astype(str).to_numpy(dtype=object)
+    if not len(users):
+        return pd.DataFrame({"user_id": [], "items": [], "scores": []})
+    lengths = frame["item_ids"].map(len).to_numpy(dtype=np.int64)
+    flat = lambda col: np.concatenate([np.asarray(v) for v in frame[col]]) if lengths.sum() else np.zeros(0)  # noqa: E731
+    item_ids = flat("item_ids").astype(str).astype(object)
+    idx = cat.lookup(item_ids)
+    known = idx >= 0
+    events = pd.DataFrame({
+        "user_id": np.repeat(users, lengths),
+        "item_id": item_ids,
+        "event_type": flat("event_types").astype(str),
+        "t": flat("t").astype(np.int64),
+        "category": np.where(known, cat.category[np.maximum(idx, 0)], "") if len(idx) else np.zeros(0, object),
+        "price": np.where(known, cat.price[np.maximum(idx, 0)], np.nan) if len(idx) else np.zeros(0),
+    })
+    events["etype"] = events["event_type"].map(EVENT_CODES).fillna(EVENT_CODES["view"]).astype(np.int8)
+    hist = Histories.from_events(events, cat, users=users, now=now)
+
+    ex_len = frame["exclude"].map(len).to_numpy(dtype=np.int64)
+    ex_rows = np.repeat(np.arange(len(users)), ex_len)
+    ex_items = cat.lookup(np.concatenate([np.asarray(v, dtype=object) for v in frame["exclude"]])) if ex_len.sum() \
+        else np.zeros(0, np.int64)
+    ok = ex_items >= 0
+    ex_rows, ex_items = ex_rows[ok], ex_items[ok]
+    if unavailable is not None and len(unavailable):
+        ex_rows = np.concatenate([ex_rows, np.repeat(np.arange(len(users)), len(unavailable))])
+        ex_items = np.concatenate([ex_items, np.tile(np.asarray(unavailable, np.int64), len(users))])
+    exclude = Ragged.from_pairs(ex_rows, ex_items, len(users))
+    top, vals = rec.recommend(hist, n, exclude=exclude, batch_size=batch_size)
+    keep = (top >= 0) & np.isfinite(vals)
+    ids = cat.item_ids
+    return pd.DataFrame({
+        "user_id": users,
+        "items": [ids[t[k]].tolist() for t, k in zip(top, keep, strict=True)],
+        "scores": [v[k].astype(np.float64).tolist() for v, k in zip(vals, keep, strict=True)],
+    })
+
+
+_LOADED: dict[str, Any] = {}
+
+
+def _broadcast_value(key: str, payload) -> Any:
+    """The unpickled recommender of a broadcast, once per Python worker (workers are reused)."""
+    rec = _LOADED.get(key)
+    if rec is None:
+        _LOADED.clear()
+        rec = _LOADED[key] = pickle.loads(payload.value)
+    return rec
+
+
+def score_users(spark: "SparkSession", inputs: "DataFrame", rec, n: int, now: int,
+                unavailable: np.ndarray | None = None) -> "DataFrame":
+    """``score_frame`` over partitions of ``inputs`` (``user_inputs``), the recommender broadcast."""
+    payload = spark.sparkContext.broadcast(pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL))
+    key = uuid.uuid4().hex
+    unavailable = np.zeros(0, np.int64) if unavailable is None else np.asarray(unavailable, np.int64)
+
+    def run(batches):
+        r = _broadcast_value(key, payload)
+        for frame in batches:
+            yield score_frame(r, frame, n, now, unavailable)
+
+    return inputs.mapInPandas(run, USER_LIST_SCHEMA)
+
+
+def popular_lists(item_stats: "DataFrame", n: int) -> "DataFrame":
+    """(category, items, scores): the overall list (category null) and one per category, by
+    decayed weighted popularity, available items only."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    avail = item_stats.where(F.coalesce("available", F.lit(True)))
+    order = [F.col("popularity").desc(), F.col("n_events").desc(), F.col("item_id")]
+    overall = avail.withColumn("category", F.lit(None).cast("string")).withColumn("_r", F.row_number().over(Window.orderBy(*order)))
+    per_cat = avail.where(F.col("category").isNotNull()).withColumn(
+        "_r", F.row_number().over(Window.partitionBy("category").orderBy(*order)))
+    ranked = overall.unionByName(per_cat).where(F.col("_r") <= n)
+    lists = ranked.groupBy("category").agg(F.sort_array(F.collect_list(F.struct("_r", "item_id", "popularity"))).alias("l"))
+    return lists.select("category", F.col("l.item_id").alias("items"), F.col("l.popularity").cast("array<double>").alias("scores"))
+
+
+def query_items(events: "DataFrame", weights: Mapping[str, float], n: int, min_searches: int,
+                unavailable_items: "DataFrame | None" = None) -> "DataFrame":
+    """(query, items, scores): what users viewed, carted or bought within QUERY_WINDOW_MINUTES
+    after searching the query, in the same session; queries searched at least ``min_searches``
+    times. An item's score sums, over searches, the strongest event weight it got after one."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    searches = events.where((F.col("event_type") == "search") & F.col("query").isNotNull() & (F.col("query") != "")).select(
+        F.col("event_id").alias("search_id"), "user_id", F.col("session_id").alias("s_session"),
+        F.col("ts").alias("s_ts"), "query")
+    frequent = searches.groupBy("query").agg(F.count("*").alias("n_searches")).where(F.col("n_searches") >= min_searches)
+    weight_of = F.create_map(*[x for k, v in weights.items() if v > 0 for x in (F.lit(k), F.lit(float(v)))])
+    acts = events.where(F.col("item_id").isNotNull()).select(
+        "user_id", F.col("session_id").alias("e_session"), F.col("ts").alias("e_ts"), "item_id",
+        weight_of[F.col("event_type")].alias("w")).where(F.col("w").isNotNull())
+    if unavailable_items is not None:
+        acts = acts.join(unavailable_items.select("item_id"), "item_id", "left_anti")
+    window = F.expr(f"INTERVAL {QUERY_WINDOW_MINUTES} MINUTES")
+    joined = searches.join(frequent.select("query"), "query").join(acts, "user_id").where(
+        (F.col("e_ts") > F.col("s_ts")) & (F.col("e_ts") <= F.col("s_ts") + window)
+        & (F.col("s_session").isNull() | F.col("e_session").isNull() | (F.col("s_session") == F.col("e_session"))))
+    per_search = joined.groupBy("search_id", "query", "item_id").agg(F.max("w").alias("w"))
+    scored = per_search.groupBy("query", "item_id").agg(F.sum("w").alias("score"), F.count("*").alias("n"))
+    ranked = scored.withColumn("_r", F.row_number().over(
+        Window.partitionBy("query").orderBy(F.col("score").desc(), F.col("n").desc(), "item_id"))).where(F.col("_r") <= n)
+    lists = ranked.groupBy("query").agg(F.sort_array(F.collect_list(F.struct("_r", "item_id", "score"))).alias("l"))
+    return lists.select("query", F.col("l.item_id").alias("items"), F.col("l.score").cast("array<double>").alias("scores"))
+
+
+def similar_items(similarity, catalogue, popularity: np.ndarray, n: int,
+                  unavailable: np.ndarray | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+    """Per catalogue item: its top-``n`` neighbours in ``similarity`` (items x items, sparse,
+    e.g. cosine co-occurrence), filled up with its category's and then the overall most popular
+    items (score 0.0: "popular beside it", not "bought with it"). Unavailable items and the
+    item itself never appear."""
+    import scipy.sparse as sp
+
+    sim = sp.csr_matrix(similarity)
+    n_items = len(catalogue)
+    blocked = np.zeros(n_items, bool)
+    if unavailable is not None and len(unavailable):
+        blocked[np.asarray(unavailable, np.int64)] = True
+    order = np.lexsort((np.arange(n_items), -np.asarray(popularity, np.float64)))
+    order = order[~blocked[order]]
+    codes = catalogue.category_code
+    fill = {c: order[codes[order] == c][: n + 1] for c in np.unique(codes) if c >= 0}
+    top_overall = order[: 2 * n + 1]
+    ids = catalogue.item_ids
+    out = []
+    for i in range(n_items):
+        lo, hi = sim.indptr[i], sim.indptr[i + 1]
+        cols, vals = sim.indices[lo:hi], sim.data[lo:hi]
+        ok = (~blocked[cols]) & (cols != i) & (vals > 0)
+        cols, vals = cols[ok], vals[ok]
+        best = np.lexsort((cols, -vals))[:n]
+        chosen, scores = list(cols[best]), list(vals[best].astype(float))
+        if len(chosen) < n:
+            taken = set(chosen) | {i}
+            for j in np.concatenate([fill.get(codes[i], np.zeros(0, np.int64)), top_overall]):
+                if len(chosen) >= n:
+                    break
+                if j not in taken:
+                    taken.add(j)
+                    chosen.append(j)
+                    scores.append(0.0)
+        out.append((ids[i], list(zip(ids[chosen].tolist(), scores, strict=True))))
+    return out

@@ -1,0 +1,147 @@
+"""train -> evaluate -> gate -> score -> publish through the steps (real Spark, MLflow, SQLite
+serving store) on a synthetic log: every user gets a list, exclusions and availability hold,
+reruns add nothing, and a failed publish leaves the last good version serving."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+
+from freshrec.client import RecsClient
+from freshrec.generate import generate_to_landing
+from freshrec.landing import atomic_write_jsonl
+from freshrec.serving import PublishError, open_store
+from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory, spark):
+    from freshrec.settings import Settings
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("FRESHREC_MODEL_EPOCHS", "1")
+    mp.setenv("FRESHREC_MODEL_DIM", "16")
+    home = tmp_path_factory.mktemp("publish") / "home"
+    settings = Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=4, top_n=20, exclude_seen="purchased")
+    settings.ensure_dirs()
+    generate_to_landing(settings, SimpleNamespace(events=30_000, seed=11, users=600, items=400, days=30, start="2026-01-01"))
+    # the catalogue marks two items unavailable
+    atomic_write_jsonl(settings.landing_items_dir, "items.jsonl",
+                       [{"item_id": i, "available": False} for i in _top_items(settings, 2)])
+    clean_step(settings, "batch-1")
+    matrices_step(settings)
+    trained = train_step(settings, "batch-1")
+    evaluated = evaluate_step(settings, trained, "batch-1")
+    gate = gate_step(settings, trained, evaluated, "batch-1")
+    scored = score_step(settings, "batch-1", gate)
+    result = publish_step(settings, scored)
+    yield SimpleNamespace(settings=settings, trained=trained, evaluated=evaluated, gate=gate, scored=scored, result=result)
+    mp.undo()
+
+
+def _top_items(settings, k):
+    events = pd.concat(pd.read_json(p, lines=True) for p in sorted(settings.landing_events_dir.glob("*.jsonl")))
+    return events["item_id"].dropna().astype(str).value_counts().index[:k].tolist()
+
+
+def _features(settings, name):
+    return pd.read_parquet(settings.features_dir / name)
+
+
+def test_gate_decision_is_recorded_and_shown_by_status(published):
+    from freshrec.status import collect_status
+
+    gate = json.loads((published.settings.reports_dir / "gate.json").read_text())
+    assert gate["publish"] == published.gate["publish"]
+    assert gate["decision"]["reason"]
+    status = collect_status(published.settings)
+    assert status["live_version"] == published.scored["version"]
+    assert status["model"]["gate"]["reason"] == gate["decision"]["reason"]
+    if published.gate["promoted"]:
+        assert status["model"] == status["model"] | {"name": "freshrec", "alias": "champion",
+                                                     "version": published.trained["version"]}
+    else:
+        assert status["model"]["kind"] in ("baseline", "model")
+
+
+def test_every_known_user_gets_a_list_without_seen_purchases_or_unavailable_items(published):
+    s = published.settings
+    users = _features(s, "user_index")["user_id"].tolist()
+    inter = _features(s, "interactions")
+    purchased = inter.loc[inter["n_purchase"] > 0].groupby("user_id")["item_id"].apply(set).to_dict()
+    unavailable = set(_top_items(s, 2))
+    client = RecsClient(s.serving)
+    assert published.result["users"] == len(users)
+    for user in users:
+        recs = client.recs(user, n=20)
+        assert recs["source"] == "personal", user
+        items = [r["item_id"] for r in recs["items"]]
+        assert len(items) == 20, user
+        assert not set(items) & purchased.get(user, set()), f"{user} was shown an item they bought"
+        assert not set(items) & unavailable
+    assert client.recs("nobody-ever", n=5)["source"] == "fallback"
+
+
+def test_similar_popular_and_query_lists(published):
+    s = published.settings
+    client = RecsClient(s.serving)
+    unavailable = set(_top_items(s, 2))
+    stats = _features(s, "item_stats")
+    for item in stats["item_id"].head(50):
+        similar = [r["item_id"] for r in client.similar(item, n=10)["items"]]
+        assert len(similar) == 10 and item not in similar and not set(similar) & unavailable
+    overall = [r["item_id"] for r in client.popular(n=5)["items"]]
+    expected = stats.loc[stats["available"]].sort_values("pop_rank")["item_id"].head(5).tolist()
+    assert overall == expected
+    category = stats["category"].dropna().iloc[0]
+    in_cat = client.popular(category=category, n=5)["items"]
+    assert in_cat and set(stats.loc[stats["category"] == category, "item_id"]) >= {r["item_id"] for r in in_cat}
+    queries = pd.read_parquet(s.recs_dir / published.scored["version"] / "query_items")
+    assert len(queries) > 0, "the synthetic log has frequent searches"
+    q = queries["query"].iloc[0]
+    assert [r["item_id"] for r in client.query_items(q, n=100)["items"]] == list(queries["items"].iloc[0])
+
+
+def test_rerun_of_score_and_publish_changes_nothing(published):
+    s = published.settings
+    with open_store(s.serving) as store:
+        before = [(v["version"], v["state"]) for v in store.versions()]
+    assert train_step(s, "batch-1")["version"] == published.trained["version"], "a rerun reuses the registered version"
+    scored = score_step(s, "batch-1", published.gate)
+    assert scored["version"] == published.scored["version"]
+    assert publish_step(s, scored)["skipped"] is True
+    with open_store(s.serving) as store:
+        assert [(v["version"], v["state"]) for v in store.versions()] == before
+
+
+def test_failed_publish_leaves_the_last_good_version_serving(published, tmp_path):
+    s = published.settings
+    broken = tmp_path / "broken"
+    (broken / "user_topn").mkdir(parents=True)
+    (broken / "user_topn" / "part-0.parquet").write_text("not parquet")
+    (broken / "popular").mkdir()
+    with pytest.raises(PublishError):
+        publish_step(s, {**published.scored, "version": "batch-2-broken", "recs_dir": str(broken)})
+    assert RecsClient(s.serving).status()["live_version"] == published.scored["version"]
+
+
+def test_recs_users_file_gives_a_list_for_every_user(published, tmp_path):
+    s = published.settings
+    users = _features(s, "user_index")["user_id"].head(25).tolist() + ["never-seen"]
+    users_file = tmp_path / "users.txt"
+    users_file.write_text("\n".join(users) + "\n")
+    env = {"FRESHREC_HOME": str(s.home), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.run([sys.executable, "-m", "freshrec.cli", "recs", "--users-file", str(users_file), "-n", "10", "--json"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+    assert [r["user_id"] for r in rows] == users
+    assert all(len(r["items"]) == 10 for r in rows)
+    assert rows[-1]["source"] == "fallback" and rows[0]["source"] == "personal"

@@ -1,0 +1,86 @@
+"""jobs/score.py's pure parts: per-partition scoring and similar-items lists, without Spark."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from jobs.score import score_frame, similar_items
+from models.baselines import Popularity, RepeatBuy
+from models.data import Catalogue, Histories
+
+
+def _log() -> pd.DataFrame:
+    rows = [
+        ("u1", "a", "purchase", 100), ("u1", "b", "view", 200), ("u1", "a", "purchase", 300),
+        ("u2", "c", "view", 100), ("u2", "c", "add_to_cart", 150), ("u3", "b", "purchase", 120),
+        ("u3", "d", "view", 130), ("u4", "a", "view", 140), ("u4", "e", "view", 160),
+    ]
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "ts"])
+    df["ts"] = pd.to_datetime(df["ts"], unit="s", utc=True)
+    df["category"] = df["item_id"].map({"a": "x", "b": "x", "c": "y", "d": "y", "e": "z"})
+    df["price"] = 1.0
+    return df
+
+
+def _fitted(cls):
+    log = _log()
+    catalogue = Catalogue.from_events(log)
+    return cls().fit(Histories.from_events(log, catalogue), catalogue)
+
+
+def _frame(users, seqs, exclude):
+    return pd.DataFrame({
+        "user_id": users,
+        "item_ids": [np.array([i for i, _, _ in s], dtype=object) for s in seqs],
+        "event_types": [np.array([e for _, e, _ in s], dtype=object) for s in seqs],
+        "t": [np.array([t for _, _, t in s], dtype=np.int64) for s in seqs],
+        "exclude": [np.array(x, dtype=object) for x in exclude],
+    })
+
+
+def test_score_frame_honours_history_exclusions_and_availability():
+    rec = _fitted(RepeatBuy)
+    frame = _frame(["u1", "new", "u2"],
+                   [[("a", "purchase", 100), ("b", "view", 200), ("a", "purchase", 300)], [], [("c", "view", 100)]],
+                   [[], [], ["c"]])
+    unavailable = rec.catalogue.lookup(["d"])
+    out = score_frame(rec, frame, n=3, now=400, unavailable=unavailable)
+    assert list(out["user_id"]) == ["u1", "new", "u2"]
+    lists = dict(zip(out["user_id"], out["items"], strict=True))
+    assert lists["u1"][:2] == ["a", "b"], "repeat-buy ranks the user's own items first, most frequent first"
+    assert lists["new"], "a user with no history still gets a (popularity) list"
+    assert "c" not in lists["u2"], "an excluded (seen) item never appears"
+    assert all("d" not in items for items in lists.values()), "an unavailable item never appears"
+    for items, scores in zip(out["items"], out["scores"], strict=True):
+        assert len(items) == len(scores) <= 3
+        assert scores == sorted(scores, reverse=True)
+        assert np.isfinite(scores).all()
+
+
+def test_score_frame_ignores_items_outside_the_catalogue_and_empty_frames():
+    rec = _fitted(Popularity)
+    out = score_frame(rec, _frame(["u9"], [[("zzz", "view", 10)]], [["zzz"]]), n=10, now=400)
+    assert sorted(out["items"][0]) == sorted(rec.catalogue.item_ids.tolist())
+    assert score_frame(rec, _frame([], [], []), n=10, now=400).empty
+
+
+def test_similar_items_are_neighbours_then_category_then_popular():
+    catalogue = Catalogue(item_ids=np.array(["a", "b", "c", "d", "e"], dtype=object),
+                          category=np.array(["x", "x", "y", "y", ""], dtype=object), price=np.ones(5))
+    sim = sp.csr_matrix(np.array([
+        [0, 0.2, 0.9, 0, 0],
+        [0.2, 0, 0, 0, 0],
+        [0.9, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+        [0, 0, 0, 0, 0],
+    ]))
+    popularity = np.array([5.0, 1.0, 2.0, 3.0, 4.0])
+    rows = dict(similar_items(sim, catalogue, popularity, n=3, unavailable=catalogue.lookup(["b"])))
+    assert [i for i, _ in rows["a"]] == ["c", "e", "d"], "neighbours first (b is unavailable), then popular"
+    assert rows["a"][0][1] == 0.9 and rows["a"][1][1] == 0.0
+    assert [i for i, _ in rows["d"]] == ["c", "a", "e"], "no neighbours: its category, then overall popular"
+    assert set(rows) == set(catalogue.item_ids), "every item gets a list"
+    assert all(item not in [i for i, _ in lst] for item, lst in rows.items()), "never the item itself"
+    assert all("b" not in [i for i, _ in lst] for lst in rows.values())
