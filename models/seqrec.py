@@ -163,6 +163,8 @@ class _Net(nn.Module):
                        stats_row: torch.Tensor) -> torch.Tensor:
         """(B, n) unnormalized explore scores of n items; stats[stats_row[b]] is (n, 2) for row b."""
         w = self.stat_weight(h)
+        if stats.shape[0] == 1:  # every row scored on the same day (serving): one matmul, no gather
+            return torch.addmm(bias[None, :], torch.cat([h, w], dim=1), torch.cat([vec, stats[0]], dim=1).T)
         return h @ vec.T + bias[None, :] + w[:, :1] * stats[stats_row, :, 0] + w[:, 1:] * stats[stats_row, :, 1]
 
     def pair_explore_logits(self, h: torch.Tensor, b: torch.Tensor, vec: torch.Tensor, bias: torch.Tensor,
@@ -404,6 +406,72 @@ class SeqRec(nn.Module, Recommender):
             else:
                 own = np.zeros(0, np.float32)
             return explore.float().cpu().numpy(), cand["b"], cand["item"], own
+
+    @torch.no_grad()
+    def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
+                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (item indices, scores) per user: the lists ``score`` + ``top_k`` give, without
+        materialising the transformed score matrix.
+
+        For a user the explore score log(1 - exp(-E * q_i)) is increasing in the logit of item i,
+        so the top-k explore items are the top-k logits: only those k, and the user's own items,
+        are transformed, and the rest of the work is one matmul, one logsumexp and one topk.
+        """
+        n = len(histories)
+        items = np.full((n, k), -1, dtype=np.int64)
+        vals = np.full((n, k), -np.inf, dtype=np.float32)
+        n_items = len(self.catalogue)
+        neg_inf = torch.tensor(float("-inf"), device=self.device)
+        self.net.eval()
+        with _threads(self.config.num_threads):
+            vec, bias = self.net.items(*self._item_tensors(np.arange(n_items)))
+            for start in range(0, n, batch_size):
+                rows = np.arange(start, min(start + batch_size, n))
+                hist = histories.subset(rows)
+                seq, cand = self._sequence_batch(hist, hist.offsets[1:], hist.offsets[:-1], hist.now, self._event_cats(hist))
+                h = self.net.encode(self._tensors(seq))
+                stats, stats_row = self._stats(hist.now)
+                logits = self.net.explore_logits(h, vec, bias, stats, stats_row)
+                c = self._tensors(cand)
+                if len(cand["b"]):
+                    logits.index_put_((c["b"], c["item"]), neg_inf)
+                lse = torch.logsumexp(logits, dim=1, keepdim=True)  # over every non-own item, as in score()
+                ex_keys = np.zeros(0, np.int64)
+                if exclude is not None:
+                    ex = exclude.subset(rows)
+                    if len(ex.values):
+                        logits.index_put_((torch.from_numpy(ex.rows).to(self.device), torch.from_numpy(ex.values).to(self.device)),
+                                          neg_inf)
+                        ex_keys = ex.rows.astype(np.int64) * n_items + ex.values
+                top_v, top_i = torch.topk(logits, min(k, n_items), dim=1)
+                expected = torch.exp(self.net.count_head(h))
+                explore = torch.log((-torch.expm1(-expected * torch.exp(top_v - lse))).clamp_min(1e-30))
+                explore = torch.where(torch.isfinite(top_v), explore + self.explore_offset, neg_inf)
+                cand_v, cand_i = [explore], [top_i]
+                if len(cand["b"]):
+                    own = torch.nn.functional.logsigmoid(
+                        self.net.repeat_logit(h, c["b"], c["x"], stats[stats_row[c["b"]], c["item"]])).float()
+                    b, item = cand["b"].astype(np.int64), cand["item"].astype(np.int64)
+                    own[torch.from_numpy(np.isin(b * n_items + item, ex_keys)).to(self.device)] = float("-inf")
+                    order = np.argsort(b, kind="stable")
+                    b, item = b[order], item[order]
+                    slot = np.arange(len(b)) - np.searchsorted(b, b)  # rank of the own item within its row
+                    width = int(slot.max()) + 1
+                    own_v = torch.full((len(rows), width), float("-inf"), device=self.device)
+                    own_i = torch.zeros((len(rows), width), dtype=torch.long, device=self.device)
+                    bt, st = torch.from_numpy(b).to(self.device), torch.from_numpy(slot).to(self.device)
+                    own_v[bt, st] = own[torch.from_numpy(order).to(self.device)]
+                    own_i[bt, st] = torch.from_numpy(item).to(self.device)
+                    cand_v.append(own_v)
+                    cand_i.append(own_i)
+                merged_v, merged_i = torch.cat(cand_v, dim=1), torch.cat(cand_i, dim=1)
+                kk = min(k, merged_v.shape[1])
+                v, j = torch.topk(merged_v, kk, dim=1)
+                top = torch.gather(merged_i, 1, j)
+                top[~torch.isfinite(v)] = -1
+                items[rows, :kk] = top.cpu().numpy()
+                vals[rows, :kk] = v.cpu().numpy()
+        return items, vals
 
     def _calibrate_explore(self, validation, k: int = 10) -> tuple[float, float]:
         """The explore offset that maximizes validation ndcg@k, and that ndcg.

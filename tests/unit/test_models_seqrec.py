@@ -128,3 +128,32 @@ def test_exclusion_modes_train_with_sampled_softmax_and_never_list_seen_items(mo
 def test_pickle_round_trip_scores_the_same(data, model):
     clone = pickle.loads(pickle.dumps(model))
     assert np.array_equal(clone.score(data.histories), model.score(data.histories))
+
+
+def test_fast_top_k_gives_the_lists_of_score_plus_top_k(data, model):
+    from models.baselines import Recommender
+
+    for exclude in (None, data.exclude, seen_items(data.histories, "all")):
+        fast_items, fast_vals = model.recommend(data.histories, 15, exclude=exclude, batch_size=37)
+        ref_items, ref_vals = Recommender.recommend(model, data.histories, 15, exclude=exclude, batch_size=37)
+        np.testing.assert_allclose(fast_vals, ref_vals, rtol=1e-4, atol=1e-5)
+        finite = np.isfinite(ref_vals)
+        # the same items, except where two scores tie (then either order is a correct list)
+        ties = np.zeros_like(finite)
+        ties[:, 1:] |= np.isclose(ref_vals[:, 1:], ref_vals[:, :-1], rtol=1e-6)
+        ties[:, :-1] |= ties[:, 1:]
+        assert np.array_equal(fast_items[finite & ~ties], ref_items[finite & ~ties])
+        assert (fast_items[~finite] == -1).all()
+
+
+def test_one_day_explore_logits_match_the_per_row_gather(data, model):
+    hist = data.histories.subset(np.arange(20))
+    seq, _ = model._sequence_batch(hist, hist.offsets[1:], hist.offsets[:-1], hist.now, model._event_cats(hist))
+    with torch.no_grad():
+        h = model.net.encode(model._tensors(seq))
+        vec, bias = model.net.items(*model._item_tensors(np.arange(len(model.catalogue))))
+        stats, rows = model._stats(hist.now)
+        assert stats.shape[0] == 1
+        one = model.net.explore_logits(h, vec, bias, stats, rows)
+        two = model.net.explore_logits(h, vec, bias, torch.cat([stats, stats]), rows)  # forces the gather path
+    torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
