@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass, field
@@ -24,6 +25,8 @@ from models.evaluate import DEFAULT_KS, EvalResult, evaluate
 from models.gate import GateDecision, apply_decision, decide
 from models.seqrec import SeqRec, SeqRecConfig
 from models.split import DEFAULT_TARGET_EVENT_TYPES, EvalSet, build_eval_set, holdout_window, time_split
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -287,8 +290,10 @@ def serving_recommender(settings, publish: dict[str, Any], events: pd.DataFrame,
         rec.prepare(catalogue, histories)
     else:
         name = publish.get("name") or "popularity"
-        if name not in baselines:
-            raise ValueError(f"unknown baseline {name!r} to publish (have: {', '.join(baselines)})")
+        if name not in baselines:  # e.g. EASE chosen on a catalogue that has since outgrown it
+            log.warning("baseline %r cannot be fit on the full log (have: %s); publishing popularity",
+                        name, ", ".join(baselines))
+            name = "popularity"
         rec = baselines[name].fit(histories, catalogue)
     knn = rec if isinstance(rec, CooccurrenceKNN) else baselines["cooccurrence_knn"].fit(histories, catalogue)
     return rec, knn

@@ -71,3 +71,25 @@ def test_unreadable_ledger_is_a_warning_not_a_traceback(tmp_path):
     assert status["counts"] == {"read": 0, "clean": 0, "quarantined": 0, "duplicates": 0}
     assert status["warnings"] and "state.db" in status["warnings"][0]
     assert "warning:" in format_status(status)
+
+
+def test_live_version_model_and_gate_decision(tmp_path):
+    from freshrec.serving import open_store
+
+    settings = Settings(home=tmp_path / "home")
+    settings.ensure_dirs()
+    source = {"kind": "baseline", "name": "popularity", "alias": None}
+    with open_store(settings.serving) as store:
+        with store.begin_version("batch-1-abc", {"model": source}) as writer:
+            writer.write_user_recs([("u1", [("i1", 1.0)])])
+            writer.write_popular(None, [("i1", 1.0)])
+            writer.commit()
+    gate = {"batch_id": "batch-1", "decided_at": "2026-01-01T00:00:00+00:00", "model": {"version": "4"},
+            "decision": {"promote": False, "reason": "candidate ndcg_at_10=0.1 does not beat the best baseline"}}
+    (settings.reports_dir / "gate.json").write_text(json.dumps(gate))
+    status = collect_status(settings)
+    assert status["live_version"] == "batch-1-abc"
+    assert status["model"]["kind"] == "baseline" and status["model"]["name"] == "popularity"
+    assert status["model"]["gate"]["promoted"] is False and status["model"]["gate"]["candidate_version"] == "4"
+    text = format_status(status)
+    assert "baseline popularity" in text and "v4 not promoted" in text and "does not beat" in text
