@@ -233,6 +233,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     import pandas as pd
     from pyspark.sql import functions as F
 
+    from freshrec.landing import atomic_write_text
     from freshrec.serving.publish import write_list_table
     from freshrec.spark import get_spark
     from jobs.score import popular_lists, query_items, score_users, similar_items, user_inputs
@@ -278,6 +279,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     write_list_table(recs_dir / "similar", "item_id", similar_items(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
     with open(recs_dir / "recommender.pkl", "wb") as fh:  # the incremental path re-scores users with it
         pickle.dump(rec, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    atomic_write_text(recs_dir / "unavailable.json", json.dumps(sorted(blocked)))
     source = dict(gate["publish"])
     source["alias"] = "champion" if source["kind"] == "model" else None
     summary = {"batch_id": batch_id, "version": version, "recs_dir": str(recs_dir), "source": source,
@@ -308,3 +310,74 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     log.info("publish: %s", result)
     return result
 
+
+
+def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
+    """Re-score the users of ``new_events`` (clean events, lake/events columns, pandas) with the
+    live version's recommender, no retraining, and upsert their lists into the live version.
+
+    A user's sequence is their features/sequences row plus the new events (the last
+    FRESHREC_SEQUENCE_LENGTH kept); a user seen for the first time is scored from the new events
+    alone. Exclusions (FRESHREC_EXCLUDE_SEEN) and unavailable items hold as in the batch."""
+    import numpy as np
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from freshrec.serving import open_store
+    from jobs.score import score_frame
+
+    started = time.perf_counter()
+    item_events = new_events.loc[new_events["item_id"].notna()]
+    users = sorted(new_events["user_id"].astype(str).unique())
+    with open_store(settings.serving) as store:
+        version = store.live_version()
+        if version is None or not users:
+            return {"version": version, "users": 0, "skipped": "nothing published yet" if version is None else "no users"}
+        recs_dir = settings.recs_dir / version
+        if not (recs_dir / "recommender.pkl").is_file():
+            raise UserError(f"live version {version} has no recommender under {recs_dir}: run `freshrec run batch`")
+        with open(recs_dir / "recommender.pkl", "rb") as fh:
+            rec = pickle.load(fh)
+        blocked = json.loads((recs_dir / "unavailable.json").read_text()) if (recs_dir / "unavailable.json").is_file() else []
+
+        def rows_of(name: str, columns: list[str]) -> pd.DataFrame:
+            path = settings.features_dir / name
+            if not _exists(path):
+                return pd.DataFrame(columns=columns)
+            return ds.dataset(str(path), format="parquet").to_table(
+                columns=columns, filter=ds.field("user_id").isin(users)).to_pandas()
+
+        old = rows_of("sequences", ["user_id", "item_ids", "event_types", "ts"]).explode(["item_ids", "event_types", "ts"])
+        old = old.dropna(subset=["item_ids"]).rename(columns={"item_ids": "item_id", "event_types": "event_type"})
+        new = item_events[["user_id", "item_id", "event_type", "ts"]].astype({"user_id": str, "item_id": str}).copy()
+        for part in (old, new):
+            part["t"] = pd.to_datetime(part["ts"], utc=True).astype("int64") // 1_000_000_000
+        seq = pd.concat([old, new], ignore_index=True)
+        seq = seq.sort_values(["user_id", "t"], kind="mergesort").groupby("user_id").tail(settings.sequence_length)
+        groups = dict(tuple(seq.groupby("user_id", sort=False)))
+        empty = seq.iloc[:0]
+        frame = pd.DataFrame({"user_id": users})
+        frame["item_ids"] = [groups.get(u, empty)["item_id"].to_numpy(dtype=object) for u in users]
+        frame["event_types"] = [groups.get(u, empty)["event_type"].to_numpy(dtype=object) for u in users]
+        frame["t"] = [groups.get(u, empty)["t"].to_numpy(dtype=np.int64) for u in users]
+        if settings.exclude_seen == "none":
+            frame["exclude"] = [np.zeros(0, object)] * len(users)
+        else:
+            seen = rows_of("interactions", ["user_id", "item_id", "n_purchase"])
+            if settings.exclude_seen == "purchased":
+                seen = seen.loc[seen["n_purchase"] > 0]
+                new = item_events.loc[item_events["event_type"] == "purchase"]
+            else:
+                new = item_events
+            pairs = pd.concat([seen[["user_id", "item_id"]], new[["user_id", "item_id"]].astype(str)])
+            per_user = {u: g["item_id"].unique() for u, g in pairs.groupby("user_id", sort=False)}
+            frame["exclude"] = [np.asarray(per_user.get(u, []), dtype=object) for u in users]
+        now = int(seq["t"].max()) + 1 if len(seq) else int(time.time())
+        unavailable = rec.catalogue.lookup(blocked)
+        scored = score_frame(rec, frame, settings.top_n, now, unavailable[unavailable >= 0])
+        result = store.upsert_user_recs(
+            (u, list(zip(items, scores, strict=True)))
+            for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True))
+    result["seconds"] = round(time.perf_counter() - started, 3)
+    log.info("refreshed %d users in version %s", result["users"], result["version"])
+    return result

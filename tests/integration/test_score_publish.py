@@ -145,3 +145,30 @@ def test_recs_users_file_gives_a_list_for_every_user(published, tmp_path):
     assert [r["user_id"] for r in rows] == users
     assert all(len(r["items"]) == 10 for r in rows)
     assert rows[-1]["source"] == "fallback" and rows[0]["source"] == "personal"
+
+
+def test_refresh_rescores_only_the_users_who_acted(published):
+    """The incremental path's re-score: no retraining, upserted into the live version."""
+    from freshrec.steps import refresh_users_step
+
+    s = published.settings
+    client = RecsClient(s.serving)
+    users = _features(s, "user_index")["user_id"].tolist()
+    acting, bystander = users[0], users[1]
+    before = {u: client.recs(u, n=20)["items"] for u in (acting, bystander)}
+    stats = _features(s, "item_stats").sort_values("pop_rank")
+    bought = stats["item_id"].iloc[10]
+    now = pd.Timestamp(pd.read_parquet(s.features_dir / "sequences")["last_ts"].max(), tz="UTC")
+    rows = [(acting, stats["item_id"].iloc[-1], "view"), (acting, bought, "purchase"),
+            ("brand-new-shopper", bought, "view"), ("brand-new-shopper", stats["item_id"].iloc[-2], "add_to_cart")]
+    new = pd.DataFrame([{"event_id": f"e{i}", "ts": now + pd.Timedelta(minutes=i + 1), "user_id": u, "item_id": item,
+                         "event_type": et, "session_id": None, "query": None} for i, (u, item, et) in enumerate(rows)])
+    result = refresh_users_step(s, new)
+    assert result["version"] == published.scored["version"] and result["users"] == 2
+
+    fresh = client.recs("brand-new-shopper", n=20)
+    assert fresh["source"] == "personal" and len(fresh["items"]) == 20
+    acted = [r["item_id"] for r in client.recs(acting, n=20)["items"]]
+    assert bought not in acted, "a purchase in the micro-batch is excluded at once (EXCLUDE_SEEN=purchased)"
+    assert acted != [r["item_id"] for r in before[acting]]
+    assert client.recs(bystander, n=20)["items"] == before[bystander], "users who did not act are untouched"
