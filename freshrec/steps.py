@@ -269,6 +269,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
                          spark.read.parquet(str(feats / "interactions")), settings.exclude_seen)
     # users spread over every core (and, on a cluster, every executor); ~20k users per task
     inputs = inputs.repartition(max(spark.sparkContext.defaultParallelism, -(-n_users // 20_000)), "user_id")
+    scoring = time.perf_counter()
     score_users(spark, inputs, rec, settings.top_n, now, unavailable).write.mode("overwrite").parquet(str(recs_dir / "user_topn"))
     scored_at = time.perf_counter()
     popular_lists(stats, settings.top_n).coalesce(1).write.mode("overwrite").parquet(str(recs_dir / "popular"))
@@ -284,7 +285,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     source["alias"] = "champion" if source["kind"] == "model" else None
     summary = {"batch_id": batch_id, "version": version, "recs_dir": str(recs_dir), "source": source,
                "scored_at_epoch": now, "users": n_users, "items": len(cat), "unavailable": len(unavailable),
-               "score_users_seconds": round(scored_at - started, 1), "seconds": round(time.perf_counter() - started, 1)}
+               "score_users_seconds": round(scored_at - scoring, 1), "seconds": round(time.perf_counter() - started, 1)}
     log.info("score: %s", summary)
     return summary
 
@@ -296,7 +297,7 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     from freshrec.serving.publish import publish_tables
 
     version = scored["version"]
-    meta = {k: scored[k] for k in ("batch_id", "source", "users", "items")} | {"model": scored["source"]}
+    meta = {"batch_id": scored["batch_id"], "model": scored["source"], "users": scored["users"], "items": scored["items"]}
     with open_store(settings.serving) as store:
         record = store.version_info(version)
         if record is not None and record["state"] in ("complete", "live"):
@@ -324,7 +325,7 @@ def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
     import pyarrow.dataset as ds
 
     from freshrec.serving import open_store
-    from jobs.score import score_frame
+    from jobs.score import SEEN_RULE, score_frame
 
     started = time.perf_counter()
     item_events = new_events.loc[new_events["item_id"].notna()]
@@ -363,13 +364,11 @@ def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
         if settings.exclude_seen == "none":
             frame["exclude"] = [np.zeros(0, object)] * len(users)
         else:
-            seen = rows_of("interactions", ["user_id", "item_id", "n_purchase"])
-            if settings.exclude_seen == "purchased":
-                seen = seen.loc[seen["n_purchase"] > 0]
-                new = item_events.loc[item_events["event_type"] == "purchase"]
-            else:
-                new = item_events
-            pairs = pd.concat([seen[["user_id", "item_id"]], new[["user_id", "item_id"]].astype(str)])
+            # the micro-batch's events as interaction rows, so one rule (SEEN_RULE) picks both
+            fresh = pd.DataFrame({"user_id": item_events["user_id"].astype(str), "item_id": item_events["item_id"].astype(str),
+                                  "n_purchase": (item_events["event_type"] == "purchase").astype(int), "n_events": 1})
+            rows = pd.concat([rows_of("interactions", ["user_id", "item_id", "n_purchase", "n_events"]), fresh])
+            pairs = rows.query(SEEN_RULE[settings.exclude_seen])
             per_user = {u: g["item_id"].unique() for u, g in pairs.groupby("user_id", sort=False)}
             frame["exclude"] = [np.asarray(per_user.get(u, []), dtype=object) for u in users]
         now = int(seq["t"].max()) + 1 if len(seq) else int(time.time())

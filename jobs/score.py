@@ -27,6 +27,9 @@ LIST_COLUMNS = ("items", "scores")
 USER_LIST_SCHEMA = "user_id string, items array<string>, scores array<double>"
 #: an item event within this long after a search, in the same session, answers the query
 QUERY_WINDOW_MINUTES = 30
+#: FRESHREC_EXCLUDE_SEEN -> which features/interactions rows are "seen" (a SQL predicate that
+#: Spark's ``where`` and pandas' ``query`` both read, so the batch and the micro-batch agree)
+SEEN_RULE = {"all": "n_events > 0", "purchased": "n_purchase > 0"}
 
 
 def user_inputs(user_index: "DataFrame", sequences: "DataFrame", interactions: "DataFrame",
@@ -41,8 +44,8 @@ def user_inputs(user_index: "DataFrame", sequences: "DataFrame", interactions: "
     if exclude_seen == "none":
         seen = None
     else:
-        rows = interactions if exclude_seen == "all" else interactions.where(F.col("n_purchase") > 0)
-        seen = rows.groupBy("user_id").agg(F.sort_array(F.collect_set("item_id")).alias("exclude"))
+        seen = (interactions.where(SEEN_RULE[exclude_seen]).groupBy("user_id")
+                .agg(F.sort_array(F.collect_set("item_id")).alias("exclude")))
     out = user_index.select("user_id").join(seq, "user_id", "left")
     empty_s, empty_l = F.array().cast("array<string>"), F.array().cast("array<long>")
     out = out.select("user_id", F.coalesce("item_ids", empty_s).alias("item_ids"),
