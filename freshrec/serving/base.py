@@ -322,18 +322,26 @@ class ServingStore(ABC):
         commits (SQLite and PostgreSQL hold the pointer lock for the transaction; Redis uses
         WATCH on the pointer and retries). If a new batch version goes live at the same time,
         the upsert lands either in the old version before the switch (and the new version does
-        not contain it: the next micro-batch re-scores those users) or in the new one after.
-        Other versions are never touched. Returns ``{"version", "users"}``."""
+        not contain it: the publish step re-scores the users whose events it lacks) or in the
+        new one after. Other versions are never touched. Returns ``{"version", "users"}``."""
+        result = self.upsert_lists("user", rows, updated_at)
+        return {"version": result["version"], "users": result["rows"]}
+
+    def upsert_lists(self, kind: str, rows: Iterable[Sequence[Any]], updated_at: str | None = None) -> dict[str, Any]:
+        """:meth:`upsert_user_recs` for any kind of list (``popular`` rows keyed by category,
+        None for the overall list). Returns ``{"version", "rows"}``."""
+        if kind not in KINDS:
+            raise ValueError(f"unknown list kind {kind!r}; expected one of {', '.join(KINDS)}")
         updated_at = updated_at or utc_now_iso()
         encoded = []
         for row in rows:
             key, items, scores = split_row(row)
-            encoded.append((_key("user", key), encode_list(items, scores, updated_at)))
+            encoded.append((_key(kind, key), encode_list(items, scores, updated_at)))
         if not encoded:
-            return {"version": self.live_version(), "users": 0}
+            return {"version": self.live_version(), "rows": 0}
         with self._guard():
-            version = self._upsert(encoded)
-        return {"version": version, "users": len(encoded)}
+            version = self._upsert(kind, encoded)
+        return {"version": version, "rows": len(encoded)}
 
     def delete_user(self, user_id: str) -> int:
         """Erase a user's lists from every stored version (``freshrec forget``). Returns how
@@ -398,7 +406,7 @@ class ServingStore(ABC):
     def _drop_data(self, version: str) -> None: ...
 
     @abstractmethod
-    def _upsert(self, rows: list[tuple[str, str]]) -> str: ...
+    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str: ...
 
     @abstractmethod
     def _delete_keys(self, kind: str, key: str, versions: list[str]) -> int: ...

@@ -284,14 +284,15 @@ class PostgresStore(ServingStore):
             with self._txn() as c:
                 c.execute(f"DELETE FROM {self.schema}.{table} WHERE version = %s", (version,))
 
-    def _upsert(self, rows: list[tuple[str, str]]) -> str:
+    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str:
+        table, col = TABLES[kind]
         with self._txn() as c:
             live = self._lock_live(c, "SHARE")
             if live is None:
                 raise NothingPublished()
             with c.cursor() as cur:
-                cur.executemany(f"INSERT INTO {self.schema}.user_recs (version, user_id, value) VALUES (%s, %s, %s::jsonb) "
-                                "ON CONFLICT (version, user_id) DO UPDATE SET value = EXCLUDED.value",
+                cur.executemany(f"INSERT INTO {self.schema}.{table} (version, {col}, value) VALUES (%s, %s, %s::jsonb) "
+                                f"ON CONFLICT (version, {col}) DO UPDATE SET value = EXCLUDED.value",
                                 [(live, k, v) for k, v in rows])
             return live
 

@@ -222,7 +222,7 @@ class RedisStore(ServingStore):
         if batch:
             self.r.unlink(*batch)
 
-    def _upsert(self, rows: list[tuple[str, str]]) -> str:
+    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str:
         def body(pipe: Any) -> str:
             live = pipe.get(self.k_live)
             if not live:
@@ -230,7 +230,7 @@ class RedisStore(ServingStore):
             version = live.decode()
             pipe.multi()
             for k, v in rows:
-                pipe.set(self.key(version, "user", k), v)
+                pipe.set(self.key(version, kind, k), v)
             pipe.execute()
             return version
 

@@ -240,13 +240,14 @@ class SqliteStore(ServingStore):
                 if cur.rowcount < DELETE_CHUNK:
                     break
 
-    def _upsert(self, rows: list[tuple[str, str]]) -> str:
+    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str:
+        table, col = TABLES[kind]
         with self._txn() as c:
             live = c.execute("SELECT version FROM live WHERE id = 1").fetchone()[0]
             if live is None:
                 raise NothingPublished()
-            c.executemany("INSERT INTO user_recs (version, user_id, value) VALUES (?, ?, ?) "
-                          "ON CONFLICT (version, user_id) DO UPDATE SET value = excluded.value",
+            c.executemany(f"INSERT INTO {table} (version, {col}, value) VALUES (?, ?, ?) "
+                          f"ON CONFLICT (version, {col}) DO UPDATE SET value = excluded.value",
                           [(live, k, v) for k, v in rows])
             return live
 
