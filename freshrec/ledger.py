@@ -27,6 +27,9 @@ CREATE TABLE IF NOT EXISTS runs (
     run_key TEXT PRIMARY KEY, kind TEXT NOT NULL, started_at TEXT, finished_at TEXT,
     state TEXT NOT NULL, detail TEXT
 );
+CREATE TABLE IF NOT EXISTS microbatches (
+    batch_id TEXT PRIMARY KEY, finished_at TEXT NOT NULL, detail TEXT NOT NULL
+);
 """
 
 
@@ -69,6 +72,24 @@ class Ledger:
         with closing(self._connect()) as conn:
             rows = conn.execute("SELECT source_file, read, clean, quarantined, duplicates FROM file_counts").fetchall()
         return {r[0]: dict(zip(COUNT_KEYS, r[1:], strict=False)) for r in rows}
+
+    def file_batches(self) -> dict[str, str]:
+        """Which batch last counted each landing file."""
+        with closing(self._connect()) as conn:
+            return dict(conn.execute("SELECT source_file, batch_id FROM file_counts").fetchall())
+
+    def record_microbatch(self, batch_id: str, detail: Mapping[str, Any]) -> None:
+        """One micro-batch's summary and freshness (replaced when the batch id is rerun)."""
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT OR REPLACE INTO microbatches VALUES (?, ?, ?)",
+                         (batch_id, utcnow_iso(), json.dumps(detail, default=str)))
+
+    def recent_microbatches(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest micro-batches first, each ``{"batch_id", "finished_at", **detail}``."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT batch_id, finished_at, detail FROM microbatches "
+                                "ORDER BY finished_at DESC, rowid DESC LIMIT ?", (limit,)).fetchall()
+        return [{"batch_id": r[0], "finished_at": r[1], **json.loads(r[2])} for r in rows]
 
     def record_run(self, run_key: str, kind: str, state: str, started_at: str | None = None,
                    finished_at: str | None = None, detail: Mapping[str, Any] | None = None) -> None:

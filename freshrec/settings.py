@@ -33,11 +33,13 @@ class Settings:
     spark_master: str = "local[*]"
     spark_driver_memory: str = "4g"
     spark_shuffle_partitions: int = 8
+    spark_pool_slots: int = 0  # Spark tasks Airflow runs at once; 0 sizes the pool for the machine
     mlflow_tracking_uri: str = ""  # default derived from home; MLFLOW_TRACKING_URI wins
     top_n: int = 100
     keep_versions: int = 5  # published versions kept for rollback
     exclude_seen: str = "purchased"
     microbatch_minutes: int = 5
+    watch_seconds: float = 15.0  # processing-time trigger of `freshrec run incremental --watch`
     # cleaning
     max_future_skew_hours: float = 24.0
     min_event_ts: str = "1990-01-01T00:00:00Z"
@@ -141,6 +143,10 @@ class Settings:
                 raise SettingsError(f"FRESHREC_{name.upper()} must be >= 1, got {getattr(self, name)}")
         if not 0.0 <= self.max_quarantine_ratio <= 1.0:
             raise SettingsError(f"FRESHREC_MAX_QUARANTINE_RATIO must be in [0, 1], got {self.max_quarantine_ratio}")
+        if self.spark_pool_slots < 0:
+            raise SettingsError(f"FRESHREC_SPARK_POOL_SLOTS must be >= 0 (0: sized for the machine), got {self.spark_pool_slots}")
+        if not 0 < self.watch_seconds < float("inf"):
+            raise SettingsError(f"FRESHREC_WATCH_SECONDS must be > 0, got {self.watch_seconds}")
         if self.decay_half_life_days <= 0:
             raise SettingsError("FRESHREC_DECAY_HALF_LIFE_DAYS must be > 0")
 

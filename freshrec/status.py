@@ -16,6 +16,7 @@ from typing import Any
 from freshrec.ledger import COUNT_KEYS, Ledger
 from freshrec.settings import Settings
 
+FRESHNESS_WINDOW = 20
 LAST_RUNS_LIMIT = 10
 
 
@@ -49,6 +50,27 @@ def _last_runs(ledger: Ledger, limit: int) -> list[dict[str, Any]]:
     return runs
 
 
+def _freshness(microbatches: list[dict[str, Any]]) -> dict[str, Any]:
+    """The newest micro-batch that did work: when, how fresh (landing -> served and newest
+    event -> served, p50 and p95, seconds), and the worst p95 over the recent ones."""
+    fresh: dict[str, Any] = {"last_microbatch_at": None, "landing_to_served_p50_s": None, "landing_to_served_p95_s": None}
+    worked = [m for m in microbatches if m.get("files")]
+    if not worked:
+        return fresh
+    last = worked[0]
+    fresh.update({
+        "last_microbatch_at": last["finished_at"], "last_microbatch_id": last["batch_id"],
+        "landing_to_served_p50_s": last.get("landing_to_served_p50_s"),
+        "landing_to_served_p95_s": last.get("landing_to_served_p95_s"),
+        "event_to_served_p50_s": last.get("event_to_served_p50_s"),
+        "event_to_served_p95_s": last.get("event_to_served_p95_s"),
+        "rows": last.get("rows"), "users": last.get("users"), "seconds": last.get("seconds"),
+        "recent_microbatches": len(worked),
+        "recent_landing_to_served_p95_max_s": max((m.get("landing_to_served_p95_s") or 0.0) for m in worked),
+    })
+    return fresh
+
+
 def collect_status(settings: Settings) -> dict[str, Any]:
     """The ``freshrec status --json`` object (interface.md); never raises for a missing home."""
     status: dict[str, Any] = {
@@ -65,6 +87,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         try:
             status["counts"] = ledger.totals()
             status["last_runs"] = _last_runs(ledger, LAST_RUNS_LIMIT)
+            status["freshness"] = _freshness(ledger.recent_microbatches(FRESHNESS_WINDOW))
         except (sqlite3.Error, ValueError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
     _serving_status(settings, status, warnings)

@@ -12,7 +12,7 @@ import logging
 import pickle
 import shutil
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -39,30 +39,38 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
     """
     from pyspark.sql import functions as F
 
+    from freshrec.lake import lake_lock
     from freshrec.spark import get_spark
     from jobs.clean import clean_raw, landing_files, read_landing
 
-    files = landing_files(settings.landing_events_dir)
-    if not files:
-        raise UserError(f"no landing files under {settings.landing_events_dir}: run `freshrec import` or `freshrec generate` first")
     spark = get_spark(settings)
-    result = clean_raw(read_landing(spark, files), now=now or datetime.now(timezone.utc),
-                       min_event_ts=settings.min_event_ts, max_future_skew_hours=settings.max_future_skew_hours)
-    try:
-        # One file per date instead of one per (date, shuffle partition).
-        (result.clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date")
-         .parquet(str(settings.events_path)))
-        # The quarantine of a full rebuild replaces the whole table: it is derived from the
-        # same landing files, so nothing is lost and nothing piles up twice.
-        (result.quarantine.withColumn("batch_id", F.lit(batch_id)).write.mode("overwrite")
-         .option("partitionOverwriteMode", "static").partitionBy("batch_id").parquet(str(settings.quarantine_path)))
-        per_file = [r.asDict() for r in result.per_file.collect()]  # one row per landing file
-    finally:
-        result.release()
-    Ledger(settings.state_db).record_file_counts(per_file, batch_id, replace_all=True)
+    # Micro-batches wait while the lake is rebuilt: every file they have added is in this
+    # listing, so the rebuild replaces their rows instead of dropping or doubling them.
+    with lake_lock(settings, f"batch clean {batch_id}"):
+        files = landing_files(settings.landing_events_dir)
+        if not files:
+            raise UserError(f"no landing files under {settings.landing_events_dir}: run `freshrec import` or `freshrec generate` first")
+        result = clean_raw(read_landing(spark, files), now=now or datetime.now(timezone.utc),
+                           min_event_ts=settings.min_event_ts, max_future_skew_hours=settings.max_future_skew_hours)
+        try:
+            # One file per date instead of one per (date, shuffle partition).
+            (result.clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date")
+             .parquet(str(settings.events_path)))
+            # The quarantine of a full rebuild replaces the whole table: it is derived from the
+            # same landing files, so nothing is lost and nothing piles up twice.
+            (result.quarantine.withColumn("batch_id", F.lit(batch_id)).write.mode("overwrite")
+             .option("partitionOverwriteMode", "static").partitionBy("batch_id").parquet(str(settings.quarantine_path)))
+            per_file = [r.asDict() for r in result.per_file.collect()]  # one row per landing file
+        finally:
+            result.release()
+        Ledger(settings.state_db).record_file_counts(per_file, batch_id, replace_all=True)
     counts = {k: sum(int(r[k]) for r in per_file) for k in ("read", "clean", "quarantined", "duplicates")}
+    # the newest clean event: train and evaluate read the lake up to here, so micro-batches
+    # appended while they run cannot change the window between the two tasks
+    newest = spark.read.parquet(str(settings.events_path)).agg(F.max(F.unix_micros("ts"))).first()[0] if counts["clean"] else None
+    until = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=newest + 1)).isoformat() if newest is not None else None
     log.info("clean %s: %s over %d files", batch_id, counts, len(files))
-    return {"batch_id": batch_id, "files": len(files), **counts}
+    return {"batch_id": batch_id, "files": len(files), **counts, "until": until}
 
 
 def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:
@@ -105,13 +113,18 @@ def read_catalogue(settings: Settings):
 
 
 def matrices_step(settings: Settings) -> dict[str, Any]:
-    """Id maps (append-only), interactions, recent sequences and item stats under features/."""
+    """Id maps (append-only), interactions, recent sequences and item stats under features/;
+    folds in (and drops) the micro-batches' features/recent partitions."""
+    from freshrec.lake import features_lock, recent_partitions
     from freshrec.spark import get_spark
     from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
 
     spark = get_spark(settings)
     if not _exists(settings.events_path):
         raise UserError(f"no clean events at {settings.events_path}: run the clean step first")
+    # Micro-batches append to the lake before they write features/recent, so the recent
+    # partitions listed before the lake is read are all in it: those are folded in below.
+    covered = recent_partitions(settings)
     events = spark.read.parquet(str(settings.events_path)).cache()
     feats = settings.features_dir
     indexes = {}
@@ -134,29 +147,34 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
                                  item_index, read_catalogue(settings)),
     }
     rows = {}
-    for name, df in outputs.items():
-        df.write.mode("overwrite").option("partitionOverwriteMode", "static").parquet(str(feats / name))
-        rows[name] = spark.read.parquet(str(feats / name)).count()
+    with features_lock(settings, "batch matrices"):
+        for name, df in outputs.items():
+            df.write.mode("overwrite").option("partitionOverwriteMode", "static").parquet(str(feats / name))
+            rows[name] = spark.read.parquet(str(feats / name)).count()
+        for part in covered:
+            shutil.rmtree(part, ignore_errors=True)
     events.unpersist()
-    summary = {"new_users": added["user_index"], "new_items": added["item_index"], **{f"{k}_rows": v for k, v in rows.items()}}
+    summary = {"new_users": added["user_index"], "new_items": added["item_index"], "recent_folded": len(covered),
+               **{f"{k}_rows": v for k, v in rows.items()}}
     log.info("matrices: %s", summary)
     return summary
 
 
 # -- models: train -> evaluate -> gate (models/pipeline.py holds the logic) -----------------
 
-def _training(settings: Settings):
+def _training(settings: Settings, until: str | None):
     from models.pipeline import TrainingConfig, training_window
 
     config = TrainingConfig.from_settings(settings)
     if not _exists(settings.events_path):
         raise UserError(f"no clean events at {settings.events_path}: run the clean step first")
-    eval_set, window = training_window(settings, config)
+    eval_set, window = training_window(settings, config, until=until)
     return config, eval_set, window
 
 
-def train_step(settings: Settings, batch_id: str) -> dict[str, Any]:
-    """Fit the model on the held-out split of the lake and register it (alias challenger).
+def train_step(settings: Settings, batch_id: str, until: str | None = None) -> dict[str, Any]:
+    """Fit the model on the held-out split of the lake (events before ``until``, the clean
+    step's snapshot, when given) and register it (alias challenger).
 
     A rerun for the same batch and window reuses the version already registered for them
     instead of adding a second one."""
@@ -164,7 +182,7 @@ def train_step(settings: Settings, batch_id: str) -> dict[str, Any]:
     from models.pipeline import train_stage
 
     try:
-        config, eval_set, window = _training(settings)
+        config, eval_set, window = _training(settings, until)
     except ValueError as exc:  # too little history for a held-out window: publish what is there
         log.warning("train %s skipped: %s", batch_id, exc)
         return {"skipped": f"not enough history to train and evaluate: {exc}"}
@@ -178,13 +196,13 @@ def train_step(settings: Settings, batch_id: str) -> dict[str, Any]:
     return trained
 
 
-def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str) -> dict[str, Any]:
+def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str, until: str | None = None) -> dict[str, Any]:
     """Evaluate the new version, every baseline and the current champion on the same window."""
     from models.pipeline import evaluate_stage, load_trained
 
     if trained.get("skipped"):
         return {"skipped": trained["skipped"]}
-    config, eval_set, window = _training(settings)
+    config, eval_set, window = _training(settings, until)
     model = load_trained(settings, trained, eval_set)
     evaluated = evaluate_stage(settings, eval_set, window, config, model, trained, batch_id=batch_id)
     log.info("evaluate %s: %s=%.5f; baselines %s", batch_id, config.gate_metric, evaluated["metrics"][config.gate_metric],
@@ -308,38 +326,49 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     for old in settings.recs_dir.iterdir() if settings.recs_dir.is_dir() else ():
         if old.is_dir() and old.name not in kept:  # the Parquet behind pruned versions
             shutil.rmtree(old, ignore_errors=True)
+    result["catch_up"] = catch_up_step(settings)
     log.info("publish: %s", result)
     return result
 
 
+def catch_up_step(settings: Settings) -> dict[str, Any]:
+    """Re-score the users of the micro-batches the live version was not built from (those that
+    landed after the batch's ``matrices`` read the lake) and refresh the popular lists, so a
+    batch publish never takes a fresh list away."""
+    from freshrec.lake import read_recent
 
-def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
-    """Re-score the users of ``new_events`` (clean events, lake/events columns, pandas) with the
-    live version's recommender, no retraining, and upsert their lists into the live version.
+    users = sorted(read_recent(settings)["user_id"].astype(str).unique())
+    if not users:
+        return {"users": 0}
+    refreshed = refresh_users_step(settings, users)
+    popular = refresh_popular_step(settings)
+    return {"users": refreshed.get("users", 0), "popular_lists": popular.get("lists", 0)}
 
-    A user's sequence is their features/sequences row plus the new events (the last
-    FRESHREC_SEQUENCE_LENGTH kept); a user seen for the first time is scored from the new events
-    alone. Exclusions (FRESHREC_EXCLUDE_SEEN) and unavailable items hold as in the batch."""
+
+
+def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
+    """Re-score ``users`` with the live version's recommender, no retraining, and upsert their
+    lists into the live version.
+
+    A user's sequence is their features/sequences row plus their events in features/recent
+    (the micro-batches since the last batch), the last FRESHREC_SEQUENCE_LENGTH kept; a user
+    seen for the first time is scored from the recent events alone. Exclusions
+    (FRESHREC_EXCLUDE_SEEN) and unavailable items hold as in the batch."""
     import numpy as np
     import pandas as pd
     import pyarrow.dataset as ds
 
+    from freshrec.lake import features_lock, read_recent
     from freshrec.serving import open_store
     from jobs.score import SEEN_RULE, score_frame
 
     started = time.perf_counter()
-    item_events = new_events.loc[new_events["item_id"].notna()]
-    users = sorted(new_events["user_id"].astype(str).unique())
+    users = sorted({str(u) for u in users})
     with open_store(settings.serving) as store:
         version = store.live_version()
         if version is None or not users:
             return {"version": version, "users": 0, "skipped": "nothing published yet" if version is None else "no users"}
-        recs_dir = settings.recs_dir / version
-        if not (recs_dir / "recommender.pkl").is_file():
-            raise UserError(f"live version {version} has no recommender under {recs_dir}: run `freshrec run batch`")
-        with open(recs_dir / "recommender.pkl", "rb") as fh:
-            rec = pickle.load(fh)
-        blocked = json.loads((recs_dir / "unavailable.json").read_text()) if (recs_dir / "unavailable.json").is_file() else []
+        rec, blocked = _live_recommender(settings, version)
 
         def rows_of(name: str, columns: list[str]) -> pd.DataFrame:
             path = settings.features_dir / name
@@ -348,12 +377,19 @@ def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
             return ds.dataset(str(path), format="parquet").to_table(
                 columns=columns, filter=ds.field("user_id").isin(users)).to_pandas()
 
-        old = rows_of("sequences", ["user_id", "item_ids", "event_types", "ts"]).explode(["item_ids", "event_types", "ts"])
+        with features_lock(settings, "re-scoring", shared=True):
+            recent = read_recent(settings, users)
+            old = rows_of("sequences", ["user_id", "item_ids", "event_types", "ts"])
+            seen = rows_of("interactions", ["user_id", "item_id", "n_purchase", "n_events"]) if settings.exclude_seen != "none" else None
+        old = old.explode(["item_ids", "event_types", "ts"])
         old = old.dropna(subset=["item_ids"]).rename(columns={"item_ids": "item_id", "event_types": "event_type"})
-        new = item_events[["user_id", "item_id", "event_type", "ts"]].astype({"user_id": str, "item_id": str}).copy()
+        new = recent[["user_id", "item_id", "event_type", "ts"]].astype({"user_id": str, "item_id": str})
         for part in (old, new):
-            part["t"] = pd.to_datetime(part["ts"], utc=True).astype("int64") // 1_000_000_000
-        seq = pd.concat([old, new], ignore_index=True)
+            part["t"] = (pd.to_datetime(part["ts"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")
+        # a micro-batch that landed while the batch was reading the lake may be in both
+        seq = pd.concat([part for part in (old, new) if len(part)] or [new], ignore_index=True)
+        seq = seq.drop_duplicates(["user_id", "item_id", "event_type", "t"])
+        seq["t"] //= 1000
         seq = seq.sort_values(["user_id", "t"], kind="mergesort").groupby("user_id").tail(settings.sequence_length)
         groups = dict(tuple(seq.groupby("user_id", sort=False)))
         empty = seq.iloc[:0]
@@ -364,10 +400,10 @@ def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
         if settings.exclude_seen == "none":
             frame["exclude"] = [np.zeros(0, object)] * len(users)
         else:
-            # the micro-batch's events as interaction rows, so one rule (SEEN_RULE) picks both
-            fresh = pd.DataFrame({"user_id": item_events["user_id"].astype(str), "item_id": item_events["item_id"].astype(str),
-                                  "n_purchase": (item_events["event_type"] == "purchase").astype(int), "n_events": 1})
-            rows = pd.concat([rows_of("interactions", ["user_id", "item_id", "n_purchase", "n_events"]), fresh])
+            # the recent events as interaction rows, so one rule (SEEN_RULE) picks both
+            fresh = pd.DataFrame({"user_id": new["user_id"], "item_id": new["item_id"],
+                                  "n_purchase": (new["event_type"] == "purchase").astype(int), "n_events": 1})
+            rows = pd.concat([part for part in (seen, fresh) if len(part)] or [fresh])
             pairs = rows.query(SEEN_RULE[settings.exclude_seen])
             per_user = {u: g["item_id"].unique() for u, g in pairs.groupby("user_id", sort=False)}
             frame["exclude"] = [np.asarray(per_user.get(u, []), dtype=object) for u in users]
@@ -380,3 +416,66 @@ def refresh_users_step(settings: Settings, new_events) -> dict[str, Any]:
     result["seconds"] = round(time.perf_counter() - started, 3)
     log.info("refreshed %d users in version %s", result["users"], result["version"])
     return result
+
+
+_RECOMMENDERS: dict[str, Any] = {}
+
+
+def _live_recommender(settings: Settings, version: str):
+    """The recommender (and the unavailable item ids) a published version was scored with;
+    kept in memory per version, so a watching process loads it once."""
+    recs_dir = settings.recs_dir / version
+    key = str(recs_dir.resolve())
+    if key not in _RECOMMENDERS:
+        if not (recs_dir / "recommender.pkl").is_file():
+            raise UserError(f"live version {version} has no recommender under {recs_dir}: run `freshrec run batch`")
+        with open(recs_dir / "recommender.pkl", "rb") as fh:
+            rec = pickle.load(fh)
+        blocked = json.loads((recs_dir / "unavailable.json").read_text()) if (recs_dir / "unavailable.json").is_file() else []
+        _RECOMMENDERS.clear()
+        _RECOMMENDERS[key] = (rec, blocked)
+    return _RECOMMENDERS[key]
+
+
+def refresh_popular_step(settings: Settings) -> dict[str, Any]:
+    """Fold the recent micro-batches into the batch's item popularity and upsert the popular
+    lists (overall and per category) into the live version.
+
+    Popularity is a sum of event weights decayed from the newest event, so moving the
+    reference time from the batch's newest event to the micro-batches' scales the batch sums
+    by one factor and adds the new events' decayed weights: the same numbers a batch over all
+    events would give."""
+    import pandas as pd
+
+    from freshrec.lake import features_lock, read_recent
+    from freshrec.serving import open_store
+    from freshrec.spark import get_spark
+    from jobs.score import popular_lists
+
+    stats_path = settings.features_dir / "item_stats"
+    if not _exists(stats_path):
+        return {"lists": 0, "skipped": "no item stats yet"}
+    with features_lock(settings, "popular refresh", shared=True):
+        stats = pd.read_parquet(stats_path, columns=["item_id", "category", "available", "n_events", "popularity", "last_seen"])
+        recent = read_recent(settings)
+    if len(recent):
+        ts = pd.to_datetime(recent["ts"], utc=True)
+        ref_old = pd.to_datetime(stats["last_seen"], utc=True).max()
+        ref = max(ref_old, ts.max())
+        half_life_s = settings.decay_half_life_days * 86_400
+        recent = recent.assign(w=recent["event_type"].map(settings.event_weights).fillna(0.0).clip(lower=0.0)
+                               * 2.0 ** (-(ref - ts).dt.total_seconds() / half_life_s))
+        delta = recent.groupby("item_id").agg(popularity=("w", "sum"), n_events=("w", "size")).reset_index()
+        stats["popularity"] *= 2.0 ** (-(ref - ref_old).total_seconds() / half_life_s)
+        stats = stats.merge(delta, on="item_id", how="outer", suffixes=("", "_new"))
+        stats["popularity"] = stats["popularity"].fillna(0.0) + stats.pop("popularity_new").fillna(0.0)
+        stats["n_events"] = stats["n_events"].fillna(0).astype("int64") + stats.pop("n_events_new").fillna(0).astype("int64")
+        stats["available"] = stats["available"].astype("boolean").fillna(True)
+    spark = get_spark(settings)
+    lists = popular_lists(spark.createDataFrame(stats[["item_id", "category", "available", "n_events", "popularity"]]),
+                          settings.top_n).collect()
+    with open_store(settings.serving) as store:
+        if store.live_version() is None:
+            return {"lists": 0, "skipped": "nothing published yet"}
+        result = store.upsert_lists("popular", ((r["category"], r["items"], r["scores"]) for r in lists))
+    return {"version": result["version"], "lists": result["rows"], "recent_events": len(recent)}

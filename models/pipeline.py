@@ -126,12 +126,13 @@ def train_model(eval_set: EvalSet, config: TrainingConfig, on_epoch=None) -> Seq
 
 
 def training_window(settings, config: TrainingConfig, events: pd.DataFrame | None = None,
-                    items: pd.DataFrame | None = None) -> tuple[EvalSet, dict[str, Any]]:
-    """The held-out window of the lake's events (or ``events``), and its description for MLflow.
+                    items: pd.DataFrame | None = None, until: str | None = None) -> tuple[EvalSet, dict[str, Any]]:
+    """The held-out window of the lake's events before ``until`` (or of ``events``), and its
+    description for MLflow.
 
     Deterministic: the train, evaluate and gate tasks each rebuild the same window."""
     if events is None:
-        events = read_lake_events(settings.events_path)
+        events = read_lake_events(settings.events_path, end=pd.Timestamp(until) if until else None)
     eval_set = prepare_window(events, config, settings.exclude_seen, items)
     window = {
         "cutoff": pd.Timestamp(eval_set.cutoff, unit="s", tz="UTC").isoformat(),

@@ -1,0 +1,151 @@
+"""Writes to the lake that the batch and the micro-batches share.
+
+The batch ``clean`` step rebuilds ``lake/events`` from every landing file; a micro-batch adds the
+clean rows of a few new files. Both hold :func:`lake_lock` while they write, so a rebuild never
+deletes rows a micro-batch added in the meantime, and a micro-batch never writes into a
+partition a rebuild is replacing.
+
+A micro-batch's files carry its batch id in their names (``inc-<batch id>-<n>.parquet`` inside
+the ``event_date=`` partitions) and appear by ``os.replace``, so readers see whole files only;
+:func:`drop_increment` removes whatever an interrupted attempt of the same batch left, which
+makes the append idempotent: a rerun of a batch id replaces its files instead of adding to them.
+
+``features/recent/batch_id=<id>/`` holds the item events of each micro-batch since the last
+batch ``matrices`` step. Re-scoring reads a user's batch sequence plus these rows; ``matrices``
+folds them into the batch tables and deletes the partitions it covered.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import logging
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator
+
+from freshrec.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame
+
+log = logging.getLogger(__name__)
+
+INCREMENT_PREFIX = "inc-"
+RECENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts"]
+
+
+@contextlib.contextmanager
+def _flock(path: Path, holder: str, exclusive: bool = True) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.info("%s waits for %s", holder, path.name)
+            started = time.monotonic()
+            fcntl.flock(fh, mode)
+            log.info("%s got %s after %.1fs", holder, path.name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def lake_lock(settings: Settings, holder: str) -> contextlib.AbstractContextManager[None]:
+    """An exclusive lock on the lake: one writer at a time (any process on this machine)."""
+    return _flock(settings.lake_dir / ".lock", holder)
+
+
+def features_lock(settings: Settings, holder: str, shared: bool = False) -> contextlib.AbstractContextManager[None]:
+    """``matrices`` rewrites the batch feature tables holding this exclusively; re-scoring reads
+    them holding it shared, so it never sees a table half rewritten."""
+    return _flock(settings.features_dir / ".lock", holder, exclusive=not shared)
+
+
+def _increment_files(settings: Settings, batch_id: str) -> list[Path]:
+    if not settings.events_path.is_dir():
+        return []
+    return sorted(settings.events_path.glob(f"event_date=*/{INCREMENT_PREFIX}{batch_id}-*.parquet"))
+
+
+def drop_increment(settings: Settings, batch_id: str) -> int:
+    """Remove what an earlier attempt of micro-batch ``batch_id`` wrote; how many lake files."""
+    files = _increment_files(settings, batch_id)
+    for path in files:
+        path.unlink(missing_ok=True)
+    for path in (settings.quarantine_path / f"batch_id={batch_id}", recent_dir(settings) / f"batch_id={batch_id}"):
+        shutil.rmtree(path, ignore_errors=True)
+    return len(files)
+
+
+def append_increment(settings: Settings, batch_id: str, clean: "DataFrame", quarantine: "DataFrame") -> int:
+    """Add a micro-batch's clean rows and quarantine to the lake; returns the files added.
+
+    Spark writes into a hidden staging folder first; the files then move into place one by
+    one under names that carry ``batch_id``. Call under :func:`lake_lock`, after
+    :func:`drop_increment`."""
+    staging = settings.lake_dir / ".staging" / batch_id
+    shutil.rmtree(staging, ignore_errors=True)
+    clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date").parquet(str(staging / "events"))
+    quarantine.coalesce(1).write.mode("overwrite").parquet(str(staging / "quarantine"))
+    moved = 0
+    for n, src in enumerate(sorted((staging / "events").glob("event_date=*/*.parquet"))):
+        dest = settings.events_path / src.parent.name / f"{INCREMENT_PREFIX}{batch_id}-{n:05d}.parquet"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(src, dest)
+        moved += 1
+    q_files = sorted((staging / "quarantine").glob("*.parquet"))
+    if q_files and any(_has_rows(p) for p in q_files):
+        dest = settings.quarantine_path / f"batch_id={batch_id}"
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(staging / "quarantine", dest)
+    shutil.rmtree(staging, ignore_errors=True)
+    return moved
+
+
+def _has_rows(path: Path) -> bool:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows > 0
+
+
+def recent_dir(settings: Settings) -> Path:
+    return settings.features_dir / "recent"
+
+
+def write_recent(settings: Settings, batch_id: str, rows: "pd.DataFrame") -> None:
+    """Keep a micro-batch's item events (RECENT_COLUMNS) until the next ``matrices`` folds them in."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    final = recent_dir(settings) / f"batch_id={batch_id}"
+    tmp = recent_dir(settings) / f".batch_id={batch_id}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pandas(rows[RECENT_COLUMNS], preserve_index=False), tmp / "part-0.parquet")
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def recent_partitions(settings: Settings) -> list[Path]:
+    d = recent_dir(settings)
+    return sorted(p for p in d.glob("batch_id=*") if p.is_dir()) if d.is_dir() else []
+
+
+def read_recent(settings: Settings, users: list[str] | None = None) -> "pd.DataFrame":
+    """The item events of every micro-batch since the last ``matrices`` (optionally of ``users``)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    parts = recent_partitions(settings)
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="datetime64[us, UTC]" if c == "ts" else object) for c in RECENT_COLUMNS})
+    dataset = ds.dataset([str(p / "part-0.parquet") for p in parts], format="parquet")
+    flt = ds.field("user_id").isin(users) if users is not None else None
+    return dataset.to_table(columns=RECENT_COLUMNS, filter=flt).to_pandas()
