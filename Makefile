@@ -6,6 +6,7 @@ STAMP  := $(VENV)/.install-stamp
 # Use a local wheelhouse when the machine has one (torch's CPU wheel lies there on CI machines).
 PIP_EXTRA := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PYTEST_ARGS ?=
+AIRFLOW_ARGS ?=
 
 .PHONY: install demo test lint bench airflow clean
 
@@ -25,6 +26,10 @@ test: install
 
 lint: install
 	$(BIN)/ruff check freshrec jobs models dags tests bench
+
+# Airflow UI + scheduler on this machine (SQLite under $FRESHREC_HOME/airflow); e.g. AIRFLOW_ARGS="--port 8081 --require-login".
+airflow: install
+	$(BIN)/freshrec airflow $(AIRFLOW_ARGS)
 
 bench: install
 	@for b in bench/*.py; do echo "== $$b" >&2; $(BIN)/python $$b || exit 1; done

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from airflow.sdk import DAG, Asset, CronDataIntervalTimetable, task
+from airflow.sdk import DAG, CronDataIntervalTimetable, task
 
+from freshrec.assets import FEATURES, LAKE_EVENTS, LAKE_QUARANTINE, MODEL, RECS, SERVING, VALIDATED_EVENTS
 from freshrec.orchestration import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_DELAY,
@@ -20,15 +21,6 @@ from freshrec.orchestration import (
     record_task_failure,
     run_step,
 )
-
-# What each step produces, so downstream DAGs (and the UI's asset graph) can follow the data.
-LAKE_EVENTS = Asset(name="freshrec_lake_events", uri="freshrec://lake/events")
-LAKE_QUARANTINE = Asset(name="freshrec_lake_quarantine", uri="freshrec://lake/quarantine")
-VALIDATED_EVENTS = Asset(name="freshrec_validated_events", uri="freshrec://lake/events/validated")
-FEATURES = Asset(name="freshrec_features", uri="freshrec://features")
-MODEL = Asset(name="freshrec_model", uri="freshrec://mlflow/models/freshrec")
-RECS = Asset(name="freshrec_recs", uri="freshrec://recs")
-SERVING = Asset(name="freshrec_serving", uri="freshrec://serving/live")
 
 DOC_MD = """
 ### freshrec_batch
@@ -44,7 +36,12 @@ Daily batch of the freshrec pipeline (02:00 UTC; each run covers the previous da
 | `evaluate` | model, every baseline and the champion on the same held-out window (MLflow runs) | metrics |
 | `gate` | promote to `champion` only if it beats the best baseline and the champion | `reports/gate.json` |
 | `score` | Spark job over user partitions: top-N per user, similar items, popular, query lists | `recs/<version>/` |
-| `publish` | write the version beside the live one, switch the live pointer atomically, prune | serving store |
+| `publish` | write the version beside the live one, switch the live pointer atomically, prune; re-score the users of micro-batches the version was not built from | serving store |
+
+`freshrec_incremental` may run at any time beside it: `clean` holds the lake lock while it
+rebuilds the lake (a micro-batch waits, then its rows are in the rebuild), train and evaluate
+read the lake only up to the newest event `clean` saw, and `matrices` folds the micro-batches'
+recent events into the batch features.
 
 Every task is idempotent: rerunning a run (or a whole day) overwrites the same outputs; train
 reuses the version it registered for the same batch, and publish skips a version already live.
@@ -99,18 +96,18 @@ with DAG(
         return run_step(matrices_step)
 
     @task(pool=SPARK_POOL, outlets=[MODEL])
-    def train(**context) -> dict:
-        """Fit the model on the held-out split; register it as the challenger."""
+    def train(cleaned: dict, **context) -> dict:
+        """Fit the model on the held-out split (the lake as clean left it); register it as the challenger."""
         from freshrec.steps import train_step
 
-        return run_step(train_step, batch_id=batch_id_from_context(context))
+        return run_step(train_step, batch_id=batch_id_from_context(context), until=cleaned.get("until"))
 
     @task(pool=SPARK_POOL)
-    def evaluate(trained: dict, **context) -> dict:
+    def evaluate(trained: dict, cleaned: dict, **context) -> dict:
         """Evaluate the challenger, every baseline and the champion on the same window."""
         from freshrec.steps import evaluate_step
 
-        return run_step(evaluate_step, trained=trained, batch_id=batch_id_from_context(context))
+        return run_step(evaluate_step, trained=trained, batch_id=batch_id_from_context(context), until=cleaned.get("until"))
 
     @task
     def gate(trained: dict, evaluated: dict, **context) -> dict:
@@ -133,7 +130,8 @@ with DAG(
 
         return run_step(publish_step, scored=scored)
 
-    trained = train()
-    clean() >> validate() >> matrices() >> trained
-    evaluated = evaluate(trained)
+    cleaned = clean()
+    trained = train(cleaned)
+    cleaned >> validate() >> matrices() >> trained
+    evaluated = evaluate(trained, cleaned)
     publish(score(gate(trained, evaluated)))

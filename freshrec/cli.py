@@ -39,6 +39,16 @@ def _nonneg_int(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text!r}")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -79,6 +89,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a DAG in-process through Airflow (dag.test)")
     p.add_argument("dag", choices=("batch", "incremental"))
+    p.add_argument("--watch", action="store_true",
+                   help="incremental only: keep running, picking up new landing files every --every seconds (Ctrl-C stops)")
+    p.add_argument("--every", type=_positive_float, default=None, metavar="SECONDS",
+                   help="with --watch: the processing-time trigger (default FRESHREC_WATCH_SECONDS, 15)")
 
     p = sub.add_parser("status", help="live version, model, freshness, last runs, counts")
     p.add_argument("--json", action="store_true")
@@ -105,6 +119,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the HTTP read API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
+
+    p = sub.add_parser("airflow", help="run the Airflow UI and scheduler on this machine (airflow standalone, SQLite)")
+    p.add_argument("--host", default="127.0.0.1", help="address the UI/API server binds to (default 127.0.0.1)")
+    p.add_argument("--port", type=_port, default=8080, help="UI/API port (default 8080)")
+    p.add_argument("--require-login", action="store_true",
+                   help="log in as admin with a generated password instead of everyone being admin")
     return parser
 
 
@@ -136,6 +156,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"generated {written:,} rows under {settings.landing_events_dir}")
         return 0
     if args.command == "run":
+        if args.watch:
+            return _watch(args, settings)
         from freshrec.orchestration import run_dag
 
         ok = run_dag(settings, f"freshrec_{args.dag}")
@@ -146,9 +168,48 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         status = collect_status(settings)
         print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
         return 0
+    if args.command == "airflow":
+        from freshrec.orchestration import run_standalone
+
+        return run_standalone(settings, host=args.host, port=args.port, require_login=args.require_login)
     if args.command in ("recs", "similar", "popular", "rollback", "serve"):
         return _serving_command(args, settings)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _watch(args: argparse.Namespace, settings: Settings) -> int:
+    """``freshrec run incremental --watch``: the incremental DAG's code on a processing-time
+    trigger, one line per micro-batch, until Ctrl-C or SIGTERM (the micro-batch in progress
+    finishes first; a second signal stops at once)."""
+    import signal
+    import threading
+
+    from freshrec.incremental import incremental_step
+
+    if args.dag != "incremental":
+        raise UserError("--watch applies to `freshrec run incremental` only")
+    stop = threading.Event()
+
+    def line(mb: dict) -> None:
+        if not mb.get("files"):
+            return
+        print(f"{mb['batch_id']}: {mb['files']} file(s), {mb['rows']:,} rows ({mb.get('quarantined', 0):,} quarantined, "
+              f"{mb.get('duplicates', 0):,} duplicates), {mb['users']:,} users re-scored; landing -> served "
+              f"p50 {mb.get('landing_to_served_p50_s')} s, p95 {mb.get('landing_to_served_p95_s')} s", flush=True)
+
+    def on_signal(*_: object) -> None:
+        if stop.is_set():
+            raise KeyboardInterrupt
+        print("freshrec: stopping after the micro-batch in progress (again to stop at once)", file=sys.stderr, flush=True)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    every = args.every or settings.watch_seconds
+    print(f"freshrec: watching {settings.landing_events_dir} every {every:g} s (Ctrl-C stops)", file=sys.stderr, flush=True)
+    summary = incremental_step(settings, watch_seconds=every, on_batch=line, stop=stop)
+    print(f"stopped after {summary['microbatches']} micro-batch(es), {summary['rows']:,} rows", file=sys.stderr)
+    return 0
 
 
 def _serving_command(args: argparse.Namespace, settings: Settings) -> int:

@@ -50,7 +50,7 @@ DAGS_DIR = REPO_ROOT / "dags"
 KNOWN_DAGS = ("freshrec_batch", "freshrec_incremental")
 
 SPARK_POOL = "freshrec_spark"
-SPARK_POOL_SLOTS = 1
+SPARK_POOL_SLOTS = 1  # on a Spark cluster master (the cluster schedules the cores), unless set
 DEFAULT_RETRIES = 2
 DEFAULT_RETRY_DELAY = timedelta(seconds=30)
 
@@ -176,20 +176,238 @@ def ensure_metadata_db(settings: Settings) -> float:
     from airflow.utils.db import initdb  # creates from the ORM when new, runs migrations otherwise
 
     initdb()
-    _ensure_pool()
+    ensure_spark_pool(settings)
     marker.write_text(wanted)
     return time.monotonic() - started
 
 
-def _ensure_pool() -> None:
+def _memory_bytes(text: str) -> int:
+    """Spark's memory strings: ``4g``, ``512m``, ``1t``, plain bytes."""
+    text = text.strip().lower().removesuffix("b")
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}.get(text[-1:], 1)
+    return int(float(text.rstrip("kmgt")) * scale)
+
+
+def spark_pool_slots(settings: Settings, cpus: int | None = None, memory_bytes: int | None = None) -> int:
+    """How many Spark tasks may run at once (the ``freshrec_spark`` pool's slots).
+
+    FRESHREC_SPARK_POOL_SLOTS when set. On a local master every task starts its own driver JVM
+    on this machine, so the pool is sized for it: two cores and one and a half times
+    ``spark_driver_memory`` (the JVM plus its Python workers) per task, at least one. On a
+    cluster master the cluster places the work: one slot, as a team would start.
+    """
+    if settings.spark_pool_slots > 0:
+        return settings.spark_pool_slots
+    if not settings.spark_master.startswith("local"):
+        return SPARK_POOL_SLOTS
+    cpus = cpus or os.cpu_count() or 1
+    if memory_bytes is None:
+        memory_bytes = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    per_task = 1.5 * _memory_bytes(settings.spark_driver_memory)
+    return max(1, min(cpus // 2, int(memory_bytes // per_task)))
+
+
+def ensure_spark_pool(settings: Settings) -> int:
+    """Create or resize the ``freshrec_spark`` pool for ``settings``; returns its slots."""
     from airflow.models.pool import Pool
 
+    slots = spark_pool_slots(settings)
     Pool.create_or_update_pool(
         name=SPARK_POOL,
-        slots=SPARK_POOL_SLOTS,
-        description="freshrec Spark jobs: one at a time on one machine",
+        slots=slots,
+        description=f"freshrec Spark jobs: {slots} at a time (sized for {settings.spark_master})",
         include_deferred=False,
     )
+    return slots
+
+
+# --------------------------------------------------------------------------------------------
+# `freshrec airflow`: the Airflow 3 UI + scheduler on one machine (`airflow standalone`)
+# --------------------------------------------------------------------------------------------
+ADMIN_USER = "admin"
+PASSWORDS_FILE_NAME = "simple_auth_manager_passwords.json.generated"
+STANDALONE_STOP_TIMEOUT_S = 30.0
+
+
+def _connect_host(host: str) -> str:
+    """The address a local client uses to reach a server bound to ``host``."""
+    if host in ("", "0.0.0.0", "::", "[::]"):
+        return "127.0.0.1"
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+def standalone_url(host: str, port: int) -> str:
+    return f"http://{_connect_host(host)}:{port}"
+
+
+def passwords_file(settings: Settings) -> Path:
+    """Where the simple auth manager writes the generated admin password (``--require-login``)."""
+    return settings.airflow_home.resolve() / PASSWORDS_FILE_NAME
+
+
+def standalone_env(settings: Settings, host: str = "127.0.0.1", port: int = 8080, require_login: bool = False,
+                   base_env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The whole environment for ``airflow standalone`` on ``settings``' SQLite metadata DB.
+
+    ``base_env`` (default: this process's environment) plus :func:`airflow_env` plus:
+
+    * ``PATH`` with this interpreter's bin dir first: standalone starts ``airflow scheduler``,
+      ``airflow api-server``, ... by name;
+    * ``AIRFLOW__API__HOST``/``AIRFLOW__API__PORT`` for the api-server, which serves the UI, the
+      REST API (``/api/v2``) and the execution API the tasks talk to;
+    * ``AIRFLOW__CORE__EXECUTION_API_SERVER_URL`` pointing at that port (Airflow assumes
+      ``http://localhost:8080/execution/`` otherwise, and tasks started on any other port fail);
+    * everyone is admin without a login, or, with ``require_login``, one user ``admin`` whose
+      password Airflow generates into :func:`passwords_file`;
+    * DAGs start paused (``AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION=True`` unless the caller
+      set it), so the daily batch does not start by itself.
+
+    The executor and auth manager are left to standalone, which picks the LocalExecutor and
+    the simple auth manager. Pure: reads neither the environment (when ``base_env`` is given)
+    nor the disk.
+    """
+    base = dict(os.environ if base_env is None else base_env)
+    env = {**base, **airflow_env(settings)}
+    bin_dir = str(Path(sys.executable).parent)
+    rest = [p for p in base.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
+    env["PATH"] = os.pathsep.join([bin_dir, *rest])
+    env["AIRFLOW__API__HOST"] = host
+    env["AIRFLOW__API__PORT"] = str(port)
+    env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"{standalone_url(host, port)}/execution/"
+    env.setdefault("AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION", "True")
+    if require_login:
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "False"
+        # Exactly "admin:admin" is what makes standalone generate (and keep) the password.
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] = f"{ADMIN_USER}:admin"
+        env.pop("AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE", None)
+    else:
+        env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS"] = "True"
+    return env
+
+
+def standalone_banner(settings: Settings, host: str, port: int, require_login: bool) -> str:
+    """The one line ``freshrec airflow`` prints: URL, how to log in, how to stop."""
+    if require_login:
+        login = f"log in as {ADMIN_USER} with the password in {passwords_file(settings)} (generated on first start)"
+    else:
+        login = "no login needed (everyone is admin)"
+    return (f"freshrec: Airflow UI on {standalone_url(host, port)}, {login}; "
+            f"DAGs start paused; Ctrl-C stops it")
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    bind_host = "" if host in ("0.0.0.0", "::") else host.strip("[]")
+    family = socket.AF_INET6 if ":" in bind_host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((bind_host, port))
+        except OSError as exc:
+            raise UserError(f"cannot listen on {host}:{port} ({exc.strerror or exc}); pick another port with --port") from None
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pgid: int, signum: int) -> None:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signum)
+
+
+def stop_process_group(pgid: int, first: int = 15, timeout: float = STANDALONE_STOP_TIMEOUT_S) -> None:
+    """Signal a process group, wait up to ``timeout`` seconds for it to empty, then SIGKILL it."""
+    import signal
+
+    _signal_group(pgid, first)
+    deadline = time.monotonic() + timeout
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    if _group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+
+
+def run_standalone(settings: Settings, host: str = "127.0.0.1", port: int = 8080, require_login: bool = False) -> int:
+    """``freshrec airflow``: run ``airflow standalone`` until Ctrl-C/SIGTERM; returns an exit code.
+
+    Creates or migrates the metadata DB and the ``freshrec_spark`` pool first, then starts
+    standalone in a process group of its own (scheduler, dag-processor, triggerer, api-server
+    and the task processes they start all live in it), so the terminal's Ctrl-C reaches only
+    this process, which stops the group in order:
+
+    1. SIGINT or SIGTERM here -> SIGINT to standalone, its own Ctrl-C path: it terminates each
+       component, which finishes its loop (about 5 s when idle);
+    2. the group still alive ``STANDALONE_STOP_TIMEOUT_S`` later (a long task) -> SIGTERM to the
+       whole group, SIGKILL 10 s after that; a second Ctrl-C sends SIGKILL at once;
+    3. once standalone has exited, whatever is left of the group (a Spark JVM) gets the same
+       SIGTERM-then-SIGKILL, so nothing outlives the command.
+    """
+    import signal
+    import subprocess
+
+    settings = settings.replace(home=settings.home.resolve())
+    settings.ensure_dirs()
+    _check_port_free(host, port)
+    airflow_bin = Path(sys.executable).parent / "airflow"
+    if not airflow_bin.is_file():
+        raise UserError(f"{airflow_bin} not found; run `make install` first")
+    migrate_s = prepare_metadata_db(settings)
+    if migrate_s:
+        print(f"freshrec: airflow metadata DB created/migrated in {migrate_s:.1f}s", file=sys.stderr)
+    with airflow_context(settings):
+        ensure_spark_pool(settings)  # the machine or the settings may have changed since
+    env = standalone_env(settings, host, port, require_login)
+    print(standalone_banner(settings, host, port, require_login), file=sys.stderr, flush=True)
+    proc = subprocess.Popen([str(airflow_bin), "standalone"], env=env, cwd=str(settings.airflow_home),
+                            start_new_session=True)
+    pgid = proc.pid  # start_new_session: the child leads a new session and process group
+    stopping: dict[str, float] = {}
+
+    def _on_signal(_signum: int, _frame: Any) -> None:
+        if "since" in stopping:  # second signal: no more patience
+            _signal_group(pgid, signal.SIGKILL)
+            return
+        stopping["since"] = time.monotonic()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGINT)
+
+    previous = {sig: signal.signal(sig, _on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    escalated = 0
+    try:
+        while True:
+            try:
+                rc = proc.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                since = stopping.get("since")
+                waited = time.monotonic() - since if since is not None else 0.0
+                if since is not None and escalated == 0 and waited > STANDALONE_STOP_TIMEOUT_S:
+                    _signal_group(pgid, signal.SIGTERM)
+                    escalated = 1
+                elif escalated == 1 and waited > STANDALONE_STOP_TIMEOUT_S + 10:
+                    _signal_group(pgid, signal.SIGKILL)
+                    escalated = 2
+    finally:
+        # Whatever is left of the group (a task process, a Spark JVM, or all of it after an
+        # exception of our own) goes with it.
+        stop_process_group(pgid, signal.SIGTERM, timeout=10)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if "since" in stopping:
+        print("freshrec: Airflow stopped", file=sys.stderr)
+        return 0
+    print(f"freshrec: airflow standalone exited with code {rc}", file=sys.stderr)
+    return 0 if rc == 0 else 1
 
 
 # --------------------------------------------------------------------------------------------

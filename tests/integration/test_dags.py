@@ -120,7 +120,8 @@ def test_batch_dag_wiring(dagbag):
 
     dag = dagbag.dags["freshrec_batch"]
     assert [t.task_id for t in dag.topological_sort()] == BATCH_TASKS
-    assert dag.task_dict["clean"].downstream_task_ids == {"validate"}
+    # train and evaluate read the lake up to the newest event clean saw (its XCom)
+    assert dag.task_dict["clean"].downstream_task_ids == {"validate", "train", "evaluate"}
     assert dag.task_dict["validate"].downstream_task_ids == {"matrices"}
     assert dag.task_dict["matrices"].downstream_task_ids == {"train"}
     assert dag.task_dict["train"].downstream_task_ids == {"evaluate", "gate"}
@@ -138,6 +139,21 @@ def test_batch_dag_wiring(dagbag):
         assert task.retries == 2
     uris = {a.uri.rstrip("/") for t in dag.tasks for a in t.outlets}  # Airflow normalises "x://y" to "x://y/"
     assert {"freshrec://lake/events", "freshrec://features", "freshrec://recs", "freshrec://serving/live"} <= uris
+
+
+def test_incremental_dag_wiring(dagbag):
+    from airflow.sdk import DeltaDataIntervalTimetable
+
+    dag = dagbag.dags["freshrec_incremental"]
+    assert [t.task_id for t in dag.tasks] == ["microbatch"]
+    assert isinstance(dag.timetable, DeltaDataIntervalTimetable)
+    assert dag.timetable.delta.total_seconds() == Settings.load().microbatch_minutes * 60
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    task = dag.task_dict["microbatch"]
+    assert task.pool != SPARK_POOL, "a micro-batch must not queue behind training"
+    assert task.retries >= 1 and task.retry_delay.total_seconds() <= 60
+    assert {a.uri.rstrip("/") for a in task.outlets} == {"freshrec://lake/events", "freshrec://lake/quarantine",
+                                                          "freshrec://serving/live"}
 
 
 def test_dags_folder_parses_fast_without_heavy_imports(af_settings):
@@ -224,6 +240,26 @@ def test_batch_run_end_to_end_on_the_retailrocket_sample(af_settings, capfd):
     users = __import__("pandas").read_parquet(af_settings.features_dir / "user_index")["user_id"]
     assert all(client.recs(u, n=5)["source"] == "personal" for u in users.head(100))
 
+    # then the micro-batch DAG, the way `freshrec run incremental` runs it: a new shopper's
+    # first events are cleaned into the lake and the shopper gets a list of their own
+    from freshrec.landing import atomic_write_jsonl
+
+    assert client.recs("dag-newcomer", n=5)["source"] == "fallback"
+    item = client.recs(users.iloc[0], n=1)["items"][0]["item_id"]
+    atomic_write_jsonl(af_settings.landing_events_dir, "mb-1.jsonl", [
+        {"event_id": f"dag-mb-{i}", "ts": f"2015-09-18T10:0{i}:00Z", "user_id": "dag-newcomer", "event_type": "view",
+         "item_id": item} for i in range(3)])
+    capfd.readouterr()
+    assert run_dag(af_settings, "freshrec_incremental") is True
+    out, _ = capfd.readouterr()
+    assert list(_task_lines(out)) == ["microbatch"] and "succeeded" in out, out
+    status = collect_status(af_settings)
+    assert status["counts"]["read"] == RETAILROCKET_ROWS + 3 and status["counts"]["clean"] == counts["clean"] + 3
+    assert status["freshness"]["last_microbatch_at"] and status["freshness"]["users"] == 1
+    assert status["last_runs"][0]["dag_id"] == "freshrec_incremental"
+    assert client.recs("dag-newcomer", n=5)["source"] == "personal"
+    assert _parquet_rows(af_settings.events_path) == counts["clean"] + 3
+
 
 def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd):
     from freshrec.landing import atomic_write_jsonl
@@ -258,20 +294,23 @@ def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd)
 
 
 @pytest.mark.airflow_cli
-def test_airflow_cli_dags_test_runs_the_batch_dag(af_settings):
-    """``airflow dags test freshrec_batch`` with airflow_env(): the path the Airflow docs show."""
+def test_airflow_cli_dags_test_runs_the_incremental_dag(af_settings):
+    """``airflow dags test freshrec_incremental`` with airflow_env(): the path the Airflow docs
+    show (``run_dag`` above calls the same ``dag.test``). Nothing is published yet, so the
+    micro-batch cleans into the lake and skips the re-scoring."""
     _import_retailrocket(af_settings)
     env = {**os.environ, **airflow_env(af_settings)}
     airflow_bin = Path(sys.executable).with_name("airflow")
-    proc = subprocess.run([str(airflow_bin), "dags", "test", "freshrec_batch"], env=env, cwd=str(REPO),
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-
-    status = collect_status(af_settings)
-    counts = status["counts"]
-    assert counts["read"] == RETAILROCKET_ROWS
-    assert counts["read"] == counts["clean"] + counts["quarantined"] + counts["duplicates"]
-    # The DAG's own on_success_callback recorded the run: the path UI-started runs take.
-    assert status["last_runs"] and status["last_runs"][0]["dag_id"] == "freshrec_batch"
-    assert status["last_runs"][0]["state"] == "success"
-    assert _parquet_rows(af_settings.features_dir / "interactions") > 0
+    for attempt in range(2):  # the second run finds nothing new
+        proc = subprocess.run([str(airflow_bin), "dags", "test", "freshrec_incremental"], env=env, cwd=str(REPO),
+                              capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        status = collect_status(af_settings)
+        counts = status["counts"]
+        assert counts["read"] == RETAILROCKET_ROWS, attempt
+        assert counts["read"] == counts["clean"] + counts["quarantined"] + counts["duplicates"]
+        assert _parquet_rows(af_settings.events_path) == counts["clean"]
+        # The DAG's own on_success_callback recorded the run: the path UI-started runs take.
+        assert status["last_runs"] and status["last_runs"][0]["dag_id"] == "freshrec_incremental"
+        assert status["last_runs"][0]["state"] == "success"
+    assert status["freshness"]["rows"] == RETAILROCKET_ROWS, "the first run did the work, the second found nothing"
