@@ -17,9 +17,12 @@ for a fallback): on the event loop for SQLite, in the thread pool for network st
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 import time
 from contextlib import asynccontextmanager
+from datetime import datetime
+from pathlib import Path
 from typing import Any, Literal
 
 from fastapi import FastAPI, Query, Request
@@ -123,7 +126,7 @@ class Metrics:
         with self._lock:
             self.fallbacks[endpoint] = self.fallbacks.get(endpoint, 0) + 1
 
-    def render(self, store: ServingStore) -> str:
+    def render(self, store: ServingStore, state_db: Path | None = None) -> str:
         out = ["# HELP freshrec_http_requests_total HTTP requests by route template, method and status.",
                "# TYPE freshrec_http_requests_total counter"]
         with self._lock:
@@ -155,7 +158,40 @@ class Metrics:
                 "# TYPE freshrec_serving_live_version_info gauge"]
         if live is not None:
             out.append(f'freshrec_serving_live_version_info{{version="{_label(live)}"}} 1')
+        out += _freshness_metrics(state_db)
         return "\n".join(out) + "\n"
+
+
+def _freshness_metrics(state_db: Path | None) -> list[str]:
+    """The newest micro-batch's freshness from the pipeline's ledger (what `freshrec status`
+    shows), when this API runs beside it (same FRESHREC_HOME)."""
+    from freshrec.ledger import Ledger
+    from freshrec.status import FRESHNESS_WINDOW, freshness
+
+    if state_db is None or not state_db.is_file():
+        return []
+    try:
+        fresh = freshness(Ledger(state_db).recent_microbatches(FRESHNESS_WINDOW))
+    except (sqlite3.Error, ValueError):
+        return []
+    if fresh["last_microbatch_at"] is None:
+        return []
+    out = []
+    for name, what in (("landing_to_served", "a landing file appearing"), ("event_to_served", "a user's newest event")):
+        out += [f"# HELP freshrec_microbatch_{name}_seconds Seconds from {what} to the user's list being served, "
+                "newest micro-batch.", f"# TYPE freshrec_microbatch_{name}_seconds gauge"]
+        for quantile, key in (("0.5", "p50"), ("0.95", "p95")):
+            value = fresh.get(f"{name}_{key}_s")
+            if value is not None:
+                out.append(f'freshrec_microbatch_{name}_seconds{{quantile="{quantile}"}} {value}')
+    finished = datetime.fromisoformat(fresh["last_microbatch_at"]).timestamp()
+    out += ["# HELP freshrec_microbatch_last_timestamp_seconds When the newest micro-batch finished (Unix time).",
+            "# TYPE freshrec_microbatch_last_timestamp_seconds gauge", f"freshrec_microbatch_last_timestamp_seconds {finished:.3f}",
+            "# HELP freshrec_microbatch_rows Rows read by the newest micro-batch.",
+            "# TYPE freshrec_microbatch_rows gauge", f"freshrec_microbatch_rows {int(fresh.get('rows') or 0)}",
+            "# HELP freshrec_microbatch_users Users re-scored by the newest micro-batch.",
+            "# TYPE freshrec_microbatch_users gauge", f"freshrec_microbatch_users {int(fresh.get('users') or 0)}"]
+    return out
 
 
 class _MetricsMiddleware:
@@ -225,7 +261,9 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
     read, so the default is inline for SQLite and the thread pool for network stores (a stalled
     Redis or PostgreSQL must not freeze /healthz and /metrics). Scale out with more processes."""
     if store is None:
-        store = open_store((settings or Settings.load()).serving)
+        settings = settings or Settings.load()
+        store = open_store(settings.serving)
+    state_db = settings.state_db if settings is not None else None
     if inline_reads is None:
         inline_reads = type(store).__name__ == "SqliteStore"
     client = RecsClient(store)
@@ -316,7 +354,7 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
 
     @app.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")
     async def prometheus() -> Response:
-        text = await call(metrics.render, store)
+        text = await call(metrics.render, store, state_db)
         return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     return app

@@ -50,7 +50,7 @@ def _last_runs(ledger: Ledger, limit: int) -> list[dict[str, Any]]:
     return runs
 
 
-def _freshness(microbatches: list[dict[str, Any]]) -> dict[str, Any]:
+def freshness(microbatches: list[dict[str, Any]]) -> dict[str, Any]:
     """The newest micro-batch that did work: when, how fresh (landing -> served and newest
     event -> served, p50 and p95, seconds), and the worst p95 over the recent ones."""
     fresh: dict[str, Any] = {"last_microbatch_at": None, "landing_to_served_p50_s": None, "landing_to_served_p95_s": None}
@@ -87,7 +87,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         try:
             status["counts"] = ledger.totals()
             status["last_runs"] = _last_runs(ledger, LAST_RUNS_LIMIT)
-            status["freshness"] = _freshness(ledger.recent_microbatches(FRESHNESS_WINDOW))
+            status["freshness"] = freshness(ledger.recent_microbatches(FRESHNESS_WINDOW))
         except (sqlite3.Error, ValueError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
     _serving_status(settings, status, warnings)

@@ -126,6 +126,28 @@ def test_metrics_text(client, store):
     assert "43" not in re.findall(r'route="([^"]*)"', text)  # user ids never become labels
 
 
+def test_metrics_carry_the_freshness_of_the_newest_microbatch(tmp_path, store):
+    from freshrec.ledger import Ledger
+    from freshrec.settings import Settings
+
+    settings = Settings(home=tmp_path / "home", serving_url=f"sqlite:///{tmp_path / 'serving.db'}")
+    with TestClient(create_app(settings)) as c:
+        assert "freshrec_microbatch" not in c.get("/metrics").text  # no micro-batch yet
+        settings.home.mkdir()
+        ledger = Ledger(settings.state_db)
+        ledger.record_microbatch("s-000001", {"files": 2, "rows": 120, "users": 7, "landing_to_served_p50_s": 3.5,
+                                              "landing_to_served_p95_s": 4.25, "event_to_served_p50_s": 9.0,
+                                              "event_to_served_p95_s": 11.5, "seconds": 2.0})
+        ledger.record_microbatch("s-000002", {"files": 0, "rows": 0, "users": 0})  # found nothing: not the newest that worked
+        text = c.get("/metrics").text
+    assert 'freshrec_microbatch_landing_to_served_seconds{quantile="0.5"} 3.5' in text
+    assert 'freshrec_microbatch_landing_to_served_seconds{quantile="0.95"} 4.25' in text
+    assert 'freshrec_microbatch_event_to_served_seconds{quantile="0.95"} 11.5' in text
+    assert "freshrec_microbatch_rows 120" in text and "freshrec_microbatch_users 7" in text
+    assert re.search(r"freshrec_microbatch_last_timestamp_seconds \d{10}\.\d{3}", text)
+    assert "# TYPE freshrec_microbatch_landing_to_served_seconds gauge" in text
+
+
 def test_openapi_documents_the_read_api(client):
     spec = client.get("/openapi.json").json()
     assert {"/v1/users/{user_id}/recommendations", "/v1/items/{item_id}/similar", "/v1/popular",
