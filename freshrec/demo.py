@@ -1,19 +1,51 @@
-"""`make demo`: the whole pipeline on a seeded synthetic log, end to end, in a fresh home.
+"""`make demo`: the whole story on a seeded synthetic shop, in a fresh home.
+
+1. a synthetic log (60 days, with malformed rows) lands, and the freshrec_batch DAG runs:
+   clean -> validate -> matrices -> train -> evaluate -> gate -> score -> publish;
+2. three micro-batches of new events land, and the freshrec_incremental DAG runs after each:
+   one shopper looks at a category they never touched, puts an item in the cart, buys it; a
+   newcomer arrives; a producer re-sends an event and sends some broken rows;
+3. the shopper's list before and after, the measured freshness, and where to look next.
 
 Uses FRESHREC_HOME when set, else ./.freshrec/demo (wiped first, so the demo is repeatable).
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
 import os
 import shutil
 import sys
+import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any, Iterator
 
 from freshrec.settings import Settings
+
+HISTORY_EVENTS = 200_000
+HISTORY_USERS = 1_000
+HISTORY_ITEMS = 1_000
+HISTORY_DAYS = 60
+MICROBATCH_EVENTS = 2_000
+NEWCOMER = "demo-newcomer"
+
+
+def _terminal():
+    """A rich console on a copy of this process's stdout: run_dag sends fds 1 and 2 to its log
+    file while a DAG runs, and the spinner must still reach the terminal."""
+    from rich.console import Console
+
+    return Console(file=os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1), highlight=False, soft_wrap=True)
+
+
+@contextlib.contextmanager
+def _step(console, text: str) -> Iterator[None]:
+    started = time.monotonic()
+    with console.status(f"{text} ..."):
+        yield
+    console.print(f"[green]done[/] {text} ({time.monotonic() - started:.0f}s)")
 
 
 def main() -> int:
@@ -23,49 +55,142 @@ def main() -> int:
     os.environ["FRESHREC_HOME"] = str(home)
     settings = Settings.load()
     settings.ensure_dirs()
+    console = _terminal()
 
-    from freshrec.generate import generate_to_landing
+    from freshrec.generate import generate_to_landing, generate_window
+    from freshrec.landing import atomic_write_jsonl
     from freshrec.orchestration import run_dag
-    from freshrec.status import collect_status, format_status
+    from freshrec.status import collect_status
 
-    start = (datetime.now(timezone.utc) - timedelta(days=30)).date().isoformat()
-    print(f"1/2 generating a synthetic shop (200,000 events over 30 days, with malformed rows) into {settings.landing_events_dir}")
-    n = generate_to_landing(settings, SimpleNamespace(events=200_000, seed=7, users=None, items=None, days=30, start=start,
-                                                      dirty=True, rows_per_file=100_000, prefix="demo"))
-    print(f"    {n:,} rows landed")
-    print("2/2 running the freshrec_batch DAG through Airflow "
-          "(clean -> validate -> matrices -> train -> evaluate -> gate -> score -> publish)")
-    if not run_dag(settings, "freshrec_batch"):
-        print("the batch run failed; see the message above", file=sys.stderr)
+    now = datetime.now(timezone.utc)
+    console.rule("1. the nightly batch")
+    with _step(console, f"generating a synthetic shop: {HISTORY_EVENTS:,} events over {HISTORY_DAYS} days, some malformed"):
+        n = generate_to_landing(settings, SimpleNamespace(
+            events=HISTORY_EVENTS, seed=7, users=HISTORY_USERS, items=HISTORY_ITEMS, days=HISTORY_DAYS,
+            start=(now - timedelta(days=HISTORY_DAYS)).isoformat(), dirty=True, rows_per_file=100_000, prefix="demo"))
+    console.print(f"    {n:,} rows in {settings.landing_events_dir}")
+    with _step(console, "running freshrec_batch through Airflow (clean -> validate -> matrices -> train -> evaluate -> "
+                        "gate -> score -> publish)"):
+        ok = run_dag(settings, "freshrec_batch")
+    if not ok:
+        console.print("[red]the batch run failed; see the task lines above[/]")
         return 1
     status = collect_status(settings)
-    print(format_status(status))
-    print(json.dumps({"counts": status["counts"]}))
-    shopper = _a_shopper(settings)
-    if shopper is not None:
-        from freshrec.client import RecsClient
+    c = status["counts"]
+    console.print(f"    read {c['read']:,} = clean {c['clean']:,} + quarantined {c['quarantined']:,} + duplicates {c['duplicates']:,}")
+    gate = (status.get("model") or {}).get("gate") or {}
+    console.print(f"    live version {status['live_version']}; gate: {gate.get('reason', '-')}")
 
-        recs = RecsClient(settings.serving).recs(shopper, n=5)
-        print(f"\nshopper {shopper}'s top 5 ({recs['source']}, version {recs['version']}): "
-              + ", ".join(r["item_id"] for r in recs["items"]))
-    print(f"\nEverything lives under {home}. Data Docs: {settings.reports_dir / 'data_docs'}")
-    print(f"Inspect: FRESHREC_HOME={home} .venv/bin/freshrec status --json")
-    print(f"         FRESHREC_HOME={home} .venv/bin/freshrec recs {shopper or 'USER_ID'} -n 10")
-    print(f"MLflow:  .venv/bin/mlflow ui --backend-store-uri {settings.tracking_uri}   (then http://127.0.0.1:5000)")
+    story = _Story(settings)
+    before = story.top(story.shopper)
+    console.print(f"\nshopper [bold]{story.shopper}[/] (most purchases) has bought from {', '.join(sorted(story.bought_cats))}; "
+                  f"their list now:")
+    story.show(console, before, set())
+
+    console.rule("2. three micro-batches, minutes apart")
+    freshness = []
+    for k, (title, rows) in enumerate(story.microbatches(now), start=1):
+        traffic = generate_window(MICROBATCH_EVENTS, 1000 + k, now - timedelta(minutes=4 - k), 60,
+                                  n_users=HISTORY_USERS, n_items=HISTORY_ITEMS)
+        atomic_write_jsonl(settings.landing_events_dir, f"demo-microbatch-{k}.jsonl", traffic + rows)
+        console.print(f"[bold]micro-batch {k}[/]: {title} (+ {len(traffic):,} events of other shoppers)")
+        with _step(console, "running freshrec_incremental"):
+            ok = run_dag(settings, "freshrec_incremental")
+        if not ok:
+            console.print("[red]the incremental run failed; see the task line above[/]")
+            return 1
+        mb = collect_status(settings)["freshness"]
+        freshness.append(mb)
+        console.print(f"    {mb['rows']:,} rows, {mb['users']:,} shoppers re-scored; landing -> served p50 "
+                      f"{mb['landing_to_served_p50_s']} s, p95 {mb['landing_to_served_p95_s']} s")
+        if k == 1:
+            story.show(console, story.top(story.shopper), {i for i, _ in before}, "    the shopper's list now:")
+        if k == 2:
+            console.print(f"    the bought item {story.cart} left the shopper's list: "
+                          f"{story.cart not in {i for i, _ in story.top(story.shopper, 100)}}")
+            newcomer = story.client.recs(NEWCOMER, 5)
+            console.print(f"    {NEWCOMER} (never seen before) gets a {newcomer['source']} list: "
+                          + ", ".join(f"{r['item_id']} ({story.category.get(r['item_id'], '?')})" for r in newcomer["items"]))
+
+    console.rule("3. what changed")
+    console.print(f"shopper [bold]{story.shopper}[/], before the micro-batches:")
+    story.show(console, before, set())
+    console.print("after them (new entries marked +):")
+    story.show(console, story.top(story.shopper), {i for i, _ in before})
+    status = collect_status(settings)
+    c = status["counts"]
+    console.print(f"counts: read {c['read']:,} = clean {c['clean']:,} + quarantined {c['quarantined']:,} + "
+                  f"duplicates {c['duplicates']:,}")
+    console.print("freshness per micro-batch (landing -> served, p50 / p95): "
+                  + "; ".join(f"{m['landing_to_served_p50_s']} / {m['landing_to_served_p95_s']} s" for m in freshness)
+                  + f"  (work per micro-batch: {', '.join(str(m['seconds']) + ' s' for m in freshness)})")
+    story.client.close()
+
+    bin_dir = Path(sys.executable).parent
+    console.rule("4. look around")
+    console.print(f"Everything lives under {home}.")
+    console.print(f"  status:   FRESHREC_HOME={home} {bin_dir / 'freshrec'} status")
+    console.print(f"  a list:   FRESHREC_HOME={home} {bin_dir / 'freshrec'} recs {story.shopper} -n 10")
+    console.print(f"  Airflow:  FRESHREC_HOME={home} make airflow     then http://127.0.0.1:8080 (both DAGs, their runs)")
+    console.print(f"  MLflow:   {bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri}     "
+                  "then http://127.0.0.1:5000 (experiment freshrec)")
+    console.print(f"  Data Docs: {settings.reports_dir / 'data_docs' / 'index.html'}")
+    console.print(f"  fresher:  FRESHREC_HOME={home} {bin_dir / 'freshrec'} run incremental --watch   (every 15 s)")
     return 0
 
 
-def _a_shopper(settings: Settings) -> str | None:
-    """The user with the most purchases: a shopper whose list is worth looking at."""
-    import pyarrow.dataset as ds
+class _Story:
+    """The demo's shopper, the category they discover, and the micro-batches that tell it."""
 
-    path = settings.features_dir / "interactions"
-    if not path.is_dir():
-        return None
-    table = ds.dataset(str(path), format="parquet").to_table(columns=["user_id", "n_purchase"]).to_pandas()
-    if table.empty:
-        return None
-    return str(table.groupby("user_id")["n_purchase"].sum().sort_values(kind="mergesort").index[-1])
+    def __init__(self, settings: Settings) -> None:
+        import pandas as pd
+
+        from freshrec.client import RecsClient
+
+        self.client = RecsClient(settings.serving)
+        stats = pd.read_parquet(settings.features_dir / "item_stats", columns=["item_id", "category", "popularity"])
+        self.category = dict(zip(stats["item_id"].astype(str), stats["category"].fillna("?"), strict=True))
+        inter = pd.read_parquet(settings.features_dir / "interactions", columns=["user_id", "item_id", "n_purchase"])
+        per_user = inter.groupby("user_id")["n_purchase"].sum().sort_values(kind="mergesort")
+        self.shopper = str(per_user.index[-1])
+        touched = set(inter.loc[inter["user_id"] == self.shopper, "item_id"].astype(str))
+        bought = inter.loc[(inter["user_id"] == self.shopper) & (inter["n_purchase"] > 0), "item_id"].astype(str)
+        self.bought_cats = {self.category.get(i, "?") for i in bought}
+        touched_cats = {self.category.get(i, "?") for i in touched}
+        # the most popular category the shopper never touched, and its best sellers
+        fresh = stats[~stats["category"].isin(touched_cats) & stats["category"].notna()]
+        self.new_category = str(fresh.groupby("category")["popularity"].sum().idxmax())
+        self.discovered = fresh.loc[fresh["category"] == self.new_category].nlargest(3, "popularity")["item_id"].astype(str).tolist()
+        self.cart = self.discovered[0]
+
+    def top(self, user: str, n: int = 5) -> list[tuple[str, float]]:
+        return [(r["item_id"], r["score"]) for r in self.client.recs(user, n)["items"]]
+
+    def show(self, console, items: list[tuple[str, float]], before: set[str], title: str | None = None) -> None:
+        if title:
+            console.print(title)
+        for rank, (item, score) in enumerate(items, start=1):
+            mark = "+" if before and item not in before else " "
+            console.print(f"    {mark} {rank}. {item:<8} {self.category.get(item, '?'):<14} score {score:.3f}")
+
+    def microbatches(self, now: datetime) -> list[tuple[str, list[dict[str, Any]]]]:
+        def ev(eid: str, minutes_ago: float, user: str, etype: str, item: str | None = None, **extra: Any) -> dict[str, Any]:
+            ts = (now - timedelta(minutes=minutes_ago)).isoformat(timespec="seconds").replace("+00:00", "Z")
+            return {"event_id": eid, "ts": ts, "user_id": user, "session_id": f"demo-{user}", "event_type": etype,
+                    "item_id": item, **extra}
+
+        s, items = self.shopper, self.discovered
+        purchase = ev("demo-4", 2.0, s, "purchase", self.cart, quantity=1)
+        return [
+            (f"shopper {s} browses {self.new_category} ({', '.join(items)}) and puts {self.cart} in the cart",
+             [ev("demo-1", 3.0, s, "view", items[0]), ev("demo-2", 2.9, s, "view", items[1]),
+              ev("demo-3", 2.8, s, "view", items[2]), ev("demo-3b", 2.7, s, "add_to_cart", self.cart)]),
+            (f"shopper {s} buys {self.cart}; {NEWCOMER} arrives and looks at {', '.join(items[:2])}",
+             [purchase, ev("demo-5", 1.9, NEWCOMER, "view", items[0]), ev("demo-6", 1.8, NEWCOMER, "view", items[1])]),
+            ("a producer re-sends the purchase and sends three broken rows (quarantined with a reason)",
+             [purchase, {"event_id": "demo-bad-1", "ts": "yesterday", "user_id": s, "event_type": "view", "item_id": items[0]},
+              ev("demo-bad-2", 0.5, s, "teleport", items[0]), ev("demo-bad-3", 0.5, "", "view", items[1])]),
+        ]
 
 
 if __name__ == "__main__":

@@ -544,6 +544,21 @@ def generate_events(n_events: int, seed: int, n_users: int | None = None, n_item
             yield obj if type(obj) is dict else {RAW_KEY: line}
 
 
+def generate_window(n_events: int, seed: int, start: datetime, span_s: float, n_users: int | None = None,
+                    n_items: int | None = None) -> list[dict]:
+    """``n_events`` synthetic events in ``[start, start + span_s)``: one simulated day squeezed
+    into the window, for micro-batches of fresh traffic. Event ids carry ``seed``, so windows
+    with different seeds never collide with each other or with a history of another seed."""
+    start = start.astimezone(timezone.utc).replace(microsecond=0)
+    squeeze = span_s / 86_400
+    rows = []
+    for row in generate_events(n_events, seed, n_users=n_users, n_items=n_items, days=1, start=start):
+        ts = datetime.fromisoformat(row["ts"].replace("Z", "+00:00"))
+        row["ts"] = (start + (ts - start) * squeeze).isoformat().replace("+00:00", "Z")
+        rows.append(row)
+    return rows
+
+
 def event_line(row: Mapping) -> str:
     """The landing line for a generated row: ``__raw__`` rows verbatim, the rest as compact JSON."""
     if RAW_KEY in row:
