@@ -49,6 +49,19 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _logical_date(text: str):
+    from datetime import datetime, timezone
+
+    try:
+        value = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an ISO date such as 2026-03-01 or 2026-03-01T02:00:00Z, got {text!r}") from None
+    value = value if value.tzinfo else value.replace(tzinfo=timezone.utc)
+    if value > datetime.now(timezone.utc):
+        raise argparse.ArgumentTypeError(f"{text!r} is in the future")
+    return value
+
+
 def _port(text: str) -> int:
     try:
         value = int(text)
@@ -91,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("dag", choices=("batch", "incremental"))
     p.add_argument("--watch", action="store_true",
                    help="incremental only: keep running, picking up new landing files every --every seconds (Ctrl-C stops)")
+    p.add_argument("--logical-date", type=_logical_date, default=None, metavar="DATE",
+                   help="run the data interval of this date (ISO, UTC), as `airflow dags test DAG DATE`: "
+                        "re-runs or backfills a past interval (default: now)")
     p.add_argument("--every", type=_positive_float, default=None, metavar="SECONDS",
                    help="with --watch: the processing-time trigger (default FRESHREC_WATCH_SECONDS, 15)")
 
@@ -156,11 +172,15 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(f"generated {written:,} rows under {settings.landing_events_dir}")
         return 0
     if args.command == "run":
+        if args.every is not None and not args.watch:
+            raise UserError("--every applies with --watch only")
         if args.watch:
             return _watch(args, settings)
         from freshrec.orchestration import run_dag
 
-        ok = run_dag(settings, f"freshrec_{args.dag}")
+        if args.logical_date is not None and args.dag != "batch":
+            raise UserError("--logical-date applies to `freshrec run batch` only (a micro-batch takes whatever is new)")
+        ok = run_dag(settings, f"freshrec_{args.dag}", logical_date=args.logical_date)
         return 0 if ok else 1
     if args.command == "status":
         from freshrec.status import collect_status, format_status

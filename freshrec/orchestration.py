@@ -630,8 +630,11 @@ def _format_summary(dag_id: str, run_id: str, state: str, tasks: list[dict[str, 
     return "\n".join(lines)
 
 
-def run_dag(settings: Settings, dag_id: str) -> bool:
+def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = None) -> bool:
     """Run one DAG end to end in this process with ``dag.test()``; True iff the run succeeded.
+
+    ``logical_date`` (default now) picks the data interval, as ``airflow dags test DAG DATE``
+    does: a past date re-runs (backfills) that interval.
 
     Prints one line per task and a verdict; Airflow's and Spark's own output go to a log file
     under ``$FRESHREC_HOME/airflow/logs/freshrec/``. The run is recorded in the freshrec
@@ -645,7 +648,10 @@ def run_dag(settings: Settings, dag_id: str) -> bool:
     settings.ensure_dirs()
     env = airflow_env(settings)
     ledger = Ledger(settings.state_db)
-    logical_date = datetime.now(timezone.utc).replace(microsecond=0)
+    if logical_date is None:
+        logical_date = datetime.now(timezone.utc).replace(microsecond=0)
+    elif logical_date.tzinfo is None:
+        logical_date = logical_date.replace(tzinfo=timezone.utc)
     log_path = settings.airflow_home / "logs" / "freshrec" / dag_id / f"{logical_date:%Y%m%dT%H%M%SZ}.log"
     started_at, started = utcnow_iso(), time.monotonic()
     run_id: str | None = None

@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import pickle
+import re
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
@@ -321,6 +322,14 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
         if record is not None and record["state"] in ("complete", "live"):
             log.info("publish: version %s is already %s; nothing to do", version, record["state"])
             return {"version": version, "state": record["state"], "skipped": True}
+        live = store.status()
+        newer = _interval_end(live["meta"].get("batch_id"))
+        if newer is not None and (_interval_end(scored["batch_id"]) or newer) < newer:
+            # a backfill (or a late retry) of an older interval: the live lists, built from a
+            # later interval's run over the same landing zone, stay
+            reason = f"the live version {live['live_version']} comes from a later data interval ({newer})"
+            log.info("publish: %s not published: %s", version, reason)
+            return {"version": version, "state": "not published", "skipped": True, "reason": reason}
         result = publish_tables(store, version, scored["recs_dir"], meta, keep=settings.keep_versions)
         kept = {r["version"] for r in store.versions() if r["state"] in ("writing", "complete", "live")}
     for old in settings.recs_dir.iterdir() if settings.recs_dir.is_dir() else ():
@@ -329,6 +338,12 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     result["catch_up"] = catch_up_step(settings)
     log.info("publish: %s", result)
     return result
+
+
+def _interval_end(batch_id: str | None) -> str | None:
+    """The data interval end a batch id names (``batch-20260301T020000Z``), comparable as text."""
+    match = re.search(r"-(\d{8}T\d{6}Z)$", batch_id or "")
+    return match.group(1) if match else None
 
 
 def catch_up_step(settings: Settings) -> dict[str, Any]:

@@ -293,6 +293,36 @@ def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd)
     assert tries["validate"] == 1, "a failed quality gate must not be retried"
 
 
+def test_a_backfilled_interval_runs_and_leaves_the_newer_lists_live(af_settings, capfd):
+    """What a backfill run is: the same DAG for a past data interval (here through ``dag.test``
+    with a past logical date; `airflow backfill create` hands the scheduler the same runs).
+    Each run rebuilds from the whole landing zone, so counts never double, and an older
+    interval never takes the live pointer from a newer one."""
+    from datetime import datetime, timezone
+
+    from freshrec.landing import atomic_write_jsonl
+    from freshrec.serving import open_store
+
+    atomic_write_jsonl(af_settings.landing_events_dir, "tiny.jsonl", [
+        {"event_id": f"bf-{i}", "ts": f"2026-11-20T10:{i:02d}:00Z", "user_id": f"u{i % 3}", "event_type": "view",
+         "item_id": f"i{i % 5}"} for i in range(12)])
+    assert run_dag(af_settings, "freshrec_batch", logical_date=datetime(2026, 11, 30, 3, tzinfo=timezone.utc)) is True
+    with open_store(af_settings.serving) as store:
+        live = store.live_version()
+    assert live.startswith("batch-20261130T020000Z-"), live  # named after the data interval's end
+
+    assert run_dag(af_settings, "freshrec_batch", logical_date=datetime(2026, 11, 28, 3, tzinfo=timezone.utc)) is True
+    out, _ = capfd.readouterr()
+    assert out.count("succeeded") == 2, out
+    with open_store(af_settings.serving) as store:
+        assert store.live_version() == live
+        assert not [v for v in store.versions() if v["version"].startswith("batch-20261128")]
+    assert collect_status(af_settings)["counts"] == {"read": 12, "clean": 12, "quarantined": 0, "duplicates": 0}
+    assert _parquet_rows(af_settings.events_path) == 12
+    runs = [r["run_key"] for r in Ledger(af_settings.state_db).recent_runs(limit=5)]
+    assert [k.split("__")[1][:10] for k in runs[:2]] == ["2026-11-28", "2026-11-30"], runs
+
+
 @pytest.mark.airflow_cli
 def test_airflow_cli_dags_test_runs_the_incremental_dag(af_settings):
     """``airflow dags test freshrec_incremental`` with airflow_env(): the path the Airflow docs
