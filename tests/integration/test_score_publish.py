@@ -149,6 +149,7 @@ def test_recs_users_file_gives_a_list_for_every_user(published, tmp_path):
 
 def test_refresh_rescores_only_the_users_who_acted(published):
     """The incremental path's re-score: no retraining, upserted into the live version."""
+    from freshrec.lake import write_recent
     from freshrec.steps import refresh_users_step
 
     s = published.settings
@@ -163,7 +164,8 @@ def test_refresh_rescores_only_the_users_who_acted(published):
             ("brand-new-shopper", bought, "view"), ("brand-new-shopper", stats["item_id"].iloc[-2], "add_to_cart")]
     new = pd.DataFrame([{"event_id": f"e{i}", "ts": now + pd.Timedelta(minutes=i + 1), "user_id": u, "item_id": item,
                          "event_type": et, "session_id": None, "query": None} for i, (u, item, et) in enumerate(rows)])
-    result = refresh_users_step(s, new)
+    write_recent(s, "mb-test", new)  # what a micro-batch keeps for its users
+    result = refresh_users_step(s, sorted(set(new["user_id"])))
     assert result["version"] == published.scored["version"] and result["users"] == 2
 
     fresh = client.recs("brand-new-shopper", n=20)
