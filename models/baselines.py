@@ -42,6 +42,39 @@ def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
     return items, vals
 
 
+def top_k_shared(scores: np.ndarray, n_rows: int, k: int, exclude: Ragged | None = None,
+                 batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k`` of ``n_rows`` rows that all hold ``scores`` (a recommender that gives every user
+    the same scores), without the (n_rows, n_items) matrix: the catalogue is sorted once and each
+    row walks it past its own exclusions, so the cost follows k and the exclusions, not the
+    catalogue. The same lists as ``top_k``, ties broken by the lower index (at the k-th place too)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    n_items = len(scores)
+    order = np.lexsort((np.arange(n_items), -scores))
+    order = order[np.isfinite(scores[order])]
+    rank = np.empty(n_items, np.int64)
+    rank[order] = np.arange(len(order))
+    rank[~np.isfinite(scores)] = n_items  # never a candidate
+    items = np.full((n_rows, k), -1, dtype=np.int64)
+    vals = np.full((n_rows, k), -np.inf, dtype=np.float32)
+    for start in range(0, n_rows, batch_size):
+        rows = np.arange(start, min(start + batch_size, n_rows))
+        ex = exclude.subset(rows) if exclude is not None else Ragged.empty(len(rows))
+        # a row loses at most its own exclusions from the head of the order
+        m = min(len(order), k + (int(ex.lengths.max()) if len(ex.values) else 0))
+        cand = order[:m]
+        blocked = np.zeros((len(rows), m), bool)
+        pos = rank[ex.values]
+        hit = pos < m
+        blocked[ex.rows[hit], pos[hit]] = True
+        first = np.argsort(blocked, axis=1, kind="stable")[:, :k]  # the first k free places, in order
+        free = ~np.take_along_axis(blocked, first, axis=1)
+        width = first.shape[1]
+        items[rows, :width] = np.where(free, cand[first], -1)
+        vals[rows, :width] = np.where(free, scores[cand[first]], -np.inf)
+    return items, vals
+
+
 class Recommender:
     """Base class: fit on training histories, score a batch of histories over the catalogue."""
 
@@ -55,12 +88,20 @@ class Recommender:
     def score(self, histories: Histories) -> np.ndarray:
         raise NotImplementedError
 
+    def shared_scores(self) -> np.ndarray | None:
+        """The scores every user gets, for a recommender that does not look at the history
+        (popularity, trending); None otherwise."""
+        return None
+
     def params(self) -> dict[str, Any]:
         return {}
 
     def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (item indices, scores) for each user, ``exclude[u]`` removed from user u's list."""
+        shared = self.shared_scores()
+        if shared is not None:
+            return top_k_shared(shared, len(histories), k, exclude, batch_size)
         items = np.full((len(histories), k), -1, dtype=np.int64)
         vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
         for start in range(0, len(histories), batch_size):
@@ -107,8 +148,11 @@ class Popularity(Recommender):
         self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
         return self
 
+    def shared_scores(self) -> np.ndarray:
+        return _fallback(np.zeros((1, len(self.catalogue))), self.popularity)[0]
+
     def score(self, histories: Histories) -> np.ndarray:
-        return np.tile(_fallback(np.zeros((1, len(self.catalogue))), self.popularity), (len(histories), 1))
+        return np.tile(self.shared_scores(), (len(histories), 1))
 
 
 @dataclass
@@ -163,8 +207,11 @@ class Trending(Recommender):
     def params(self) -> dict[str, Any]:
         return {"window_days": self.window_days}
 
+    def shared_scores(self) -> np.ndarray:
+        return _fallback(self.trend[None, :], self.popularity)[0]
+
     def score(self, histories: Histories) -> np.ndarray:
-        return np.tile(_fallback(self.trend[None, :], self.popularity), (len(histories), 1))
+        return np.tile(self.shared_scores(), (len(histories), 1))
 
 
 @dataclass

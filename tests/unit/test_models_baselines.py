@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending, top_k
+from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending, top_k, top_k_shared
 from models.data import Catalogue, Histories, Ragged, normalize_events
 from models.split import seen_items
 
@@ -100,6 +100,38 @@ def test_top_k_pads_and_breaks_ties_by_index():
     items, vals = top_k(scores, 6, np.array([0]), np.array([3]))
     assert items.tolist() == [[1, 2, 0, -1, -1, -1]]
     assert np.isneginf(vals[0, 3:]).all()
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_k_shared_is_top_k_of_the_repeated_row(k):
+    rng = np.random.default_rng(k)
+    scores = rng.permutation(30).astype(np.float32)  # top_k breaks a tie at the k-th place arbitrarily
+    scores[[3, 17]] = -np.inf
+    rows, items = rng.integers(0, 9, 60), rng.integers(0, 30, 60)
+    exclude = Ragged.from_pairs(rows, items, 9)
+    want = top_k(np.tile(scores, (9, 1)), k, exclude.rows, exclude.values)
+    got = top_k_shared(scores, 9, k, exclude, batch_size=4)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+
+
+def test_top_k_shared_breaks_ties_by_index_and_pads():
+    scores = np.array([1.0, 3.0, 3.0, 0.0, 3.0, -np.inf], dtype=np.float32)
+    items, vals = top_k_shared(scores, 2, 6, Ragged.from_pairs(np.array([0, 1]), np.array([2, 0]), 2))
+    assert items.tolist() == [[1, 4, 0, 3, -1, -1], [1, 2, 4, 3, -1, -1]]
+    assert vals[1].tolist()[:4] == [3.0, 3.0, 3.0, 0.0] and np.isneginf(vals[:, 4:]).all()
+
+
+def test_popularity_and_trending_lists_are_the_dense_lists():
+    hist = Histories.from_events(LOG, CAT, now=NOW)
+    exclude = seen_items(hist, "all")
+    for rec in (Popularity(), Trending()):
+        rec.fit(TRAIN, CAT)
+        fast = rec.recommend(hist, 4, exclude=exclude, batch_size=2)
+        rows, values = exclude.rows, exclude.values
+        dense = top_k(rec.score(hist), 4, rows, values)
+        np.testing.assert_array_equal(fast[0], dense[0])
+        np.testing.assert_array_equal(fast[1], dense[1])
 
 
 def test_category_popularity_without_categories_is_popularity():
