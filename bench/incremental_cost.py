@@ -265,8 +265,8 @@ def split(spans: list[tuple[str, float, float]], total: float) -> dict[str, floa
         "    upsert_user_recs": dur("upsert_user_recs"),
         "  refresh_popular_step": dur("refresh_popular_step"),
         "    item_stats + recent read": dur("features_lock[popular]"),
-        "    pandas merge + spark createDataFrame": gap("features_lock[popular]", "popular_lists"),
-        "    popular_lists collect (spark)": gap("popular_lists", "upsert_lists"),
+        "    fold recent events into item stats (pandas)": gap("features_lock[popular]", "popular_lists"),
+        "    popular_lists (pandas)": dur("popular_lists"),
         "    upsert_lists": dur("upsert_lists"),
         "  ledger.record_microbatch": dur("record_microbatch"),
     }
@@ -352,7 +352,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000", help="history sizes in events, comma-separated")
     parser.add_argument("--batch-events", type=int, default=10_000, help="events per measured micro-batch file")
-    parser.add_argument("--repeats", type=int, default=3, help="measured micro-batches per size (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="measured micro-batches per size (median reported)")
     parser.add_argument("--warmup-events", type=int, default=20, help="events in the first (cold) micro-batch file")
     parser.add_argument("--new-users", type=float, default=0.05,
                         help="user ids beyond the history's, as a fraction of its user universe")

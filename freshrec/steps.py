@@ -255,7 +255,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     from freshrec.landing import atomic_write_text
     from freshrec.serving.publish import write_list_table
     from freshrec.spark import get_spark
-    from jobs.score import popular_lists, query_items, score_users, similar_items, user_inputs
+    from jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_items, user_inputs
     from models.data import read_lake_events
     from models.pipeline import serving_recommender
 
@@ -291,7 +291,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     scoring = time.perf_counter()
     score_users(spark, inputs, rec, settings.top_n, now, unavailable).write.mode("overwrite").parquet(str(recs_dir / "user_topn"))
     scored_at = time.perf_counter()
-    popular_lists(stats, settings.top_n).coalesce(1).write.mode("overwrite").parquet(str(recs_dir / "popular"))
+    write_list_table(recs_dir / "popular", "category", popular_lists(stats.select(*POPULAR_COLUMNS).toPandas(), settings.top_n))
     lake = spark.read.parquet(str(settings.events_path))
     blocked_df = spark.createDataFrame([(i,) for i in sorted(blocked)], "item_id string") if blocked else None
     (query_items(lake, settings.event_weights, settings.top_n, QUERY_MIN_SEARCHES, blocked_df)
@@ -464,14 +464,13 @@ def refresh_popular_step(settings: Settings) -> dict[str, Any]:
 
     from freshrec.lake import features_lock, read_recent
     from freshrec.serving import open_store
-    from freshrec.spark import get_spark
-    from jobs.score import popular_lists
+    from jobs.score import POPULAR_COLUMNS, popular_lists
 
     stats_path = settings.features_dir / "item_stats"
     if not _exists(stats_path):
         return {"lists": 0, "skipped": "no item stats yet"}
     with features_lock(settings, "popular refresh", shared=True):
-        stats = pd.read_parquet(stats_path, columns=["item_id", "category", "available", "n_events", "popularity", "last_seen"])
+        stats = pd.read_parquet(stats_path, columns=[*POPULAR_COLUMNS, "last_seen"])
         recent = read_recent(settings)
     if len(recent):
         ts = pd.to_datetime(recent["ts"], utc=True)
@@ -486,11 +485,9 @@ def refresh_popular_step(settings: Settings) -> dict[str, Any]:
         stats["popularity"] = stats["popularity"].fillna(0.0) + stats.pop("popularity_new").fillna(0.0)
         stats["n_events"] = stats["n_events"].fillna(0).astype("int64") + stats.pop("n_events_new").fillna(0).astype("int64")
         stats["available"] = stats["available"].astype("boolean").fillna(True)
-    spark = get_spark(settings)
-    lists = popular_lists(spark.createDataFrame(stats[["item_id", "category", "available", "n_events", "popularity"]]),
-                          settings.top_n).collect()
+    lists = popular_lists(stats, settings.top_n)
     with open_store(settings.serving) as store:
         if store.live_version() is None:
             return {"lists": 0, "skipped": "nothing published yet"}
-        result = store.upsert_lists("popular", ((r["category"], r["items"], r["scores"]) for r in lists))
+        result = store.upsert_lists("popular", lists)
     return {"version": result["version"], "lists": result["rows"], "recent_events": len(recent)}

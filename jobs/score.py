@@ -4,7 +4,8 @@
   model's weights and item embeddings, or a baseline's item tables) is broadcast once; inside a
   partition users are scored in batches of matrix products and top-k (``score_frame``, a pure
   pandas -> pandas function the incremental path calls directly for the users who just acted).
-- ``popular_lists`` and ``query_items``: Spark aggregations over features/item_stats and the lake.
+- ``popular_lists``: per category, from features/item_stats (one row per item, pandas).
+- ``query_items``: a Spark aggregation over the lake.
 - ``similar_items``: per item, its co-occurrence neighbours, filled up from its category's and
   then the overall popular items; a batched pass over a sparse matrix on the driver.
 
@@ -130,20 +131,21 @@ def score_users(spark: "SparkSession", inputs: "DataFrame", rec, n: int, now: in
     return inputs.mapInPandas(run, USER_LIST_SCHEMA)
 
 
-def popular_lists(item_stats: "DataFrame", n: int) -> "DataFrame":
-    """(category, items, scores): the overall list (category null) and one per category, by
-    decayed weighted popularity, available items only."""
-    from pyspark.sql import Window
-    from pyspark.sql import functions as F
+POPULAR_COLUMNS = ["item_id", "category", "available", "n_events", "popularity"]
 
-    avail = item_stats.where(F.coalesce("available", F.lit(True)))
-    order = [F.col("popularity").desc(), F.col("n_events").desc(), F.col("item_id")]
-    overall = avail.withColumn("category", F.lit(None).cast("string")).withColumn("_r", F.row_number().over(Window.orderBy(*order)))
-    per_cat = avail.where(F.col("category").isNotNull()).withColumn(
-        "_r", F.row_number().over(Window.partitionBy("category").orderBy(*order)))
-    ranked = overall.unionByName(per_cat).where(F.col("_r") <= n)
-    lists = ranked.groupBy("category").agg(F.sort_array(F.collect_list(F.struct("_r", "item_id", "popularity"))).alias("l"))
-    return lists.select("category", F.col("l.item_id").alias("items"), F.col("l.popularity").cast("array<double>").alias("scores"))
+
+def popular_lists(item_stats: pd.DataFrame, n: int) -> list[tuple[str | None, list[tuple[str, float]]]]:
+    """(category, [(item, popularity), ...]): the overall list (category None) and one per
+    category, by decayed weighted popularity (ties: more events, then item id), available items
+    only. One row per item in, so the batch and every micro-batch call this same function."""
+    avail = item_stats.loc[item_stats["available"].astype("boolean").fillna(True).astype(bool)]
+    ranked = avail.sort_values(["popularity", "n_events", "item_id"], ascending=[False, False, True], kind="mergesort")
+
+    def pairs(frame: pd.DataFrame) -> list[tuple[str, float]]:
+        return list(zip(frame["item_id"].astype(str), frame["popularity"].astype(float), strict=True))
+
+    per_cat = ranked.loc[ranked["category"].notna()].groupby("category", sort=False).head(n)
+    return [(None, pairs(ranked.head(n)))] + [(str(c), pairs(g)) for c, g in per_cat.groupby("category", sort=True)]
 
 
 def query_items(events: "DataFrame", weights: Mapping[str, float], n: int, min_searches: int,

@@ -1,4 +1,4 @@
-"""jobs/score.py's pure parts: per-partition scoring and similar-items lists, without Spark."""
+"""jobs/score.py's pure parts: per-partition scoring, popular and similar-items lists, without Spark."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from jobs.score import score_frame, similar_items
+from jobs.score import popular_lists, score_frame, similar_items
 from models.baselines import Popularity, RepeatBuy
 from models.data import Catalogue, Histories
 
@@ -84,3 +84,19 @@ def test_similar_items_are_neighbours_then_category_then_popular():
     assert set(rows) == set(catalogue.item_ids), "every item gets a list"
     assert all(item not in [i for i, _ in lst] for item, lst in rows.items()), "never the item itself"
     assert all("b" not in [i for i, _ in lst] for lst in rows.values())
+
+
+def test_popular_lists_rank_available_items_overall_and_per_category():
+    stats = pd.DataFrame({
+        "item_id": ["a", "b", "c", "d", "e", "f"],
+        "category": ["x", "x", "y", None, "y", "x"],
+        "available": pd.array([True, None, True, True, False, True], dtype="boolean"),
+        "n_events": [5, 9, 3, 7, 50, 9],
+        "popularity": [4.0, 2.0, 2.0, 3.0, 99.0, 2.0],
+    })
+    lists = dict(popular_lists(stats, 3))
+    assert list(lists) == [None, "x", "y"]
+    # e is unavailable; b and f tie on popularity and events -> item id; c has fewer events
+    assert lists[None] == [("a", 4.0), ("d", 3.0), ("b", 2.0)]
+    assert lists["x"] == [("a", 4.0), ("b", 2.0), ("f", 2.0)]
+    assert lists["y"] == [("c", 2.0)]
