@@ -75,7 +75,7 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
     """Clean ``files`` (path, landing time as epoch seconds) into the lake and refresh their users."""
     from pyspark.sql import functions as F
 
-    from freshrec.lake import append_increment, drop_increment, lake_lock, write_recent
+    from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, lake_lock, write_recent
     from freshrec.schemas import LANDING_SUFFIXES
     from freshrec.steps import _exists, refresh_popular_step, refresh_users_step
     from jobs.clean import clean_raw, parse_raw, read_landing
@@ -105,7 +105,7 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
         try:
             lake_files = append_increment(settings, batch_id, result.clean, result.quarantine)
             per_file = [r.asDict() for r in result.per_file.collect()]
-            events = result.clean.select("event_id", "user_id", "item_id", "event_type", "ts").toPandas()
+            events = result.clean.select(*RECENT_COLUMNS).toPandas()
         finally:
             result.release()
         ledger.record_file_counts(per_file, batch_id)

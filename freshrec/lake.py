@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 INCREMENT_PREFIX = "inc-"
-RECENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts"]
+RECENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts", "category"]
 
 
 @contextlib.contextmanager

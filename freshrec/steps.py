@@ -454,17 +454,12 @@ def _live_recommender(settings: Settings, version: str):
 
 def refresh_popular_step(settings: Settings) -> dict[str, Any]:
     """Fold the recent micro-batches into the batch's item popularity and upsert the popular
-    lists (overall and per category) into the live version.
-
-    Popularity is a sum of event weights decayed from the newest event, so moving the
-    reference time from the batch's newest event to the micro-batches' scales the batch sums
-    by one factor and adds the new events' decayed weights: the same numbers a batch over all
-    events would give."""
+    lists (overall and per category) into the live version (``jobs.score.fold_popularity``)."""
     import pandas as pd
 
     from freshrec.lake import features_lock, read_recent
     from freshrec.serving import open_store
-    from jobs.score import POPULAR_COLUMNS, popular_lists
+    from jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
 
     stats_path = settings.features_dir / "item_stats"
     if not _exists(stats_path):
@@ -472,19 +467,7 @@ def refresh_popular_step(settings: Settings) -> dict[str, Any]:
     with features_lock(settings, "popular refresh", shared=True):
         stats = pd.read_parquet(stats_path, columns=[*POPULAR_COLUMNS, "last_seen"])
         recent = read_recent(settings)
-    if len(recent):
-        ts = pd.to_datetime(recent["ts"], utc=True)
-        ref_old = pd.to_datetime(stats["last_seen"], utc=True).max()
-        ref = max(ref_old, ts.max())
-        half_life_s = settings.decay_half_life_days * 86_400
-        recent = recent.assign(w=recent["event_type"].map(settings.event_weights).fillna(0.0).clip(lower=0.0)
-                               * 2.0 ** (-(ref - ts).dt.total_seconds() / half_life_s))
-        delta = recent.groupby("item_id").agg(popularity=("w", "sum"), n_events=("w", "size")).reset_index()
-        stats["popularity"] *= 2.0 ** (-(ref - ref_old).total_seconds() / half_life_s)
-        stats = stats.merge(delta, on="item_id", how="outer", suffixes=("", "_new"))
-        stats["popularity"] = stats["popularity"].fillna(0.0) + stats.pop("popularity_new").fillna(0.0)
-        stats["n_events"] = stats["n_events"].fillna(0).astype("int64") + stats.pop("n_events_new").fillna(0).astype("int64")
-        stats["available"] = stats["available"].astype("boolean").fillna(True)
+    stats = fold_popularity(stats, recent, settings.event_weights, settings.decay_half_life_days)
     lists = popular_lists(stats, settings.top_n)
     with open_store(settings.serving) as store:
         if store.live_version() is None:

@@ -134,12 +134,47 @@ def score_users(spark: "SparkSession", inputs: "DataFrame", rec, n: int, now: in
 POPULAR_COLUMNS = ["item_id", "category", "available", "n_events", "popularity"]
 
 
+def fold_popularity(stats: pd.DataFrame, recent: pd.DataFrame, weights: Mapping[str, float],
+                    half_life_days: float) -> pd.DataFrame:
+    """``stats`` (features/item_stats: item_id, category, available, n_events, popularity,
+    last_seen) with the item events of ``recent`` (item_id, event_type, ts, category) folded in.
+
+    Popularity is a sum of event weights decayed from the newest event, so moving the
+    reference time from the batch's newest item event to the recent events' scales the batch
+    sums by one factor and adds the new events' decayed weights: the numbers a batch over all
+    events gives. An item first seen in ``recent`` comes in available, with its latest category."""
+    if not len(recent):
+        return stats
+    ts = pd.to_datetime(recent["ts"], utc=True)
+    ref_old = pd.to_datetime(stats["last_seen"], utc=True).max() if len(stats) else ts.max()
+    ref = max(ref_old, ts.max())
+    half_life_s = half_life_days * 86_400
+    w = recent["event_type"].map(weights).fillna(0.0).clip(lower=0.0) * 2.0 ** (-(ref - ts).dt.total_seconds() / half_life_s)
+    delta = (pd.DataFrame({"item_id": recent["item_id"].astype(str), "w": w, "category": recent["category"], "ts": ts})
+             .sort_values("ts", kind="mergesort").groupby("item_id")
+             .agg(popularity=("w", "sum"), n_events=("w", "size"), category=("category", "last")).reset_index())
+    pop = stats["popularity"].to_numpy(dtype=float) * 2.0 ** (-(ref - ref_old).total_seconds() / half_life_s)
+    count = stats["n_events"].to_numpy(dtype=np.int64, copy=True)
+    at = pd.Index(stats["item_id"]).get_indexer(delta["item_id"])  # delta's items are unique
+    known = at >= 0
+    pop[at[known]] += delta["popularity"].to_numpy()[known]
+    count[at[known]] += delta["n_events"].to_numpy()[known]
+    return pd.concat([stats.assign(popularity=pop, n_events=count),
+                      delta.loc[~known].assign(available=True)], ignore_index=True)
+
+
 def popular_lists(item_stats: pd.DataFrame, n: int) -> list[tuple[str | None, list[tuple[str, float]]]]:
     """(category, [(item, popularity), ...]): the overall list (category None) and one per
     category, by decayed weighted popularity (ties: more events, then item id), available items
     only. One row per item in, so the batch and every micro-batch call this same function."""
     avail = item_stats.loc[item_stats["available"].astype("boolean").fillna(True).astype(bool)]
-    ranked = avail.sort_values(["popularity", "n_events", "item_id"], ascending=[False, False, True], kind="mergesort")
+    # only an item at or above the n-th popularity of its category (or overall) can make a list:
+    # the sort with the item-id tie-break, slow on strings, runs on those alone
+    head = avail.sort_values("popularity", ascending=False, kind="mergesort")
+    cut_overall = head["popularity"].iloc[min(n, len(head)) - 1] if len(head) else 0.0
+    cut = head.groupby("category", sort=False).head(n).groupby("category", sort=False)["popularity"].min()
+    keep = (avail["popularity"] >= cut_overall) | (avail["popularity"] >= avail["category"].map(cut))
+    ranked = avail.loc[keep].sort_values(["popularity", "n_events", "item_id"], ascending=[False, False, True], kind="mergesort")
 
     def pairs(frame: pd.DataFrame) -> list[tuple[str, float]]:
         return list(zip(frame["item_id"].astype(str), frame["popularity"].astype(float), strict=True))

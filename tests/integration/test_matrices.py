@@ -7,6 +7,7 @@ from datetime import datetime
 import pytest
 
 from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
+from jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
 
 pytestmark = pytest.mark.integration
 
@@ -73,3 +74,23 @@ def test_item_stats_popularity_trending_and_catalogue(spark, events):
     assert stats["c"].available is True and stats["c"].category_rank == 1
     assert stats["c"].trending_score > 0 and stats["b"].trending_score == 0  # c is new this week; b is a month old
     assert stats["a"].first_seen == d(1) and stats["a"].last_seen == d(31)
+
+
+def test_folding_recent_events_into_item_stats_is_the_batch_over_all_events(spark, events):
+    """What a micro-batch does to the popular lists (jobs.score.fold_popularity) equals a batch
+    run over the old and the new events together."""
+    old = events.where("ts < '2024-05-30'")  # newest old item event: May 3
+    new = events.where("ts >= '2024-05-30'").where("item_id IS NOT NULL")  # searches never reach features/recent
+    new = new.unionByName(_events(spark, [("e8", d(31, 5), "u4", "remove_from_cart", "z", None, None)]))
+    items = new_id_rows(events.unionByName(new).where("item_id IS NOT NULL"), None, "item_id")
+    cols = [*POPULAR_COLUMNS, "last_seen"]
+    folded = fold_popularity(item_stats(old, WEIGHTS, 30.0, 7.0, items).select(*cols).toPandas(),
+                             new.select("item_id", "event_type", "ts", "category").toPandas(), WEIGHTS, 30.0)
+    full = item_stats(old.unionByName(new), WEIGHTS, 30.0, 7.0, items).select(*cols).toPandas()
+    got = folded.set_index("item_id").sort_index()
+    want = full.set_index("item_id").sort_index()
+    assert list(got.index) == ["a", "b", "c", "z"]  # z: first seen in the micro-batch
+    assert got["popularity"].to_numpy() == pytest.approx(want["popularity"].to_numpy())
+    assert got["n_events"].tolist() == want["n_events"].tolist()
+    ranked = lambda stats: [(c, [i for i, _ in pairs]) for c, pairs in popular_lists(stats, 3)]  # noqa: E731
+    assert ranked(folded) == ranked(full)

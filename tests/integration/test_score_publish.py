@@ -163,7 +163,7 @@ def test_refresh_rescores_only_the_users_who_acted(published):
     rows = [(acting, stats["item_id"].iloc[-1], "view"), (acting, bought, "purchase"),
             ("brand-new-shopper", bought, "view"), ("brand-new-shopper", stats["item_id"].iloc[-2], "add_to_cart")]
     new = pd.DataFrame([{"event_id": f"e{i}", "ts": now + pd.Timedelta(minutes=i + 1), "user_id": u, "item_id": item,
-                         "event_type": et, "session_id": None, "query": None} for i, (u, item, et) in enumerate(rows)])
+                         "event_type": et, "category": None, "session_id": None, "query": None} for i, (u, item, et) in enumerate(rows)])
     write_recent(s, "mb-test", new)  # what a micro-batch keeps for its users
     result = refresh_users_step(s, sorted(set(new["user_id"])))
     assert result["version"] == published.scored["version"] and result["users"] == 2
