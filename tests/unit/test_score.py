@@ -100,3 +100,21 @@ def test_popular_lists_rank_available_items_overall_and_per_category():
     assert lists[None] == [("a", 4.0), ("d", 3.0), ("b", 2.0)]
     assert lists["x"] == [("a", 4.0), ("b", 2.0), ("f", 2.0)]
     assert lists["y"] == [("c", 2.0)]
+
+
+def test_popular_lists_match_a_full_sort_with_many_ties():
+    """popular_lists sorts only the items that can make a list; the lists are those of a full sort."""
+    rng = np.random.default_rng(3)
+    n_items = 2_000
+    stats = pd.DataFrame({
+        "item_id": [f"i{j}" for j in rng.permutation(n_items)],
+        "category": rng.choice(np.array(["a", "b", "c", None], dtype=object), n_items),
+        "available": rng.random(n_items) > 0.1,
+        "n_events": rng.integers(1, 4, n_items),
+        "popularity": rng.integers(0, 30, n_items).astype(float),  # many ties on popularity and events
+    })
+    full = stats.loc[stats["available"]].sort_values(["popularity", "n_events", "item_id"], ascending=[False, False, True])
+    want = {None: full.head(10)["item_id"].tolist()}
+    want.update({c: g.head(10)["item_id"].tolist() for c, g in full.groupby("category")})
+    got = {c: [i for i, _ in pairs] for c, pairs in popular_lists(stats, 10)}
+    assert got == want
