@@ -141,7 +141,7 @@ def ledger_view(settings, since: str) -> dict[str, Any]:
 
 
 def cli(settings, *args: str, **popen: Any):
-    from freshrec.orchestration import settings_to_env
+    from freshrec.settings import settings_to_env
 
     env = {**os.environ, **settings_to_env(settings), "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen([sys.executable, "-m", "freshrec.cli", *args], env=env, cwd=REPO, **popen)

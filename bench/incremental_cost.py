@@ -205,23 +205,23 @@ def install_stages(settings) -> Stages:
     import freshrec.incremental
     import freshrec.lake
     import freshrec.steps
-    import jobs.clean
-    import jobs.score
+    import freshrec.jobs.clean
+    import freshrec.jobs.score
     from freshrec.ledger import Ledger
     from freshrec.serving import open_store
 
     stages = Stages()
     stages.wrap(freshrec.incremental, "process_microbatch")
-    stages.wrap(jobs.clean, "read_landing")
-    stages.wrap(jobs.clean, "clean_raw")
+    stages.wrap(freshrec.jobs.clean, "read_landing")
+    stages.wrap(freshrec.jobs.clean, "clean_raw")
     for name in ("append_increment", "write_recent", "read_recent"):
         stages.wrap(freshrec.lake, name)
     stages.wrap_lock(freshrec.lake, "lake_lock", "lake_lock")
     stages.wrap_lock(freshrec.lake, "features_lock", "features_lock")
     for name in ("refresh_users_step", "refresh_popular_step", "_live_recommender"):
         stages.wrap(freshrec.steps, name)
-    stages.wrap(jobs.score, "score_frame")
-    stages.wrap(jobs.score, "popular_lists")
+    stages.wrap(freshrec.jobs.score, "score_frame")
+    stages.wrap(freshrec.jobs.score, "popular_lists")
     for name in ("file_batches", "record_file_counts", "record_microbatch"):
         stages.wrap(Ledger, name)
     with open_store(settings.serving) as store:

@@ -70,7 +70,7 @@ def main() -> None:
 
     from freshrec.settings import Settings
     from freshrec.spark import get_spark
-    from jobs.score import score_frame, score_users, user_inputs
+    from freshrec.jobs.score import score_frame, score_users, user_inputs
 
     settings = Settings.load(env={"FRESHREC_HOME": str(args.home)}) if args.home else None
     if settings is None:

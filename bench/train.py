@@ -39,9 +39,9 @@ def main() -> int:
     import torch
 
     from freshrec.settings import Settings
-    from models.datasets import load_tafeng
-    from models.pipeline import TrainingConfig, train_and_gate
-    from models.seqrec import SeqRec
+    from freshrec.models.datasets import load_tafeng
+    from freshrec.models.pipeline import TrainingConfig, train_and_gate
+    from freshrec.models.seqrec import SeqRec
 
     home = args.home or Path(tempfile.mkdtemp(prefix="freshrec-bench-"))
     settings = Settings(home=home, exclude_seen=args.exclude_seen, sequence_length=args.sequence_length)
@@ -58,7 +58,7 @@ def main() -> int:
     captured: dict[str, SeqRec] = {}
 
     def trainer(eval_set, cfg, on_epoch=None):
-        from models.pipeline import train_model
+        from freshrec.models.pipeline import train_model
 
         captured["model"] = train_model(eval_set, cfg, on_epoch)
         captured["eval_set"] = eval_set

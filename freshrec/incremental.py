@@ -78,7 +78,7 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
     from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, lake_lock, write_recent
     from freshrec.schemas import LANDING_SUFFIXES
     from freshrec.steps import _exists, refresh_popular_step, refresh_users_step
-    from jobs.clean import clean_raw, parse_raw, read_landing
+    from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
 
     started = time.time()
     now = now or datetime.now(timezone.utc)

@@ -170,3 +170,27 @@ def _coerce(name: str, value: Any) -> Any:
         return str(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"FRESHREC_{name.upper()}: cannot read {value!r} as {typ}") from exc
+
+
+def _env_value(value: Any) -> str:
+    if isinstance(value, dict):  # event_weights: "view=1.0,purchase=5.0" (what Settings.load parses)
+        return ",".join(f"{k}={float(v)!r}" for k, v in value.items())
+    if isinstance(value, Path):
+        return str(value.resolve())
+    return str(value)
+
+
+def settings_to_env(settings: Settings) -> dict[str, str]:
+    """``FRESHREC_*`` variables that make ``Settings.load()`` rebuild ``settings`` elsewhere.
+
+    Every field is exported (not only the non-default ones) so a ``freshrec.toml`` in the task's
+    working directory cannot make a task disagree with its caller. Paths are made absolute:
+    tasks may run with another working directory. Empty strings are skipped, since
+    ``Settings.load`` treats them as unset anyway.
+    """
+    env: dict[str, str] = {}
+    for f in fields(Settings):
+        value = _env_value(getattr(settings, f.name))
+        if value != "":
+            env[f"FRESHREC_{f.name.upper()}"] = value
+    return env

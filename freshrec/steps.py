@@ -42,7 +42,7 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
 
     from freshrec.lake import lake_lock
     from freshrec.spark import get_spark
-    from jobs.clean import clean_raw, landing_files, read_landing
+    from freshrec.jobs.clean import clean_raw, landing_files, read_landing
 
     spark = get_spark(settings)
     # Micro-batches wait while the lake is rebuilt: every file they have added is in this
@@ -93,8 +93,8 @@ def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:
 def read_catalogue(settings: Settings):
     """The optional item catalogue from landing/items, or None."""
     from freshrec.spark import get_spark
-    from jobs.clean import landing_files
-    from jobs.matrices import normalise_catalogue
+    from freshrec.jobs.clean import landing_files
+    from freshrec.jobs.matrices import normalise_catalogue
 
     files = landing_files(settings.landing_items_dir)
     if not files:
@@ -118,7 +118,7 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
     folds in (and drops) the micro-batches' features/recent partitions."""
     from freshrec.lake import features_lock, recent_partitions
     from freshrec.spark import get_spark
-    from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
+    from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
 
     spark = get_spark(settings)
     if not _exists(settings.events_path):
@@ -164,7 +164,7 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
 # -- models: train -> evaluate -> gate (models/pipeline.py holds the logic) -----------------
 
 def _training(settings: Settings, until: str | None):
-    from models.pipeline import TrainingConfig, training_window
+    from freshrec.models.pipeline import TrainingConfig, training_window
 
     config = TrainingConfig.from_settings(settings)
     if not _exists(settings.events_path):
@@ -179,8 +179,8 @@ def train_step(settings: Settings, batch_id: str, until: str | None = None) -> d
 
     A rerun for the same batch and window reuses the version already registered for them
     instead of adding a second one."""
-    from models import tracking
-    from models.pipeline import train_stage
+    from freshrec.models import tracking
+    from freshrec.models.pipeline import train_stage
 
     try:
         config, eval_set, window = _training(settings, until)
@@ -199,7 +199,7 @@ def train_step(settings: Settings, batch_id: str, until: str | None = None) -> d
 
 def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str, until: str | None = None) -> dict[str, Any]:
     """Evaluate the new version, every baseline and the current champion on the same window."""
-    from models.pipeline import evaluate_stage, load_trained
+    from freshrec.models.pipeline import evaluate_stage, load_trained
 
     if trained.get("skipped"):
         return {"skipped": trained["skipped"]}
@@ -214,8 +214,8 @@ def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str, un
 def gate_step(settings: Settings, trained: dict[str, Any], evaluated: dict[str, Any], batch_id: str) -> dict[str, Any]:
     """Promote the new version to champion or not; record the decision for `freshrec status`."""
     from freshrec.landing import atomic_write_text
-    from models import tracking
-    from models.pipeline import TrainingConfig, gate_stage
+    from freshrec.models import tracking
+    from freshrec.models.pipeline import TrainingConfig, gate_stage
 
     decided_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if trained.get("skipped"):
@@ -255,9 +255,9 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     from freshrec.landing import atomic_write_text
     from freshrec.serving.publish import write_list_table
     from freshrec.spark import get_spark
-    from jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_items, user_inputs
-    from models.data import read_lake_events
-    from models.pipeline import serving_recommender
+    from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_items, user_inputs
+    from freshrec.models.data import read_lake_events
+    from freshrec.models.pipeline import serving_recommender
 
     started = time.perf_counter()
     spark = get_spark(settings)
@@ -375,7 +375,7 @@ def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
 
     from freshrec.lake import features_lock, read_recent
     from freshrec.serving import open_store
-    from jobs.score import SEEN_RULE, score_frame
+    from freshrec.jobs.score import SEEN_RULE, score_frame
 
     started = time.perf_counter()
     users = sorted({str(u) for u in users})
@@ -459,7 +459,7 @@ def refresh_popular_step(settings: Settings) -> dict[str, Any]:
 
     from freshrec.lake import features_lock, read_recent
     from freshrec.serving import open_store
-    from jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
+    from freshrec.jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
 
     stats_path = settings.features_dir / "item_stats"
     if not _exists(stats_path):

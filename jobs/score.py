@@ -62,7 +62,7 @@ def score_frame(rec, frame: pd.DataFrame, n: int, now: int, unavailable: np.ndar
 
     ``rec`` is a fitted recommender bound to its catalogue; ``now`` (epoch seconds) is the
     moment every user is scored at; ``unavailable`` holds catalogue indices no list may show."""
-    from models.data import EVENT_CODES, Histories, Ragged
+    from freshrec.models.data import EVENT_CODES, Histories, Ragged
 
     cat = rec.catalogue
     users = frame["user_id"].astype(str).to_numpy(dtype=object)

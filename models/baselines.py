@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from models.data import SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
+from freshrec.models.data import SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
 
 
 def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,

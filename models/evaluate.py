@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from models.data import event_weight_array
-from models.metrics import popularity_rank, ranking_metrics
-from models.split import EvalSet
+from freshrec.models.data import event_weight_array
+from freshrec.models.metrics import popularity_rank, ranking_metrics
+from freshrec.models.split import EvalSet
 
 DEFAULT_KS = (10, 20, 100)
 SEGMENTS = ("new_users", "returning_users")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from models.data import Ragged
+from freshrec.models.data import Ragged
 
 PER_USER_METRICS = ("precision", "recall", "hit_rate", "ndcg", "map")
 

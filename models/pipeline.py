@@ -19,12 +19,12 @@ from typing import Any, Callable, Mapping
 
 import pandas as pd
 
-from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
-from models.data import Catalogue, Histories, normalize_events, read_lake_events
-from models.evaluate import DEFAULT_KS, EvalResult, evaluate
-from models.gate import GateDecision, apply_decision, decide
-from models.seqrec import SeqRec, SeqRecConfig
-from models.split import DEFAULT_TARGET_EVENT_TYPES, EvalSet, build_eval_set, holdout_window, time_split
+from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
+from freshrec.models.data import Catalogue, Histories, normalize_events, read_lake_events
+from freshrec.models.evaluate import DEFAULT_KS, EvalResult, evaluate
+from freshrec.models.gate import GateDecision, apply_decision, decide
+from freshrec.models.seqrec import SeqRec, SeqRecConfig
+from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES, EvalSet, build_eval_set, holdout_window, time_split
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +145,7 @@ def training_window(settings, config: TrainingConfig, events: pd.DataFrame | Non
 
 
 def _run_tags(window: dict[str, Any], batch_id: str | None) -> dict[str, str]:
-    from models import tracking
+    from freshrec.models import tracking
 
     tags = {tracking.WINDOW_TAG: tracking.window_tag(window)}
     if batch_id is not None:
@@ -158,7 +158,7 @@ def train_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: Tra
     """Fit the model (its own MLflow run, per-epoch loss and validation metrics) and register it
     as a new version of ``freshrec`` with alias ``challenger``. The run stays open for the
     evaluate and gate stages; a failure marks it FAILED."""
-    from models import tracking
+    from freshrec.models import tracking
 
     trainer = trainer or train_model
     with tracking.tracking(settings.tracking_uri) as client:
@@ -180,7 +180,7 @@ def train_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: Tra
 
 def load_trained(settings, trained: dict[str, Any], eval_set: EvalSet) -> SeqRec:
     """The registered version ``train_stage`` produced, bound to ``eval_set``'s catalogue and log."""
-    from models import tracking
+    from freshrec.models import tracking
 
     if trained.get("version") is None:
         raise ValueError("the trained model was not registered; nothing to evaluate")
@@ -194,7 +194,7 @@ def evaluate_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: 
     """Evaluate every baseline (one MLflow run each), the new model and the current champion on
     the same window; log the model's metrics and plots on its run. A rerun for the same batch
     replaces that batch's baseline runs instead of adding more."""
-    from models import tracking
+    from freshrec.models import tracking
 
     run_id = trained["run_id"]
     results: dict[str, EvalResult] = {}
@@ -236,7 +236,7 @@ def evaluate_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: 
 
 def gate_stage(settings, config: TrainingConfig, trained: dict[str, Any], evaluated: dict[str, Any]) -> TrainingReport:
     """The promotion gate on the evaluate stage's numbers; closes the model run."""
-    from models import tracking
+    from freshrec.models import tracking
 
     run_id, version, champion = trained["run_id"], trained.get("version"), evaluated["champion"]
     metric = config.gate_metric
@@ -274,7 +274,7 @@ def serving_recommender(settings, publish: dict[str, Any], events: pd.DataFrame,
     item popularity and trend are read from the full log, new items join the catalogue with
     their category and price), or the best baseline refit on the full log. Also returns the
     co-occurrence kNN of the full log, which the similar-items lists come from."""
-    from models import tracking
+    from freshrec.models import tracking
 
     config = config or TrainingConfig.from_settings(settings)
     ev = normalize_events(events)

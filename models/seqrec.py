@@ -42,9 +42,9 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.baselines import Recommender
-from models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
-from models.split import DEFAULT_TARGET_EVENT_TYPES
+from freshrec.models.baselines import Recommender
+from freshrec.models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
+from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES
 
 N_GAP_BUCKETS = 40
 N_PRICE_BUCKETS = 16
@@ -479,8 +479,8 @@ class SeqRec(nn.Module, Recommender):
         Training windows can be more (promotions) or less predictable than the next one; the
         offset re-balances own items against new ones on the most recent held-out window.
         """
-        from models.baselines import top_k
-        from models.metrics import per_user_metrics
+        from freshrec.models.baselines import top_k
+        from freshrec.models.metrics import per_user_metrics
 
         n = len(validation)
         own_top = np.full((n, k), -1, np.int64)
@@ -557,7 +557,7 @@ class SeqRec(nn.Module, Recommender):
                     seen += len(ex)
                 row = {"loss": total / max(batches, 1), "seconds": time.perf_counter() - started}
                 if validation is not None and len(validation):
-                    from models.evaluate import evaluate
+                    from freshrec.models.evaluate import evaluate
 
                     self.prepare(validation.catalogue, validation.train)
                     self.explore_offset, _ = self._calibrate_explore(validation)

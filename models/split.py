@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from models.data import (
+from freshrec.models.data import (
     EVENT_CODES,
     POSITIVE_EVENT_TYPES,
     SECONDS_PER_DAY,

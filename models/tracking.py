@@ -16,10 +16,10 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from models.evaluate import EvalResult, catalogue_popularity
-from models.gate import CHALLENGER, CHAMPION
-from models.metrics import per_user_metrics, popularity_rank
-from models.split import EvalSet
+from freshrec.models.evaluate import EvalResult, catalogue_popularity
+from freshrec.models.gate import CHALLENGER, CHAMPION
+from freshrec.models.metrics import per_user_metrics, popularity_rank
+from freshrec.models.split import EvalSet
 
 EXPERIMENT = "freshrec"
 REGISTERED_MODEL = "freshrec"

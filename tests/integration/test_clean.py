@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 
 import pytest
 
-from jobs.clean import clean_raw
+from freshrec.jobs.clean import clean_raw
 
 pytestmark = pytest.mark.integration
 

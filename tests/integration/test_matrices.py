@@ -6,8 +6,8 @@ from datetime import datetime
 
 import pytest
 
-from jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
-from jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
+from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
+from freshrec.jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
 
 pytestmark = pytest.mark.integration
 

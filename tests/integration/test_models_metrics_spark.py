@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.data import Ragged
-from models.metrics import ranking_metrics
-from models.metrics_spark import spark_ranking_metrics
+from freshrec.models.data import Ragged
+from freshrec.models.metrics import ranking_metrics
+from freshrec.models.metrics_spark import spark_ranking_metrics
 
 pytestmark = pytest.mark.integration
 

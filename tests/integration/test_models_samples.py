@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from freshrec.settings import Settings
-from models import tracking
-from models.datasets import load_otto, load_retailrocket
-from models.pipeline import TrainingConfig, train_and_gate
-from models.seqrec import SeqRecConfig
+from freshrec.models import tracking
+from freshrec.models.datasets import load_otto, load_retailrocket
+from freshrec.models.pipeline import TrainingConfig, train_and_gate
+from freshrec.models.seqrec import SeqRecConfig
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.integration

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from freshrec.settings import Settings
-from models import tracking
-from models.datasets import synthetic_latent, synthetic_sequential
-from models.pipeline import TrainingConfig, train_and_gate, train_model
-from models.seqrec import SeqRec, SeqRecConfig
+from freshrec.models import tracking
+from freshrec.models.datasets import synthetic_latent, synthetic_sequential
+from freshrec.models.pipeline import TrainingConfig, train_and_gate, train_model
+from freshrec.models.seqrec import SeqRec, SeqRecConfig
 
 pytestmark = pytest.mark.integration
 

@@ -40,8 +40,8 @@ from freshrec.steps import (
     train_step,
     validate_step,
 )
-from models.datasets import load_tafeng
-from models.pipeline import TrainingConfig, prepare_window
+from freshrec.models.datasets import load_tafeng
+from freshrec.models.pipeline import TrainingConfig, prepare_window
 
 pytestmark = [pytest.mark.integration, pytest.mark.tafeng]
 

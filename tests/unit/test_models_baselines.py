@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending, top_k, top_k_shared
-from models.data import Catalogue, Histories, Ragged, normalize_events
-from models.split import seen_items
+from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending, top_k, top_k_shared
+from freshrec.models.data import Catalogue, Histories, Ragged, normalize_events
+from freshrec.models.split import seen_items
 
 T0 = pd.Timestamp("2024-03-01", tz="UTC")
 

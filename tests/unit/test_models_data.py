@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.data import Catalogue, Histories, Ragged, normalize_events, read_lake_events
+from freshrec.models.data import Catalogue, Histories, Ragged, normalize_events, read_lake_events
 
 EVENTS = pd.DataFrame({
     "user_id": [1, 1, 2, 2, 2],
@@ -72,7 +72,7 @@ def test_read_lake_events_reads_the_partitioned_parquet(tmp_path):
 def test_sample_readers_map_events_to_the_canonical_types():
     from pathlib import Path
 
-    from models.datasets import load_otto, load_retailrocket
+    from freshrec.models.datasets import load_otto, load_retailrocket
 
     samples = Path(__file__).resolve().parents[2] / "data" / "samples"
     rr = load_retailrocket(samples / "retailrocket_sample_events.csv")

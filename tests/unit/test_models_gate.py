@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from models.gate import decide
+from freshrec.models.gate import decide
 
 BASELINES = {"popularity": 0.05, "repeat_buy": 0.10}
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from models.data import Ragged
-from models.metrics import coverage, hits_matrix, novelty, per_user_metrics, popularity_rank, ranking_metrics
+from freshrec.models.data import Ragged
+from freshrec.models.metrics import coverage, hits_matrix, novelty, per_user_metrics, popularity_rank, ranking_metrics
 
 
 def ragged(lists):

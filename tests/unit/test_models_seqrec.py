@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from models.data import Catalogue, Histories
-from models.datasets import synthetic_sequential
-from models.seqrec import SeqRec, SeqRecConfig
-from models.split import build_eval_set, seen_items, time_split
+from freshrec.models.data import Catalogue, Histories
+from freshrec.models.datasets import synthetic_sequential
+from freshrec.models.seqrec import SeqRec, SeqRecConfig
+from freshrec.models.split import build_eval_set, seen_items, time_split
 
 CFG = SeqRecConfig(epochs=2, batch_size=64, dim=16, max_len=20, horizon_days=7, seed=0)
 
@@ -131,7 +131,7 @@ def test_pickle_round_trip_scores_the_same(data, model):
 
 
 def test_fast_top_k_gives_the_lists_of_score_plus_top_k(data, model):
-    from models.baselines import Recommender
+    from freshrec.models.baselines import Recommender
 
     for exclude in (None, data.exclude, seen_items(data.histories, "all")):
         fast_items, fast_vals = model.recommend(data.histories, 15, exclude=exclude, batch_size=37)

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from models.data import Catalogue, Histories, normalize_events
-from models.split import build_eval_set, holdout_window, seen_items, time_split
+from freshrec.models.data import Catalogue, Histories, normalize_events
+from freshrec.models.split import build_eval_set, holdout_window, seen_items, time_split
 
 DAY = pd.Timedelta(days=1)
 T0 = pd.Timestamp("2024-03-01", tz="UTC")

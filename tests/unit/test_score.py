@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 
-from jobs.score import popular_lists, score_frame, similar_items
-from models.baselines import Popularity, RepeatBuy
-from models.data import Catalogue, Histories
+from freshrec.jobs.score import popular_lists, score_frame, similar_items
+from freshrec.models.baselines import Popularity, RepeatBuy
+from freshrec.models.data import Catalogue, Histories
 
 
 def _log() -> pd.DataFrame:
