@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from freshrec.serving.base import (
     NOTHING_PUBLISHED,
+    LiveVersionChanged,
     NothingPublished,
     PublishError,
     ServingError,
@@ -24,7 +25,7 @@ from freshrec.serving.base import (
 )
 
 __all__ = ["open_store", "ServingStore", "VersionWriter", "ServingError", "NothingPublished", "PublishError",
-           "StoreUnavailable", "VersionError", "NOTHING_PUBLISHED", "new_version_id", "normalise_query"]
+           "StoreUnavailable", "VersionError", "LiveVersionChanged", "NOTHING_PUBLISHED", "new_version_id", "normalise_query"]
 
 SCHEMES = ("sqlite", "redis", "rediss", "postgresql", "postgres")
 

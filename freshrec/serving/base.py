@@ -61,6 +61,15 @@ class VersionError(ServingError):
     """An unknown, malformed, already published or unreadable version."""
 
 
+class LiveVersionChanged(VersionError):
+    """An upsert meant for one live version found another live at commit; nothing was written."""
+
+    def __init__(self, expected: str, live: str) -> None:
+        super().__init__(f"the live version is {live}, not {expected} as expected; nothing was written")
+        self.expected = expected
+        self.live = live
+
+
 class PublishError(ServingError):
     """A publish that cannot complete: bad rows, duplicate keys, incomplete content."""
 
@@ -315,7 +324,8 @@ class ServingStore(ABC):
         return removed
 
     # ---- incremental path ------------------------------------------------------------
-    def upsert_user_recs(self, rows: Iterable[Sequence[Any]], updated_at: str | None = None) -> dict[str, Any]:
+    def upsert_user_recs(self, rows: Iterable[Sequence[Any]], updated_at: str | None = None, *,
+                         expected_version: str | None = None) -> dict[str, Any]:
         """Replace (or add) users' lists in the LIVE version only.
 
         The whole call is applied atomically to exactly one version: the one live when it
@@ -323,24 +333,34 @@ class ServingStore(ABC):
         WATCH on the pointer and retries). If a new batch version goes live at the same time,
         the upsert lands either in the old version before the switch (and the new version does
         not contain it: the publish step re-scores the users whose events it lacks) or in the
-        new one after. Other versions are never touched. Returns ``{"version", "users"}``."""
-        result = self.upsert_lists("user", rows, updated_at)
+        new one after. Other versions are never touched.
+
+        ``expected_version``: the version these lists were computed for. When another version
+        is live at commit, nothing is written and :class:`LiveVersionChanged` is raised (the
+        check and the write are one atomic step). Returns ``{"version", "users"}``."""
+        result = self.upsert_lists("user", rows, updated_at, expected_version=expected_version)
         return {"version": result["version"], "users": result["rows"]}
 
-    def upsert_lists(self, kind: str, rows: Iterable[Sequence[Any]], updated_at: str | None = None) -> dict[str, Any]:
+    def upsert_lists(self, kind: str, rows: Iterable[Sequence[Any]], updated_at: str | None = None, *,
+                     expected_version: str | None = None) -> dict[str, Any]:
         """:meth:`upsert_user_recs` for any kind of list (``popular`` rows keyed by category,
         None for the overall list). Returns ``{"version", "rows"}``."""
         if kind not in KINDS:
             raise ValueError(f"unknown list kind {kind!r}; expected one of {', '.join(KINDS)}")
+        if expected_version is not None:
+            check_version_id(expected_version)
         updated_at = updated_at or utc_now_iso()
         encoded = []
         for row in rows:
             key, items, scores = split_row(row)
             encoded.append((_key(kind, key), encode_list(items, scores, updated_at)))
         if not encoded:
-            return {"version": self.live_version(), "rows": 0}
+            live = self.live_version()
+            if expected_version is not None:
+                check_live(live, expected_version)
+            return {"version": live, "rows": 0}
         with self._guard():
-            version = self._upsert(kind, encoded)
+            version = self._upsert(kind, encoded, expected_version)
         return {"version": version, "rows": len(encoded)}
 
     def delete_user(self, user_id: str) -> int:
@@ -406,7 +426,9 @@ class ServingStore(ABC):
     def _drop_data(self, version: str) -> None: ...
 
     @abstractmethod
-    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str: ...
+    def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
+        """Write ``rows`` into the live version in one atomic step that reads the pointer and
+        calls :func:`check_live` on it first; returns the version written to."""
 
     @abstractmethod
     def _delete_keys(self, kind: str, key: str, versions: list[str]) -> int: ...
@@ -426,6 +448,16 @@ class _Guard:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnavailable(f"serving store {self.store.display_url} is unavailable: {first}") from exc
         return False
+
+
+def check_live(live: str | None, expected_version: str | None) -> str:
+    """The live version an upsert may write to: NothingPublished before any publish,
+    LiveVersionChanged when it is not ``expected_version`` (None: any)."""
+    if live is None:
+        raise NothingPublished()
+    if expected_version is not None and live != expected_version:
+        raise LiveVersionChanged(expected_version, live)
+    return live
 
 
 def _key(kind: str, key: Any) -> str:

@@ -24,7 +24,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 import psycopg
 from psycopg import errors as pg_errors
 
-from freshrec.serving.base import NothingPublished, PublishError, ServingError, ServingStore, VersionError, _Conflict
+from freshrec.serving.base import PublishError, ServingError, ServingStore, VersionError, _Conflict, check_live
 
 TABLES = {"user": ("user_recs", "user_id"), "similar": ("similar_items", "item_id"),
           "popular": ("popular_items", "category"), "query": ("query_items", "query")}
@@ -284,12 +284,10 @@ class PostgresStore(ServingStore):
             with self._txn() as c:
                 c.execute(f"DELETE FROM {self.schema}.{table} WHERE version = %s", (version,))
 
-    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str:
+    def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         table, col = TABLES[kind]
         with self._txn() as c:
-            live = self._lock_live(c, "SHARE")
-            if live is None:
-                raise NothingPublished()
+            live = check_live(self._lock_live(c, "SHARE"), expected_version)
             with c.cursor() as cur:
                 cur.executemany(f"INSERT INTO {self.schema}.{table} (version, {col}, value) VALUES (%s, %s, %s::jsonb) "
                                 f"ON CONFLICT (version, {col}) DO UPDATE SET value = EXCLUDED.value",

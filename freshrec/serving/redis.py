@@ -28,7 +28,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from freshrec.serving.base import NothingPublished, PublishError, ServingError, ServingStore, VersionError, _Conflict
+from freshrec.serving.base import PublishError, ServingError, ServingStore, VersionError, _Conflict, check_live
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UNLINK_CHUNK = 500
@@ -222,12 +222,10 @@ class RedisStore(ServingStore):
         if batch:
             self.r.unlink(*batch)
 
-    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str:
+    def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         def body(pipe: Any) -> str:
             live = pipe.get(self.k_live)
-            if not live:
-                raise NothingPublished()
-            version = live.decode()
+            version = check_live(live.decode() if live else None, expected_version)
             pipe.multi()
             for k, v in rows:
                 pipe.set(self.key(version, kind, k), v)

@@ -18,7 +18,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from freshrec.serving.base import NothingPublished, PublishError, ServingStore, VersionError, _Conflict
+from freshrec.serving.base import PublishError, ServingStore, VersionError, _Conflict, check_live
 
 TABLES = {"user": ("user_recs", "user_id"), "similar": ("similar_items", "item_id"),
           "popular": ("popular_items", "category"), "query": ("query_items", "query")}
@@ -240,12 +240,10 @@ class SqliteStore(ServingStore):
                 if cur.rowcount < DELETE_CHUNK:
                     break
 
-    def _upsert(self, kind: str, rows: list[tuple[str, str]]) -> str:
+    def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         table, col = TABLES[kind]
         with self._txn() as c:
-            live = c.execute("SELECT version FROM live WHERE id = 1").fetchone()[0]
-            if live is None:
-                raise NothingPublished()
+            live = check_live(c.execute("SELECT version FROM live WHERE id = 1").fetchone()[0], expected_version)
             c.executemany(f"INSERT INTO {table} (version, {col}, value) VALUES (?, ?, ?) "
                           f"ON CONFLICT (version, {col}) DO UPDATE SET value = excluded.value",
                           [(live, k, v) for k, v in rows])

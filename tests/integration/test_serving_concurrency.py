@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from freshrec.serving import ServingStore, open_store
+from freshrec.serving import LiveVersionChanged, ServingStore, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -217,4 +217,48 @@ def test_upserts_racing_a_publish_land_in_exactly_one_version(store_url):
             assert markers == {f"up{max(landed)}"}, (version, markers)
         else:
             assert markers == {f"{version}:u{k}:0" for k in range(10)}, (version, markers)
+    store.close()
+
+
+def test_upserts_with_an_expected_version_never_land_elsewhere(store_url):
+    """The expected-version check and the write are one atomic step: while the live pointer
+    flips between two versions, an upsert lands whole in the version it expected, or nowhere."""
+    store = open_store(store_url)
+    publish(store, "e0")
+    publish(store, "e1")
+    stop = threading.Event()
+    landed: list[tuple[str, int]] = []
+    refused: list[int] = []
+    failures: list[str] = []
+
+    def flipper() -> None:
+        while not stop.is_set():
+            try:
+                store.rollback(to="e0" if store.live_version() == "e1" else "e1")
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"{type(exc).__name__}: {exc}")
+
+    thread = threading.Thread(target=flipper, daemon=True)
+    thread.start()
+    started = time.monotonic()
+    n = 0
+    while time.monotonic() - started < DURATION_S / 2 or not (landed and refused):
+        n += 1
+        expected = store.live_version()
+        try:
+            result = store.upsert_user_recs([(f"u{k}", [(f"up{n}", 1.0)]) for k in range(10)], expected_version=expected)
+            assert result["version"] == expected
+            landed.append((expected, n))
+        except LiveVersionChanged:
+            refused.append(n)
+        assert time.monotonic() - started < 60, f"no race met in 60 s: {len(landed)} landed, {len(refused)} refused"
+    stop.set()
+    thread.join(timeout=30)
+    assert not failures, failures[:3]
+    # the ten users of each version carry the marker of the newest upsert that landed there
+    # (never a refused one), or all still have their published lists
+    for version in ("e0", "e1"):
+        markers = {store.get_user_recs(f"u{k}", version=version)["items"][0]["item_id"] for k in range(10)}
+        mine = [m for v, m in landed if v == version]
+        assert markers == ({f"up{max(mine)}"} if mine else {f"{version}:u{k}:0" for k in range(10)}), (version, markers)
     store.close()

@@ -12,7 +12,7 @@ import uuid
 import pytest
 
 from freshrec.client import RecsClient
-from freshrec.serving import NothingPublished, PublishError, ServingStore, VersionError, open_store
+from freshrec.serving import LiveVersionChanged, NothingPublished, PublishError, ServingStore, VersionError, open_store
 
 pytestmark = pytest.mark.integration
 
@@ -273,6 +273,31 @@ def test_upsert_touches_only_the_live_version(store):
     assert store.upsert_user_recs([("u2", [("late", 1.0)])])["version"] == "v1"
     assert store.get_user_recs("u2", version="v2")["items"][0]["item_id"] == "v2:u2:0"
     assert store.upsert_user_recs([]) == {"version": "v1", "users": 0}
+
+
+def test_upsert_with_an_expected_version_writes_only_into_it(store):
+    with pytest.raises(NothingPublished):
+        store.upsert_user_recs([("u1", [("x", 1.0)])], expected_version="v1")
+    publish(store, "v1")
+    publish(store, "v2")
+    assert store.upsert_user_recs([("u1", [("fresh", 2.0)])], expected_version="v2") == {"version": "v2", "users": 1}
+    assert store.upsert_lists("popular", [(None, [("hot", 9.0)])], expected_version="v2") == {"version": "v2", "rows": 1}
+    store.rollback()  # v1 is live: lists computed for v2 must not land in it
+    with pytest.raises(LiveVersionChanged, match="live version is v1, not v2") as caught:
+        store.upsert_user_recs([("u1", [("stale", 1.0)]), ("newcomer", [("stale", 1.0)])], expected_version="v2")
+    assert isinstance(caught.value, VersionError) and (caught.value.expected, caught.value.live) == ("v2", "v1")
+    with pytest.raises(LiveVersionChanged):
+        store.upsert_lists("popular", [(None, [("stale", 1.0)])], expected_version="v2")
+    with pytest.raises(LiveVersionChanged):
+        store.upsert_user_recs([], expected_version="v2")
+    assert store.get_user_recs("u1")["items"][0]["item_id"] == "v1:u1:0"
+    assert store.get_user_recs("newcomer") is None
+    assert store.get_popular()["items"][0]["item_id"] == "v1:top0"
+    assert store.get_user_recs("u1", version="v2")["items"] == [{"item_id": "fresh", "score": 2.0}]
+    assert store.get_popular(version="v2")["items"] == [{"item_id": "hot", "score": 9.0}]
+    assert store.upsert_user_recs([("u1", [("ok", 1.0)])], expected_version="v1")["version"] == "v1"
+    with pytest.raises(VersionError, match="malformed"):
+        store.upsert_user_recs([("u1", [("x", 1.0)])], expected_version="no such/version")
 
 
 def test_prune_keeps_k_and_never_the_live_one(store):
