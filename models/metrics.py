@@ -14,6 +14,11 @@ target set T and hits h_1..h_K (h_r = 1 when the item at rank r is in T):
 and, over all lists: coverage@K = distinct recommended items / catalogue size, novelty@K =
 mean popularity rank (1 = most popular) of the recommended items. Users without a target are
 not evaluated (callers drop them).
+
+Beyond the gate's metrics (not yet wired in): ``split_recall`` separates recall on items the
+user had before (repeats) from recall on items new to them, ``pairwise_overlap`` measures how
+alike users' lists are (1 = everyone gets the same list), ``distinct_items`` counts the items
+that reach any list.
 """
 
 from __future__ import annotations
@@ -69,8 +74,13 @@ def per_user_metrics(recs: np.ndarray, targets: Ragged, ks: tuple[int, ...]) -> 
 
 def coverage(recs: np.ndarray, k: int, n_items: int) -> float:
     """Share of the catalogue that appears in at least one top-k list."""
+    return float(distinct_items(recs, k) / n_items) if n_items else 0.0
+
+
+def distinct_items(recs: np.ndarray, k: int) -> int:
+    """How many different items appear in at least one top-k list (padding not counted)."""
     top = np.asarray(recs)[:, :k]
-    return float(len(np.unique(top[top >= 0])) / n_items) if n_items else 0.0
+    return int(len(np.unique(top[top >= 0])))
 
 
 def novelty(recs: np.ndarray, k: int, popularity_rank: np.ndarray) -> float:
@@ -97,3 +107,62 @@ def ranking_metrics(recs: np.ndarray, targets: Ragged, ks: tuple[int, ...], n_it
         if popularity_rank_ is not None:
             out[f"novelty_at_{k}"] = novelty(recs, k, popularity_rank_)
     return out
+
+
+def split_recall(recs: np.ndarray, targets: Ragged, history: Ragged, ks: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Recall@k on repeat targets and on new targets, per user.
+
+    ``history`` holds each user's items before the cutoff (catalogue codes, e.g.
+    ``split.seen_items(eval_set.histories, "all")``). A target in it is a *repeat*, any other a
+    *new* item. ``{"recall_repeat_at_10": ..., "recall_new_at_10": ...}``: hits among that kind
+    of target / number of targets of that kind; NaN for a user with no target of that kind
+    (average with ``np.nanmean``). Under EXCLUDE_SEEN=all no target is a repeat.
+    """
+    recs = np.asarray(recs, dtype=np.int64)
+    if len(history) != len(targets):
+        raise ValueError(f"{len(targets)} target sets but {len(history)} histories")
+    if max(ks) > recs.shape[1]:
+        raise ValueError(f"lists have {recs.shape[1]} items, fewer than k={max(ks)}")
+    padded, slot = _padded(targets)
+    is_repeat = hits_matrix(padded, history)[targets.rows, slot]
+    out: dict[str, np.ndarray] = {}
+    for kind, mask in (("repeat", is_repeat), ("new", ~is_repeat)):
+        kind_targets = Ragged.from_pairs(targets.rows[mask], targets.values[mask], len(targets))
+        n_kind = kind_targets.lengths.astype(np.float64)
+        hits = hits_matrix(recs, kind_targets)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for k in ks:
+                out[f"recall_{kind}_at_{k}"] = np.where(n_kind > 0, hits[:, :k].sum(axis=1) / n_kind, np.nan)
+    return out
+
+
+def _padded(ragged: Ragged) -> tuple[np.ndarray, np.ndarray]:
+    """``ragged`` as an (n, longest) matrix padded with -1, and each value's column in it."""
+    slot = np.arange(len(ragged.values), dtype=np.int64) - ragged.offsets[ragged.rows]
+    width = int(ragged.lengths.max()) if len(ragged) else 0
+    out = np.full((len(ragged), width), -1, dtype=np.int64)
+    out[ragged.rows, slot] = ragged.values
+    return out, slot
+
+
+def pairwise_overlap(recs: np.ndarray, k: int) -> float:
+    """Mean over all pairs of users of |top-k of u  &  top-k of v| / k.
+
+    1.0 when every user gets the same k items, 0.0 when no two lists share an item; the
+    personalisation of a recommender is high when this is low. |intersection| / k (not
+    Jaccard) is the cosine similarity of two full lists as 0/1 item vectors, and its mean has a
+    closed form: summed over ordered pairs u != v it is sum_i c_i^2 - sum_u |L_u|, where c_i
+    is the number of lists that hold item i. So it is exact for any number of users in
+    O(users x k), with no pair sampling. Padding (-1) and repeated items within a list count
+    once at most, so a short list overlaps less than 1 even with itself.
+    """
+    top = np.asarray(recs, dtype=np.int64)[:, :k]
+    n = top.shape[0]
+    if n < 2 or k < 1:
+        raise ValueError(f"need at least 2 lists and k >= 1, got {n} lists and k={k}")
+    rows = np.broadcast_to(np.arange(n)[:, None], top.shape)
+    ok = top >= 0
+    pairs = np.unique(np.stack([rows[ok], top[ok]], axis=1), axis=0)
+    per_item = np.bincount(pairs[:, 1]).astype(np.float64) if len(pairs) else np.zeros(0)
+    shared = float((per_item ** 2).sum() - len(pairs))
+    return shared / (n * (n - 1)) / k
