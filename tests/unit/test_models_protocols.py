@@ -132,11 +132,12 @@ def test_random_holdout_small_users_and_rounding():
     log = events([("solo", "x", "purchase", d) for d in range(6)]  # one item, 6 events: nothing to hold out
                  + [("pair", i, "purchase", d) for d, i in enumerate("xyxyx")]  # 2 items: holds out 1
                  + [("short", i, "purchase", d) for d, i in enumerate("xyz")]  # 3 events < min_events
-                 + [("ten", f"i{j}", "purchase", j) for j in range(10)])
+                 + [("ten", f"i{j}", "purchase", j) for j in range(10)]
+                 + [("eight", f"i{j}", "purchase", j) for j in range(8)])  # 0.2 x 8 = 1.6 rounds to 2
     es = random_holdout(log, fraction=0.2, min_events=5, exclude_seen="none", min_target_users=1, seed=4)
-    assert list(es.users) == ["pair", "ten"]
-    assert es.targets.lengths.tolist() == [1, 2]
-    assert random_holdout(log, fraction=0.5, min_target_users=1, seed=4).targets.lengths.tolist() == [1, 5]
+    assert list(es.users) == ["eight", "pair", "ten"]
+    assert es.targets.lengths.tolist() == [2, 1, 2]
+    assert random_holdout(log, fraction=0.5, min_target_users=1, seed=4).targets.lengths.tolist() == [4, 1, 5]
     with pytest.raises(ValueError):
         random_holdout(log, fraction=1.0)
 
