@@ -26,14 +26,11 @@ from types import SimpleNamespace
 
 
 def build_home(home: Path, events: int):
-    import os
-
     from freshrec.generate import generate_to_landing
     from freshrec.settings import Settings
     from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, score_step, train_step
 
-    os.environ.setdefault("FRESHREC_MODEL_EPOCHS", "1")
-    settings = Settings(home=home)
+    settings = Settings(home=home, model_epochs=1)
     settings.ensure_dirs()
     generate_to_landing(settings, SimpleNamespace(events=events, seed=5, days=30, start="2026-01-01"))
     clean_step(settings, "bench")

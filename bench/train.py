@@ -46,7 +46,7 @@ def main() -> int:
     home = args.home or Path(tempfile.mkdtemp(prefix="freshrec-bench-"))
     settings = Settings(home=home, exclude_seen=args.exclude_seen, sequence_length=args.sequence_length)
     settings.ensure_dirs()
-    config = TrainingConfig.from_settings(settings, env={})
+    config = TrainingConfig.from_settings(settings)
     config = dataclasses.replace(config, window_days=args.window_days)
     if args.epochs is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=args.epochs))

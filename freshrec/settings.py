@@ -1,21 +1,33 @@
 """One typed settings object for the whole pipeline.
 
-Every field can be set by an environment variable ``FRESHREC_<FIELD>`` (upper case) or by a
-``freshrec.toml`` in the working directory (or the file named by ``FRESHREC_CONFIG``).
-Environment variables win over the file, the file wins over the defaults. Settings are
-passed into every step explicitly: nothing reads them from a global.
+``Settings.load()`` reads every field from an environment variable ``FRESHREC_<FIELD>`` (upper
+case) or from a ``freshrec.toml`` in the working directory (or the file named by
+``FRESHREC_CONFIG``). Environment variables win over the file, the file wins over the defaults.
+Building ``Settings(...)`` directly reads neither, so what a test or a task builds does not
+depend on the shell it runs in. Settings are passed into every step explicitly: nothing reads
+them from a global. The fields are described in docs/settings.md.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Annotated, Any, Literal, Mapping, get_args
 
-EXCLUDE_SEEN_CHOICES = ("all", "purchased", "none")
+from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
+
+ENV_PREFIX = "FRESHREC_"
+ExcludeSeen = Literal["all", "purchased", "none"]
+EXCLUDE_SEEN_CHOICES: tuple[str, ...] = get_args(ExcludeSeen)
+
+# Tasks may run in another working directory: a home is pinned to one place when it is read.
+AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.resolve())]
+AtLeastOne = Annotated[int, Field(ge=1)]
+AtLeastZero = Annotated[int, Field(ge=0)]
+Positive = Annotated[float, Field(gt=0)]
 
 
 class SettingsError(ValueError):
@@ -26,29 +38,61 @@ def _default_event_weights() -> dict[str, float]:
     return {"view": 1.0, "search": 0.0, "add_to_cart": 3.0, "remove_from_cart": -1.0, "purchase": 5.0}
 
 
-@dataclass(frozen=True)
-class Settings:
-    home: Path = Path(".freshrec")
-    serving_url: str = ""  # default derived from home
-    spark_master: str = "local[*]"
-    spark_driver_memory: str = "4g"
-    spark_shuffle_partitions: int = 8
-    spark_pool_slots: int = 0  # Spark tasks Airflow runs at once; 0 sizes the pool for the machine
-    mlflow_tracking_uri: str = ""  # default derived from home; MLFLOW_TRACKING_URI wins
-    top_n: int = 100
-    keep_versions: int = 5  # published versions kept for rollback
-    exclude_seen: str = "purchased"
-    microbatch_minutes: int = 5
-    watch_seconds: float = 15.0  # processing-time trigger of `freshrec run incremental --watch`
-    # cleaning
-    max_future_skew_hours: float = 24.0
-    min_event_ts: str = "1990-01-01T00:00:00Z"
-    max_quarantine_ratio: float = 0.2
-    # matrices
-    event_weights: dict[str, float] = field(default_factory=_default_event_weights)
-    decay_half_life_days: float = 30.0
-    sequence_length: int = 50
-    trending_window_days: float = 7.0
+def env_name(field: str) -> str:
+    """The environment variable that sets ``field``."""
+    return f"{ENV_PREFIX}{field.upper()}"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid", coerce_numbers_to_str=True)
+
+    home: AbsolutePath = Path(".freshrec")  # root of all local state (landing zone, lake, features, ledger, reports); made absolute when read
+    serving_url: str = ""  # serving store (sqlite:///..., postgresql://..., redis://...); empty: sqlite:///$FRESHREC_HOME/serving.db
+    spark_master: str = "local[*]"  # any Spark master URL
+    spark_driver_memory: str = "4g"  # spark.driver.memory of every Spark session
+    spark_shuffle_partitions: AtLeastOne = 8  # spark.sql.shuffle.partitions
+    spark_pool_slots: AtLeastZero = 0  # Spark tasks Airflow runs at once (pool freshrec_spark); 0 sizes the pool for the machine
+    mlflow_tracking_uri: str = ""  # MLflow tracking store; empty: sqlite:///$FRESHREC_HOME/mlflow.db; MLFLOW_TRACKING_URI wins over both
+    top_n: AtLeastOne = 100  # length of each published list
+    keep_versions: AtLeastOne = 5  # published versions kept for rollback, the live one included
+    exclude_seen: ExcludeSeen = "purchased"  # items kept out of a user's own list: all they interacted with, the purchased ones, or none (repeat-buy domains)
+    microbatch_minutes: AtLeastOne = 5  # schedule of the incremental DAG
+    watch_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0  # processing-time trigger of `freshrec run incremental --watch`
+    max_future_skew_hours: float = 24.0  # cleaning: events stamped more than this after processing time are quarantined
+    min_event_ts: str = "1990-01-01T00:00:00Z"  # cleaning: events stamped before this are quarantined
+    max_quarantine_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2  # a batch with a larger share of quarantined rows fails the quality gate
+    event_weights: dict[str, float] = Field(default_factory=_default_event_weights)  # interaction weight per event type, merged over the defaults; environment form view=1,purchase=5
+    decay_half_life_days: Positive = 30.0  # half-life of the time decay of interaction weights
+    sequence_length: AtLeastOne = 50  # most recent events kept per user (features/sequences) and read by the model
+    trending_window_days: float = 7.0  # window of the trending list and of the model's trend feature
+    eval_window_days: Positive = 14.0  # training: the held-out test window (and the model's validation window before it)
+    gate_tolerance: Annotated[float, Field(allow_inf_nan=False)] = 0.01  # training: fraction of the champion's metric a new model may trail it by; negative demands a gain
+    ease_max_items: AtLeastZero = 10_000  # training: the EASE baseline runs only on catalogues up to this many items (dense items x items inverse)
+    model_epochs: AtLeastZero = 4  # training: epochs of the sequence model
+    model_seed: int = 0  # training: random seed of the split sampling and the sequence model
+    model_dim: AtLeastOne = 64  # training: embedding size of the sequence model
+
+    def __init__(self, **values: Any) -> None:
+        try:
+            super().__init__(**values)
+        except ValidationError as exc:
+            raise SettingsError("; ".join(_problem(error) for error in exc.errors())) from None
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   **_: PydanticBaseSettingsSource) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Building Settings directly takes only its arguments (deterministic in tests and tasks);
+        # load() adds the environment and the file.
+        return (init_settings,)
+
+    @field_validator("event_weights", mode="before")
+    @classmethod
+    def _merge_over_default_weights(cls, value: Any) -> dict[str, float]:
+        try:
+            pairs = dict(p.split("=", 1) for p in value.split(",") if p.strip()) if isinstance(value, str) else dict(value)
+            return {**_default_event_weights(), **{str(k).strip(): float(v) for k, v in pairs.items()}}
+        except (TypeError, ValueError):
+            raise ValueError(f"cannot read {value!r} as event weights (event_type=weight,...)") from None
 
     # -- derived paths -------------------------------------------------------------------
     @property
@@ -115,68 +159,65 @@ class Settings:
             path.mkdir(parents=True, exist_ok=True)
 
     def replace(self, **changes: Any) -> "Settings":
-        return dataclasses.replace(self, **changes)
+        """A copy with ``changes``, validated like any other settings."""
+        return type(self)(**{**dict(self), **changes})
 
     # -- loading -------------------------------------------------------------------------
     @classmethod
     def load(cls, env: Mapping[str, str] | None = None, config_file: Path | None = None) -> "Settings":
+        """``env`` (default ``os.environ``) over the TOML file over the defaults."""
         env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        path = config_file or Path(env.get("FRESHREC_CONFIG", "freshrec.toml"))
-        if path.is_file():
-            with path.open("rb") as fh:
-                values.update(tomllib.load(fh))
-        for f in fields(cls):
-            key = f"FRESHREC_{f.name.upper()}"
-            if key in env and env[key] != "":
-                values[f.name] = env[key]
-        unknown = set(values) - {f.name for f in fields(cls)}
+        path = Path(config_file or env.get("FRESHREC_CONFIG") or "freshrec.toml")
+        try:
+            from_file = TomlConfigSettingsSource(cls, toml_file=path)()
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"cannot read {path}: {exc}") from None
+        unknown = sorted(set(from_file) - set(cls.model_fields))
         if unknown:
-            raise SettingsError(f"unknown setting(s) in {path}: {', '.join(sorted(unknown))}")
-        return cls(**{name: _coerce(name, value) for name, value in values.items()})
-
-    def __post_init__(self) -> None:
-        if self.exclude_seen not in EXCLUDE_SEEN_CHOICES:
-            raise SettingsError(f"FRESHREC_EXCLUDE_SEEN must be one of {', '.join(EXCLUDE_SEEN_CHOICES)}, got {self.exclude_seen!r}")
-        for name in ("top_n", "microbatch_minutes", "sequence_length", "spark_shuffle_partitions"):
-            if getattr(self, name) < 1:
-                raise SettingsError(f"FRESHREC_{name.upper()} must be >= 1, got {getattr(self, name)}")
-        if not 0.0 <= self.max_quarantine_ratio <= 1.0:
-            raise SettingsError(f"FRESHREC_MAX_QUARANTINE_RATIO must be in [0, 1], got {self.max_quarantine_ratio}")
-        if self.spark_pool_slots < 0:
-            raise SettingsError(f"FRESHREC_SPARK_POOL_SLOTS must be >= 0 (0: sized for the machine), got {self.spark_pool_slots}")
-        if not 0 < self.watch_seconds < float("inf"):
-            raise SettingsError(f"FRESHREC_WATCH_SECONDS must be > 0, got {self.watch_seconds}")
-        if self.decay_half_life_days <= 0:
-            raise SettingsError("FRESHREC_DECAY_HALF_LIFE_DAYS must be > 0")
+            raise SettingsError(f"unknown setting(s) in {path}: {', '.join(unknown)}")
+        return cls(**{**from_file, **_EnvSource(cls, env)()})
 
 
-def _coerce(name: str, value: Any) -> Any:
-    typ = {f.name: f.type for f in fields(Settings)}[name]
-    try:
-        if typ == "Path":
-            return Path(value)
-        if typ == "int":
-            return int(value)
-        if typ == "float":
-            return float(value)
-        if typ == "dict[str, float]":
-            if isinstance(value, str):  # "view=1,purchase=5"
-                pairs = [p.split("=", 1) for p in value.split(",") if p.strip()]
-                value = {k.strip(): v for k, v in pairs}
-            merged = _default_event_weights()
-            merged.update({str(k): float(v) for k, v in dict(value).items()})
-            return merged
-        return str(value)
-    except (TypeError, ValueError) as exc:
-        raise SettingsError(f"FRESHREC_{name.upper()}: cannot read {value!r} as {typ}") from exc
+class _EnvSource(PydanticBaseSettingsSource):
+    """The ``FRESHREC_<FIELD>`` variables of one mapping (``os.environ`` or a task's environment);
+    an empty variable counts as unset. Values stay strings: the fields' validation reads them."""
+
+    def __init__(self, settings_cls: type[BaseSettings], env: Mapping[str, str]):
+        super().__init__(settings_cls)
+        self.env = env
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self.env.get(env_name(field_name)) or None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        found = (self.get_field_value(field, name) for name, field in self.settings_cls.model_fields.items())
+        return {name: value for value, name, _ in found if value is not None}
+
+
+_BOUND_ERRORS = {"greater_than", "greater_than_equal", "less_than", "less_than_equal", "finite_number"}
+_BOUND_WORDS = (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<="))
+
+
+def _problem(error: Mapping[str, Any]) -> str:
+    """One validation error in the words of the variable a user sets."""
+    field = str(error["loc"][0]) if error["loc"] else ""
+    value = error.get("input")
+    if error["type"] == "extra_forbidden":
+        return f"unknown setting {field!r}"
+    if error["type"] == "literal_error":
+        return f"{env_name(field)} must be one of {error['ctx']['expected']}, got {value!r}"
+    if error["type"] == "value_error":
+        return f"{env_name(field)}: {error['ctx']['error']}"
+    info = Settings.model_fields[field]
+    if error["type"] in _BOUND_ERRORS:
+        bounds = [f"{word} {getattr(m, key)}" for m in info.metadata for key, word in _BOUND_WORDS if getattr(m, key, None) is not None]
+        return f"{env_name(field)} must be {' and '.join(bounds) or 'a finite number'}, got {value!r}"
+    return f"{env_name(field)}: cannot read {value!r} as {getattr(info.annotation, '__name__', info.annotation)}"
 
 
 def _env_value(value: Any) -> str:
     if isinstance(value, dict):  # event_weights: "view=1.0,purchase=5.0" (what Settings.load parses)
         return ",".join(f"{k}={float(v)!r}" for k, v in value.items())
-    if isinstance(value, Path):
-        return str(value.resolve())
     return str(value)
 
 
@@ -184,13 +225,13 @@ def settings_to_env(settings: Settings) -> dict[str, str]:
     """``FRESHREC_*`` variables that make ``Settings.load()`` rebuild ``settings`` elsewhere.
 
     Every field is exported (not only the non-default ones) so a ``freshrec.toml`` in the task's
-    working directory cannot make a task disagree with its caller. Paths are made absolute:
+    working directory cannot make a task disagree with its caller. Paths are absolute already:
     tasks may run with another working directory. Empty strings are skipped, since
     ``Settings.load`` treats them as unset anyway.
     """
     env: dict[str, str] = {}
-    for f in fields(Settings):
-        value = _env_value(getattr(settings, f.name))
+    for name in Settings.model_fields:
+        value = _env_value(getattr(settings, name))
         if value != "":
-            env[f"FRESHREC_{f.name.upper()}"] = value
+            env[env_name(name)] = value
     return env

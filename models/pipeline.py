@@ -12,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 import pandas as pd
 
@@ -31,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    """Knobs of the training step. ``from_settings`` fills them from Settings and FRESHREC_* variables."""
+    """Knobs of the training step. ``from_settings`` fills them from Settings."""
 
     window_days: float = 14.0  # the held-out test window (and the model's validation window before it)
     target_event_types: tuple[str, ...] = DEFAULT_TARGET_EVENT_TYPES
@@ -48,30 +47,20 @@ class TrainingConfig:
     model: SeqRecConfig = field(default_factory=SeqRecConfig)
 
     @classmethod
-    def from_settings(cls, settings, env: Mapping[str, str] | None = None) -> "TrainingConfig":
-        """Settings supply the shared knobs (exclude_seen, sequence_length, event weights, trending
-        window); FRESHREC_EVAL_WINDOW_DAYS, FRESHREC_GATE_TOLERANCE, FRESHREC_EASE_MAX_ITEMS,
-        FRESHREC_MODEL_EPOCHS, FRESHREC_MODEL_SEED and FRESHREC_MODEL_DIM the rest."""
-        env = os.environ if env is None else env
-
-        def read(name: str, cast, default):
-            value = getattr(settings, name.lower(), None)
-            raw = env.get(f"FRESHREC_{name}")
-            return cast(raw) if raw not in (None, "") else (value if value is not None else default)
-
-        window = read("EVAL_WINDOW_DAYS", float, cls.window_days)
+    def from_settings(cls, settings) -> "TrainingConfig":
+        """The knobs a user sets (docs/settings.md) from ``settings``; the rest keep their defaults."""
         model = SeqRecConfig(
             max_len=settings.sequence_length,
-            horizon_days=window,
+            horizon_days=settings.eval_window_days,
             exclude_seen=settings.exclude_seen,
             event_weights=dict(settings.event_weights),
             trend_days=settings.trending_window_days,
-            epochs=read("MODEL_EPOCHS", int, SeqRecConfig.epochs),
-            seed=read("MODEL_SEED", int, SeqRecConfig.seed),
-            dim=read("MODEL_DIM", int, SeqRecConfig.dim),
+            epochs=settings.model_epochs,
+            seed=settings.model_seed,
+            dim=settings.model_dim,
         )
-        return cls(window_days=window, gate_tolerance=read("GATE_TOLERANCE", float, cls.gate_tolerance),
-                   ease_max_items=read("EASE_MAX_ITEMS", int, cls.ease_max_items), model=model)
+        return cls(window_days=settings.eval_window_days, gate_tolerance=settings.gate_tolerance,
+                   ease_max_items=settings.ease_max_items, model=model)
 
 
 @dataclass

@@ -51,11 +51,10 @@ def migrated_airflow_home(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def af_settings(settings: Settings, migrated_airflow_home: Path, monkeypatch) -> Settings:
+def af_settings(settings: Settings, migrated_airflow_home: Path) -> Settings:
     """The per-test settings with a copy of the session's migrated Airflow DB (and a one-epoch,
     small model: these tests are about the wiring, test_models_* about the model)."""
-    monkeypatch.setenv("FRESHREC_MODEL_EPOCHS", "1")
-    monkeypatch.setenv("FRESHREC_MODEL_DIM", "16")
+    settings = settings.replace(model_epochs=1, model_dim=16)
     settings.airflow_home.mkdir(parents=True, exist_ok=True)
     for item in migrated_airflow_home.iterdir():
         if item.is_file():

@@ -36,11 +36,8 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def base_home(tmp_path_factory, spark):
     """A home with a trained, published version (1 epoch; quality is not the point here)."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FRESHREC_MODEL_EPOCHS", "1")
-    mp.setenv("FRESHREC_MODEL_DIM", "16")
     home = tmp_path_factory.mktemp("incremental") / "base"
-    settings = _settings(home)
+    settings = _settings(home).replace(model_epochs=1, model_dim=16)
     settings.ensure_dirs()
     generate_to_landing(settings, SimpleNamespace(events=20_000, seed=5, users=500, items=300, days=30, start="2026-01-01"))
     cleaned = clean_step(settings, "batch-1")
@@ -48,7 +45,6 @@ def base_home(tmp_path_factory, spark):
     trained = train_step(settings, "batch-1", until=cleaned["until"])
     gate = gate_step(settings, trained, evaluate_step(settings, trained, "batch-1", until=cleaned["until"]), "batch-1")
     publish_step(settings, score_step(settings, "batch-1", gate))
-    mp.undo()
     return home
 
 

@@ -25,11 +25,9 @@ pytestmark = pytest.mark.integration
 def published(tmp_path_factory, spark):
     from freshrec.settings import Settings
 
-    mp = pytest.MonkeyPatch()
-    mp.setenv("FRESHREC_MODEL_EPOCHS", "1")
-    mp.setenv("FRESHREC_MODEL_DIM", "16")
     home = tmp_path_factory.mktemp("publish") / "home"
-    settings = Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=4, top_n=20, exclude_seen="purchased")
+    settings = Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=4, top_n=20, exclude_seen="purchased",
+                        model_epochs=1, model_dim=16)
     settings.ensure_dirs()
     generate_to_landing(settings, SimpleNamespace(events=30_000, seed=11, users=600, items=400, days=30, start="2026-01-01"))
     # the catalogue marks two items unavailable
@@ -43,7 +41,6 @@ def published(tmp_path_factory, spark):
     scored = score_step(settings, "batch-1", gate)
     result = publish_step(settings, scored)
     yield SimpleNamespace(settings=settings, trained=trained, evaluated=evaluated, gate=gate, scored=scored, result=result)
-    mp.undo()
 
 
 def _top_items(settings, k):

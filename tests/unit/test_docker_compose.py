@@ -262,7 +262,7 @@ def test_freshrec_services_share_the_settings_and_the_state_volume(services):
 
 
 def test_freshrec_env_is_valid_settings(services):
-    fields = {f"FRESHREC_{name.upper()}" for name in Settings.__dataclass_fields__}
+    fields = {f"FRESHREC_{name.upper()}" for name in Settings.model_fields}
     for name in FRESHREC_SERVICES:
         env = _env(services[name])
         unknown = {k for k in env if k.startswith("FRESHREC_")} - fields
