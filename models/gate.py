@@ -27,7 +27,7 @@ class GateDecision:
     publish: str  # "candidate", "champion" or "baseline"
     reason: str
     metric: str
-    candidate: float
+    candidate: float | None  # None: the candidate's metric is missing
     best_baseline: str
     best_baseline_value: float
     champion: float | None
@@ -44,7 +44,7 @@ class GateDecision:
         return asdict(self)
 
 
-def decide(candidate: float, baselines: dict[str, float], champion: float | None, tolerance: float = 0.01,
+def decide(candidate: float | None, baselines: dict[str, float], champion: float | None, tolerance: float = 0.01,
            metric: str = "ndcg_at_10") -> GateDecision:
     """Promote or not (see the module docstring). ``baselines``: name -> metric on the window."""
     if not baselines:
@@ -52,9 +52,11 @@ def decide(candidate: float, baselines: dict[str, float], champion: float | None
     best_name = max(sorted(baselines), key=lambda name: baselines[name])
     best = float(baselines[best_name])
     fallback = "champion" if champion is not None else "baseline"
-    common = dict(metric=metric, candidate=float(candidate), best_baseline=best_name, best_baseline_value=best,
-                  champion=None if champion is None else float(champion), tolerance=tolerance)
-    if candidate is None or not math.isfinite(candidate):
+    common = dict(metric=metric, candidate=None if candidate is None else float(candidate), best_baseline=best_name,
+                  best_baseline_value=best, champion=None if champion is None else float(champion), tolerance=tolerance)
+    if candidate is None:
+        return GateDecision(False, fallback, f"candidate {metric} is missing", **common)
+    if not math.isfinite(candidate):
         return GateDecision(False, fallback, f"candidate {metric} is not a number", **common)
     if candidate <= best:
         return GateDecision(False, fallback, f"candidate {metric}={candidate:.5f} does not beat the best baseline "

@@ -47,3 +47,10 @@ def test_a_broken_candidate_is_never_promoted():
 def test_the_gate_needs_baselines():
     with pytest.raises(ValueError):
         decide(0.5, {}, champion=None)
+
+
+def test_a_missing_candidate_metric_is_a_decision_not_a_crash():
+    d = decide(None, BASELINES, champion=0.2, metric="ndcg_at_10")
+    assert not d.promote and d.publish == "champion"
+    assert "ndcg_at_10" in d.reason and "missing" in d.reason
+    assert d.candidate is None
