@@ -14,9 +14,9 @@ from tests.conftest import SAMPLES
 BIN = Path(sys.executable).parent / "freshrec"
 
 
-def _run(args: list[str], home: Path) -> subprocess.CompletedProcess:
+def _run(args: list[str], home: Path, **settings: str) -> subprocess.CompletedProcess:
     cmd = [str(BIN), *args] if BIN.exists() else [sys.executable, "-m", "freshrec.cli", *args]
-    env = {**os.environ, "FRESHREC_HOME": str(home)}
+    env = {**os.environ, "FRESHREC_HOME": str(home), **settings}
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=120)
 
 
@@ -51,6 +51,19 @@ def _assert_one_line_error(result: subprocess.CompletedProcess, *needles: str) -
 ])
 def test_bad_arguments_exit_2_with_one_line(tmp_path, args, needles):
     _assert_one_line_error(_run(args, tmp_path / "home"), *needles)
+
+
+@pytest.mark.parametrize("settings, toml, needles", [
+    ({"FRESHREC_KEEP_VERSIONS": "0"}, None, ["FRESHREC_KEEP_VERSIONS must be >= 1"]),
+    ({"FRESHREC_TOP_N": "many"}, None, ["FRESHREC_TOP_N", "'many'"]),
+    ({}, "top_n = 20\nmodel_epoch = 2\n", ["unknown setting(s)", "model_epoch"]),
+    ({}, "top_n = [\n", ["cannot read", "freshrec.toml"]),
+])
+def test_bad_settings_exit_2_with_one_line(tmp_path, settings, toml, needles):
+    if toml is not None:
+        (tmp_path / "freshrec.toml").write_text(toml, encoding="utf-8")
+    result = _run(["status"], tmp_path / "home", FRESHREC_CONFIG=str(tmp_path / "freshrec.toml"), **settings)
+    _assert_one_line_error(result, *needles)
 
 
 def test_directory_source(tmp_path):
