@@ -16,7 +16,6 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import psutil
 
@@ -170,7 +169,7 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=None)
     args = parser.parse_args()
 
-    from freshrec.generate import generate_to_landing
+    from freshrec.generate import GenerateOptions, generate_to_landing
     from freshrec.importers import import_sources
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="freshrec-bench-"))
@@ -179,14 +178,14 @@ def main() -> None:
     if args.tafeng.is_file():
         s = base.replace(home=work / "tafeng")
         s.ensure_dirs()
-        import_sources(s, "tafeng", [args.tafeng], SimpleNamespace(rows_per_file=500_000, min_rating=None))
+        import_sources(s, "tafeng", [args.tafeng])
         out["results"].append(bench_dataset("ta_feng", s, args.skip_duckdb))
         print(json.dumps(out["results"][-1]), file=sys.stderr)
     if args.synthetic_events:
         s = base.replace(home=work / "synthetic")
         s.ensure_dirs()
         t0 = time.perf_counter()
-        generate_to_landing(s, SimpleNamespace(events=args.synthetic_events, seed=7, users=None, items=None, days=60,
+        generate_to_landing(s, GenerateOptions(events=args.synthetic_events, seed=7, users=None, items=None, days=60,
                                                start="2026-01-01", dirty=True, rows_per_file=1_000_000, prefix="bench"))
         gen_s = time.perf_counter() - t0
         res = bench_dataset(f"synthetic_{args.synthetic_events}", s, args.skip_duckdb)

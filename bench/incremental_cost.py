@@ -39,7 +39,6 @@ import tempfile
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -75,7 +74,7 @@ def build_home(home: Path, events: int, seed: int = 5, users: int | None = None,
     (no training); writes and returns the description kept in ``home/.bench-built.json``."""
     import pandas as pd
 
-    from freshrec.generate import generate_to_landing
+    from freshrec.generate import GenerateOptions, generate_to_landing
     from freshrec.spark import get_spark
     from freshrec.steps import clean_step, gate_step, matrices_step, publish_step, score_step
 
@@ -96,7 +95,7 @@ def build_home(home: Path, events: int, seed: int = 5, users: int | None = None,
     # 30 days ending a day before now: the micro-batches' events come just after the newest one
     start = datetime.now(timezone.utc).replace(minute=0, second=0, microsecond=0) - timedelta(days=days + 1)
     stage("generate", generate_to_landing, settings,
-          SimpleNamespace(events=events, seed=seed, users=users, items=items, days=days, start=start.isoformat()))
+          GenerateOptions(events=events, seed=seed, users=users, items=items, days=days, start=start.isoformat()))
     cleaned = stage("clean", clean_step, settings, "batch-1")
     stage("matrices", matrices_step, settings)
     gate = stage("gate", gate_step, settings, {"skipped": "bench: no training"}, {}, "batch-1")
@@ -204,7 +203,7 @@ class Stages:
 def install_stages(settings) -> Stages:
     import freshrec.incremental
     import freshrec.lake
-    import freshrec.steps
+    import freshrec.rescore
     import freshrec.jobs.clean
     import freshrec.jobs.score
     from freshrec.ledger import Ledger
@@ -219,7 +218,7 @@ def install_stages(settings) -> Stages:
     stages.wrap_lock(freshrec.lake, "lake_lock", "lake_lock")
     stages.wrap_lock(freshrec.lake, "features_lock", "features_lock")
     for name in ("refresh_users_step", "refresh_popular_step", "_live_recommender"):
-        stages.wrap(freshrec.steps, name)
+        stages.wrap(freshrec.rescore, name)
     stages.wrap(freshrec.jobs.score, "score_frame")
     stages.wrap(freshrec.jobs.score, "popular_lists")
     for name in ("file_batches", "record_file_counts", "record_microbatch"):

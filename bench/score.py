@@ -22,17 +22,16 @@ import pickle
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 
 def build_home(home: Path, events: int):
-    from freshrec.generate import generate_to_landing
+    from freshrec.generate import GenerateOptions, generate_to_landing
     from freshrec.settings import Settings
     from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, score_step, train_step
 
     settings = Settings(home=home, model_epochs=1)
     settings.ensure_dirs()
-    generate_to_landing(settings, SimpleNamespace(events=events, seed=5, days=30, start="2026-01-01"))
+    generate_to_landing(settings, GenerateOptions(events=events, seed=5, days=30, start="2026-01-01"))
     clean_step(settings, "bench")
     matrices_step(settings)
     trained = train_step(settings, "bench")

@@ -159,16 +159,21 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
     if args.command == "import":
-        from freshrec.importers import import_sources
+        from dataclasses import fields
 
-        results = import_sources(settings, args.format, args.sources, args)
+        from freshrec.importers import ImportOptions, import_sources
+
+        options = ImportOptions(**{f.name: getattr(args, f.name) for f in fields(ImportOptions)})
+        results = import_sources(settings, args.format, args.sources, options)
         total = sum(n for _, n in results)
         print(f"imported {total:,} rows into {len(results)} landing file(s) under {settings.landing_events_dir}")
         return 0
     if args.command == "generate":
-        from freshrec.generate import generate_to_landing
+        from dataclasses import fields
 
-        written = generate_to_landing(settings, args)
+        from freshrec.generate import GenerateOptions, generate_to_landing
+
+        written = generate_to_landing(settings, GenerateOptions(**{f.name: getattr(args, f.name) for f in fields(GenerateOptions)}))
         print(f"generated {written:,} rows under {settings.landing_events_dir}")
         return 0
     if args.command == "run":

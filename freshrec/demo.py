@@ -19,7 +19,6 @@ import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any, Iterator
 
 from freshrec.settings import Settings
@@ -57,7 +56,7 @@ def main() -> int:
     settings.ensure_dirs()
     console = _terminal()
 
-    from freshrec.generate import generate_to_landing, generate_window
+    from freshrec.generate import GenerateOptions, generate_to_landing, generate_window
     from freshrec.landing import atomic_write_jsonl
     from freshrec.orchestration import run_dag
     from freshrec.status import collect_status
@@ -65,7 +64,7 @@ def main() -> int:
     now = datetime.now(timezone.utc)
     console.rule("1. the nightly batch")
     with _step(console, f"generating a synthetic shop: {HISTORY_EVENTS:,} events over {HISTORY_DAYS} days, some malformed"):
-        n = generate_to_landing(settings, SimpleNamespace(
+        n = generate_to_landing(settings, GenerateOptions(
             events=HISTORY_EVENTS, seed=7, users=HISTORY_USERS, items=HISTORY_ITEMS, days=HISTORY_DAYS,
             start=(now - timedelta(days=HISTORY_DAYS)).isoformat(), dirty=True, rows_per_file=100_000, prefix="demo"))
     console.print(f"    {n:,} rows in {settings.landing_events_dir}")

@@ -25,19 +25,19 @@ Same seed and arguments (with an explicit ``start``) give the same rows, and
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
+from itertools import chain
 from typing import Iterator, Mapping
 
 import numpy as np
 
 from freshrec.errors import UserError
+from freshrec.fileio import json_line
+from freshrec.landing import write_parts
 
 RAW_KEY = "__raw__"
 CHUNK_EVENTS = 100_000
@@ -285,38 +285,15 @@ def _simulate_chunk(world: _World, rng: np.random.Generator, emitted: int, n_tot
     keep = int(np.searchsorted(ends, target, side="left")) + 1  # sessions up to the one that reaches target
     keep = min(keep, n_sessions)
 
-    # -- start times over the traffic curve, chronological across chunks ------------------------
-    starts_before = ends - per_session
-    q = (emitted + starts_before[:keep] + rng.random(keep) * per_session[:keep] * 0.5) / max(1, n_total)
-    q = np.clip(q, 0.0, 1.0)
-    minute = np.interp(q, world.minute_cdf, np.arange(world.minute_cdf.size, dtype=np.float64))
-    start = world.start_s + (minute * 60.0).astype(np.int64)
-    period = np.minimum((start - world.start_s) // world.period_s, world.n_periods - 1)
+    # The helpers below draw from ``rng`` in this order; changing it changes every generated log.
+    start, period = _session_starts(world, rng, emitted, n_total, ends - per_session, per_session, keep)
     users = np.minimum(np.searchsorted(world.user_cum, rng.random(keep) * world.user_cum[-1], side="right"),
                        world.n_users - 1)
-
-    # -- focus category and items per view --------------------------------------------------------
-    focus = np.empty(keep, dtype=np.int64)
-    slot = np.searchsorted([0.5, 0.8], rng.random(keep), side="right")
-    pref = world.user_pref[users, slot]
-    use_pref = rng.random(keep) < np.where(has_search[:keep], 0.6, P_FOCUS)
-    u_cat = rng.random(keep)
-    for p in np.unique(period):
-        m = period == p
-        focus[m] = np.where(use_pref[m], pref[m], world.sample_cats(int(p), u_cat[m]))
-
+    focus = _focus_categories(world, rng, users, period, has_search[:keep])
     vmask = v_sess < keep
     vs = v_sess[vmask]
     n_v = vs.size
-    in_focus = rng.random(n_v) < np.where(has_search[vs], P_FOCUS_AFTER_SEARCH, P_FOCUS)
-    u_item = rng.random(n_v)
-    u_glob_cat = rng.random(n_v)
-    v_item = np.empty(n_v, dtype=np.int64)
-    v_period = period[vs]
-    for p in np.unique(v_period):
-        m = v_period == p
-        cats = np.where(in_focus[m], focus[vs[m]], world.sample_cats(int(p), u_glob_cat[m]))
-        v_item[m] = world.sample_in_cats(int(p), cats, u_item[m])
+    v_item = _view_items(world, rng, vs, period, focus, has_search)
 
     # -- events: (session, position) then sort -----------------------------------------------------
     vk = v_k[vmask]
@@ -352,21 +329,67 @@ def _simulate_chunk(world: _World, rng: np.random.Generator, emitted: int, n_tot
     q_choice = np.minimum(rng.zipf(1.6, size=keep) - 1, n_q - 1)
     e_query = np.where(e_type == SEARCH, focus[e_sess] * n_q + q_choice[e_sess], -1)
 
-    # -- timestamps: session start + cumulative think times ----------------------------------------
-    gaps = np.where(e_type == PURCHASE, 20.0, 0.0) + rng.exponential(35.0, size=e_sess.size) + 2.0
-    first_of_session = np.r_[True, e_sess[1:] != e_sess[:-1]]
-    gaps[first_of_session] = 0.0
-    cum = np.cumsum(gaps)
-    base = np.maximum.accumulate(np.where(first_of_session, cum, 0.0))
-    ts = start[e_sess] + (cum - base).astype(np.int64)
-    ts_txt = np.datetime_as_string(ts.astype("datetime64[s]"), unit="s").tolist()
-
+    ts_txt = _event_times(rng, e_type, e_sess, start)
     seed = world.seed
     session_frag = [f'Z","user_id":"u{u}","session_id":"s{seed}-{first_session + k}","event_type":"'
                     for k, u in enumerate(users.tolist())]
     chunk = _Chunk(etype=e_type.tolist(), ts=ts_txt, session=e_sess.tolist(), item=e_item.tolist(), query=e_query.tolist(),
                    qty=e_qty.tolist(), session_frag=session_frag)
     return chunk, keep
+
+
+def _session_starts(world: _World, rng: np.random.Generator, emitted: int, n_total: int, starts_before: np.ndarray,
+                    per_session: np.ndarray, keep: int) -> tuple[np.ndarray, np.ndarray]:
+    """Start (epoch seconds) and period of the first ``keep`` sessions: over the traffic curve, and
+    chronological across chunks (a session's place in the whole log picks its time)."""
+    q = (emitted + starts_before[:keep] + rng.random(keep) * per_session[:keep] * 0.5) / max(1, n_total)
+    q = np.clip(q, 0.0, 1.0)
+    minute = np.interp(q, world.minute_cdf, np.arange(world.minute_cdf.size, dtype=np.float64))
+    start = world.start_s + (minute * 60.0).astype(np.int64)
+    period = np.minimum((start - world.start_s) // world.period_s, world.n_periods - 1)
+    return start, period
+
+
+def _focus_categories(world: _World, rng: np.random.Generator, users: np.ndarray, period: np.ndarray,
+                      searched: np.ndarray) -> np.ndarray:
+    """Each session's category: mostly one its user prefers, else one drawn by the period's popularity."""
+    n = users.size
+    focus = np.empty(n, dtype=np.int64)
+    slot = np.searchsorted([0.5, 0.8], rng.random(n), side="right")
+    pref = world.user_pref[users, slot]
+    use_pref = rng.random(n) < np.where(searched, 0.6, P_FOCUS)
+    u_cat = rng.random(n)
+    for p in np.unique(period):
+        m = period == p
+        focus[m] = np.where(use_pref[m], pref[m], world.sample_cats(int(p), u_cat[m]))
+    return focus
+
+
+def _view_items(world: _World, rng: np.random.Generator, vs: np.ndarray, period: np.ndarray, focus: np.ndarray,
+                has_search: np.ndarray) -> np.ndarray:
+    """The item of each view (``vs``: the view's session), mostly in its session's category."""
+    n_v = vs.size
+    in_focus = rng.random(n_v) < np.where(has_search[vs], P_FOCUS_AFTER_SEARCH, P_FOCUS)
+    u_item = rng.random(n_v)
+    u_glob_cat = rng.random(n_v)
+    v_item = np.empty(n_v, dtype=np.int64)
+    v_period = period[vs]
+    for p in np.unique(v_period):
+        m = v_period == p
+        cats = np.where(in_focus[m], focus[vs[m]], world.sample_cats(int(p), u_glob_cat[m]))
+        v_item[m] = world.sample_in_cats(int(p), cats, u_item[m])
+    return v_item
+
+
+def _event_times(rng: np.random.Generator, e_type: np.ndarray, e_sess: np.ndarray, start: np.ndarray) -> list[str]:
+    """Each event's time (ISO, to the second): its session's start plus cumulative think times."""
+    gaps = np.where(e_type == PURCHASE, 20.0, 0.0) + rng.exponential(35.0, size=e_sess.size) + 2.0
+    first_of_session = np.r_[True, e_sess[1:] != e_sess[:-1]]
+    gaps[first_of_session] = 0.0
+    cum = np.cumsum(gaps)
+    base = np.maximum.accumulate(np.where(first_of_session, cum, 0.0))
+    ts = start[e_sess] + (cum - base).astype(np.int64)
+    return np.datetime_as_string(ts.astype("datetime64[s]"), unit="s").tolist()
 
 
 def _lines(world: _World, chunk: _Chunk, seed: int, first_index: int, limit: int) -> list[str]:
@@ -563,84 +586,40 @@ def event_line(row: Mapping) -> str:
     """The landing line for a generated row: ``__raw__`` rows verbatim, the rest as compact JSON."""
     if RAW_KEY in row:
         return str(row[RAW_KEY])
-    return json.dumps({k: v for k, v in row.items() if v is not None}, separators=(",", ":"), allow_nan=True)
+    return json_line(row)
 
 
-def generate_to_landing(settings, args: argparse.Namespace) -> int:
-    """Write ``args.events`` rows into landing files ``{prefix}-{seed}-{part:05d}.jsonl``; returns rows written."""
+@dataclass(frozen=True)
+class GenerateOptions:
+    """What ``freshrec generate`` writes (docs/commands.md); the defaults are the command's."""
+
+    events: int
+    seed: int = 42
+    users: int | None = None  # default: events / 20
+    items: int | None = None  # default: events / 50
+    days: int = 30
+    start: str | datetime | None = None  # default: ``days`` before now
+    dirty: bool = False
+    rows_per_file: int = 1_000_000
+    prefix: str = "synthetic"
+
+
+def generate_to_landing(settings, options: GenerateOptions) -> int:
+    """Write ``options.events`` rows into landing files ``{prefix}-{seed}-{part:05d}.jsonl``; returns rows written."""
     directory = settings.landing_events_dir
     directory.mkdir(parents=True, exist_ok=True)
-    prefix = str(getattr(args, "prefix", None) or "synthetic")
+    prefix = options.prefix
     if not prefix or "/" in prefix or os.sep in prefix or prefix.startswith((".", "_")):
         raise UserError(f"--prefix must be a plain file name prefix (no '/', not starting with '.' or '_'), got {prefix!r}")
-    seed = int(args.seed)
-    stem = f"{prefix}-{seed}-"
+    stem = f"{prefix}-{options.seed}-"
     existing = sorted(p.name for p in directory.glob(f"{stem}*.jsonl"))
     if existing:
         raise UserError(f"landing files {stem}*.jsonl already exist (e.g. {existing[0]}); the landing zone is append-only: "
                         f"use another --seed or --prefix")
-    rows_per_file = int(getattr(args, "rows_per_file", None) or 1_000_000)
-    writer = _PartWriter(directory, stem, rows_per_file)
-    total = 0
-    try:
-        for lines in _generate_lines(args.events, seed, getattr(args, "users", None), getattr(args, "items", None),
-                                     getattr(args, "days", 30) or 30, getattr(args, "start", None),
-                                     bool(getattr(args, "dirty", False))):
-            writer.write(lines)
-            total += len(lines)
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    return total
+    if options.rows_per_file < 1:
+        raise UserError(f"--rows-per-file must be >= 1, got {options.rows_per_file}")
+    # Lines go out as generated: a dirty null-ts row keeps its "ts":null, unlike event_line.
+    lines = chain.from_iterable(_generate_lines(options.events, options.seed, options.users, options.items, options.days,
+                                                options.start, options.dirty))
+    return sum(n for _, n in write_parts(directory, stem, lines, options.rows_per_file))
 
-
-class _PartWriter:
-    """Lines into ``{stem}{part:05d}.jsonl`` files of ``rows_per_file`` rows, each written to a hidden temp name then renamed."""
-
-    def __init__(self, directory: Path, stem: str, rows_per_file: int):
-        self.directory, self.stem, self.rows_per_file = directory, stem, rows_per_file
-        self.part = 0
-        self.fh = None
-        self.tmp: Path | None = None
-        self.in_file = 0
-        self.written: list[Path] = []
-
-    def _open(self) -> None:
-        final = self.directory / f"{self.stem}{self.part:05d}.jsonl"
-        self.tmp = self.directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-        self.fh = self.tmp.open("w", encoding="utf-8", newline="")
-        self.in_file = 0
-
-    def _finish(self) -> None:
-        if self.fh is None:
-            return
-        self.fh.close()
-        final = self.directory / f"{self.stem}{self.part:05d}.jsonl"
-        os.replace(self.tmp, final)
-        self.written.append(final)
-        self.fh, self.tmp = None, None
-        self.part += 1
-
-    def write(self, lines: list[str]) -> None:
-        i = 0
-        while i < len(lines):
-            if self.fh is None:
-                self._open()
-            take = min(len(lines) - i, self.rows_per_file - self.in_file)
-            self.fh.write("\n".join(lines[i:i + take]))
-            self.fh.write("\n")
-            self.in_file += take
-            i += take
-            if self.in_file >= self.rows_per_file:
-                self._finish()
-
-    def close(self) -> None:
-        self._finish()
-
-    def abort(self) -> None:
-        if self.fh is not None:
-            self.fh.close()
-        if self.tmp is not None:
-            self.tmp.unlink(missing_ok=True)
-        self.fh, self.tmp = None, None

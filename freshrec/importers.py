@@ -6,42 +6,39 @@ mapped, so that the Spark clean job quarantines it with a reason. Nothing is dro
 the only rows left out on purpose are movielens ratings below ``--min-rating`` (an explicit
 user choice, counted and reported) and blank lines (which hold no row).
 
-Landing files are written atomically (temp name, then rename) and are named uniquely per
+Landing files are written atomically (:mod:`freshrec.landing`) and are named uniquely per
 import, so the landing zone is append-only: importing the same source twice writes new files
 whose rows carry the same derived ``event_id`` values, and downstream dedup counts the second
 copy as duplicates.
 
 Every reader streams, whatever the size of the source: rows are written as they are read and
-memory stays bounded. Files are written with the protocol of
-:func:`freshrec.landing.atomic_write_jsonl` (hidden temp name, then rename) and the same bytes per
-row; the hot paths hand over ready JSON lines because ``json.dumps`` per row would halve the rate.
+memory stays bounded. The hot paths hand over ready JSON lines, byte for byte what
+:func:`freshrec.fileio.json_line` makes of the row, because ``json.dumps`` per row would halve the rate.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import gzip
 import hashlib
 import io
 import json
 import logging
-import os
 import re
 import shutil
 import sys
-import uuid
 import zipfile
 import zlib
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import date, datetime, timezone
-from itertools import chain, islice
 from json.encoder import encode_basestring_ascii
 from pathlib import Path
-from typing import IO, Callable, Iterable, Iterator, Mapping, Union
+from typing import IO, Callable, Iterator
 
 from freshrec.errors import UserError
+from freshrec.fileio import atomic_path
+from freshrec.landing import Row, write_parts
 from freshrec.schemas import EVENT_TYPES, LANDING_SUFFIXES
 
 log = logging.getLogger(__name__)
@@ -55,11 +52,30 @@ OTTO_EVENTS = {"clicks": "view", "carts": "add_to_cart", "orders": "purchase"}
 TAFENG_MEMBER = "ta_feng_all_months_merged.csv"
 TAFENG_COLUMNS = ("TRANSACTION_DT", "CUSTOMER_ID", "PRODUCT_SUBCLASS", "PRODUCT_ID", "AMOUNT", "SALES_PRICE")
 
-_PROGRESS_EVERY = 20_000
-
-# A reader yields a row as a dict, or (on its hot path) as the finished JSON line without "\n".
-Row = Union[dict, str]
 _esc = encode_basestring_ascii  # JSON string literal, quotes included, same as json.dumps
+
+
+@dataclass(frozen=True)
+class ImportOptions:
+    """How ``freshrec import`` reads a source (docs/commands.md); the defaults are the command's."""
+
+    rows_per_file: int = 500_000
+    min_rating: float | None = None  # movielens: keep ratings >= this value
+    # format csv: the source column holding each canonical field, and how to read them
+    user_col: str | None = None
+    item_col: str | None = None
+    ts_col: str | None = None
+    event_col: str | None = None
+    session_col: str | None = None
+    category_col: str | None = None
+    price_col: str | None = None
+    quantity_col: str | None = None
+    query_col: str | None = None
+    event_id_col: str | None = None
+    event_map: str | None = None  # "click=view,buy=purchase"
+    default_event: str | None = None
+    ts_format: str | None = None  # strptime format, or epoch_ms / epoch_s
+    delimiter: str = ","
 
 
 @dataclass
@@ -78,16 +94,17 @@ class ImportReport:
 # entry points
 # --------------------------------------------------------------------------------------------
 
-def import_sources(settings, fmt: str, sources: list[Path], args: argparse.Namespace) -> list[tuple[Path, int]]:
+def import_sources(settings, fmt: str, sources: list[Path],
+                   options: ImportOptions = ImportOptions()) -> list[tuple[Path, int]]:
     """Import ``sources`` of format ``fmt`` into the landing zone; returns (landing file, rows) per file."""
-    report = run_import(settings, fmt, sources, args)
+    report = run_import(settings, fmt, sources, options)
     for reason, n in sorted(report.skipped.items()):
         if n:
             print(f"freshrec: note: left out {n:,} row(s): {reason}", file=sys.stderr)
     return report.files
 
 
-def run_import(settings, fmt: str, sources: list[Path], args: argparse.Namespace) -> ImportReport:
+def run_import(settings, fmt: str, sources: list[Path], options: ImportOptions = ImportOptions()) -> ImportReport:
     """Like :func:`import_sources` but returns the full :class:`ImportReport` (skip counts included)."""
     if fmt not in _READERS and fmt != "events":
         raise UserError(f"unknown import format {fmt!r}; expected one of events, {', '.join(sorted(_READERS))}")
@@ -96,7 +113,7 @@ def run_import(settings, fmt: str, sources: list[Path], args: argparse.Namespace
         raise UserError("no source file given")
     for src in sources:
         _check_source_file(src)
-    rows_per_file = int(getattr(args, "rows_per_file", None) or 500_000)
+    rows_per_file = options.rows_per_file
     if rows_per_file < 1:
         raise UserError(f"--rows-per-file must be >= 1, got {rows_per_file}")
     directory = settings.landing_events_dir
@@ -117,7 +134,7 @@ def run_import(settings, fmt: str, sources: list[Path], args: argparse.Namespace
     # Open and check the header of every source before writing anything, so a bad second
     # file does not leave the first one half-imported.
     for src in sources:
-        gen = reader(src, args, report)
+        gen = reader(src, options, report)
         try:
             next(gen, None)
         finally:
@@ -126,7 +143,7 @@ def run_import(settings, fmt: str, sources: list[Path], args: argparse.Namespace
 
     with _progress() as progress:
         for src in sources:
-            for path, n in _write_parts(directory, fmt, src, reader(src, args, report), rows_per_file, progress):
+            for path, n in _write_parts(directory, fmt, src, reader(src, options, report), rows_per_file, progress):
                 report.files.append((path, n))
                 report.rows += n
     log.info("imported %d rows from %d source(s) into %d landing file(s)", report.rows, len(sources), len(report.files))
@@ -137,20 +154,23 @@ def run_import(settings, fmt: str, sources: list[Path], args: argparse.Namespace
 # helpers shared by the readers
 # --------------------------------------------------------------------------------------------
 
-def derive_event_id(fmt: str, basename: str, line_no: int | str) -> str:
-    """Deterministic event id from the source format, the source file's base name and a row number."""
-    return f"{fmt}-" + hashlib.sha1(f"{fmt}:{basename}:{line_no}".encode("utf-8")).hexdigest()[:20]
-
-
-def _id_maker(fmt: str, basename: str) -> Callable[[int | str], str]:
-    head = f"{fmt}:{basename}:".encode("utf-8")
+def event_ids(fmt: str, basename: str) -> Callable[[int | str], str]:
+    """Deterministic event ids for the rows of one source file: ``make(row)`` is
+    ``{fmt}-`` + the first 20 hex digits of sha1(``{fmt}:{basename}:{row}``), ``row`` a row or line
+    number (or ``"line:k"``). Homes already hold these ids: never change the recipe."""
+    head = f"{fmt}:{basename}:".encode("utf-8")  # encoded once: ids are made on every row's hot path
     prefix = f"{fmt}-"
     sha1 = hashlib.sha1
 
-    def make(line_no: int | str) -> str:
-        return prefix + sha1(head + str(line_no).encode("utf-8")).hexdigest()[:20]
+    def make(row: int | str) -> str:
+        return prefix + sha1(head + str(row).encode("utf-8")).hexdigest()[:20]
 
     return make
+
+
+def derive_event_id(fmt: str, basename: str, row: int | str) -> str:
+    """The id :func:`event_ids` gives row ``row`` of source file ``basename`` of format ``fmt``."""
+    return event_ids(fmt, basename)(row)
 
 
 def _check_source_file(src: Path) -> None:
@@ -191,61 +211,9 @@ def _unique_prefix(directory: Path, fmt: str, src: Path) -> str:
 
 def _write_parts(directory: Path, fmt: str, src: Path, rows: Iterator[Row], rows_per_file: int,
                  progress: Callable[[str, int], None]) -> Iterator[tuple[Path, int]]:
-    prefix = _unique_prefix(directory, fmt, src)
     desc = f"{fmt} {src.name}"
-    it = iter(rows)
-    part = 0
-    while True:
-        try:
-            first = next(it)
-        except StopIteration:
-            return
-        body = chain((first,), islice(it, rows_per_file - 1))
-        yield _atomic_write_rows(directory, f"{prefix}-{part:05d}.jsonl", body, progress, desc)
-        part += 1
-
-
-def dumps_row(row: Mapping) -> str:
-    """One landing line, exactly as :func:`freshrec.landing.atomic_write_jsonl` writes it (None values dropped)."""
-    return json.dumps({k: v for k, v in row.items() if v is not None}, separators=(",", ":"), allow_nan=True)
-
-
-def _atomic_write_rows(directory: Path, name: str, rows: Iterable[Row], progress: Callable[[str, int], None],
-                       desc: str) -> tuple[Path, int]:
-    """:func:`freshrec.landing.atomic_write_jsonl` for rows that may come pre-serialised.
-
-    Same temp-then-rename protocol and the same bytes; readers hand over a ready JSON line (str)
-    on their hot path because ``json.dumps`` per row would halve the import rate.
-    """
-    directory.mkdir(parents=True, exist_ok=True)
-    final = directory / name
-    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    n = 0
-    reported = 0
-    try:
-        with tmp.open("w", encoding="utf-8", newline="") as fh:
-            write = fh.write
-            buf: list[str] = []
-            for row in rows:
-                buf.append(row if type(row) is str else dumps_row(row))  # noqa: E721  (exact str only)
-                if len(buf) == 4096:
-                    buf.append("")
-                    write("\n".join(buf))
-                    n += 4096
-                    buf = []
-                    if n - reported >= _PROGRESS_EVERY:
-                        progress(desc, n - reported)
-                        reported = n
-            if buf:
-                buf.append("")
-                write("\n".join(buf))
-                n += len(buf) - 1
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    progress(desc, n - reported)
-    return final, n
+    stem = f"{_unique_prefix(directory, fmt, src)}-"
+    return write_parts(directory, stem, rows, rows_per_file, on_rows=lambda n: progress(desc, n))
 
 
 @contextmanager
@@ -275,6 +243,11 @@ def _open_text(src: Path, member: str | None = None, encoding: str = "utf-8-sig"
             yield text
         except (EOFError, gzip.BadGzipFile, zipfile.BadZipFile, zlib.error) as exc:
             raise UserError(f"{src}: corrupt compressed data ({exc})") from None
+
+
+def _source_ids(fmt: str, src: Path, member: str | None) -> Callable[[int | str], str]:
+    """:func:`event_ids` for the data file ``src`` holds (a zip's member, not the zip)."""
+    return event_ids(fmt, _zip_member_basename(src, member))
 
 
 def _zip_member_basename(src: Path, member: str | None) -> str:
@@ -379,19 +352,12 @@ def _copy_canonical(directory: Path, src: Path, suffix: str) -> tuple[Path, int]
         raise UserError(f"{src}: named .gz but is not gzip data")
     if not suffix.endswith(".gz") and is_gz:
         raise UserError(f"{src}: holds gzip data; name it *{suffix}.gz")
-    prefix = _unique_prefix(directory, "events", src)
-    final = directory / f"{prefix}-00000{suffix}"
-    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with src.open("rb") as fin, tmp.open("wb") as fout:
-            shutil.copyfileobj(fin, fout, 1 << 20)
+    final = directory / f"{_unique_prefix(directory, 'events', src)}-00000{suffix}"
+    with atomic_path(final) as tmp:
+        shutil.copyfile(src, tmp)
         n = _count_rows(tmp, suffix, src)
         if n == 0 and not suffix.startswith(".csv"):
             raise UserError(f"{src}: no events in file")
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
     return final, n
 
 
@@ -419,9 +385,8 @@ def _count_rows(path: Path, suffix: str, src: Path) -> int:
 # retailrocket: events.csv (timestamp, visitorid, event, itemid, transactionid)
 # --------------------------------------------------------------------------------------------
 
-def _read_retailrocket(src: Path, args, report: ImportReport) -> Iterator[Row]:
-    basename = _zip_member_basename(src, None)
-    head, sha1 = f"retailrocket:{basename}:".encode("utf-8"), hashlib.sha1
+def _read_retailrocket(src: Path, options: ImportOptions, report: ImportReport) -> Iterator[Row]:
+    make_id = _source_ids("retailrocket", src, None)
     with _open_text(src) as text:
         reader = csv.reader(text)
         idx = _header_index(src, _first_row(reader), {"ts": "timestamp", "user_id": "visitorid", "event": "event",
@@ -435,7 +400,7 @@ def _read_retailrocket(src: Path, args, report: ImportReport) -> Iterator[Row]:
                 report.skip("blank lines")
                 continue
             n += 1
-            eid = "retailrocket-" + sha1(head + b"%d" % n).hexdigest()[:20]
+            eid = make_id(n)
             if len(row) < width:
                 row = row + [""] * (width - len(row))
             ts, user, event, item = row[its], row[iu], row[ie], row[ii]
@@ -460,9 +425,8 @@ def _read_retailrocket(src: Path, args, report: ImportReport) -> Iterator[Row]:
 # otto: one JSON session per line
 # --------------------------------------------------------------------------------------------
 
-def _read_otto(src: Path, args, report: ImportReport) -> Iterator[Row]:
-    basename = _zip_member_basename(src, None)
-    head, sha1 = f"otto:{basename}:".encode("utf-8"), hashlib.sha1
+def _read_otto(src: Path, options: ImportOptions, report: ImportReport) -> Iterator[Row]:
+    make_id = _source_ids("otto", src, None)
     mapping = OTTO_EVENTS
     loads = json.loads
     with _open_text(src) as text:
@@ -481,14 +445,14 @@ def _read_otto(src: Path, args, report: ImportReport) -> Iterator[Row]:
             events = obj.get("events") if type(obj) is dict else None
             if type(events) is not list:
                 # Not an OTTO session: one row the clean job quarantines, with the raw text.
-                yield {"event_id": "otto-" + sha1(head + b"%d" % line_no).hexdigest()[:20],
+                yield {"event_id": make_id(line_no),
                        "event_type": "<unparseable otto line>", RAW_SOURCE_FIELD: line.rstrip("\r\n")}
                 continue
             session = obj.get("session")
             sid = None if session is None or isinstance(session, (dict, list)) else str(session)
             sid_json = _esc(sid) if sid else None
             for k, ev in enumerate(events):
-                eid = "otto-" + sha1(head + b"%d:%d" % (line_no, k)).hexdigest()[:20]
+                eid = make_id(f"{line_no}:{k}")
                 if type(ev) is not dict:
                     yield {"event_id": eid, "user_id": sid, "session_id": sid,
                            "event_type": "<unparseable otto event>", RAW_SOURCE_FIELD: json.dumps(ev)}
@@ -540,9 +504,8 @@ def tafeng_unit_price(amount, sales: str):
         return _none_if_empty(sales)
 
 
-def _read_tafeng(src: Path, args, report: ImportReport) -> Iterator[Row]:
-    basename = _zip_member_basename(src, TAFENG_MEMBER)
-    head, sha1 = f"tafeng:{basename}:".encode("utf-8"), hashlib.sha1
+def _read_tafeng(src: Path, options: ImportOptions, report: ImportReport) -> Iterator[Row]:
+    make_id = _source_ids("tafeng", src, TAFENG_MEMBER)
     with _open_text(src, member=TAFENG_MEMBER, encoding="utf-8-sig") as text:
         reader = csv.reader(text)
         idx = _header_index(src, _first_row(reader), {c: c for c in TAFENG_COLUMNS}, "tafeng")
@@ -557,7 +520,7 @@ def _read_tafeng(src: Path, args, report: ImportReport) -> Iterator[Row]:
                     continue
                 row = row + [""] * (width - len(row))
             n += 1
-            eid = "tafeng-" + sha1(head + b"%d" % n).hexdigest()[:20]
+            eid = make_id(n)
             raw_dt, cust, item, cat, amount = row[i_dt], row[i_cust], row[i_item], row[i_cat], row[i_amt]
             hit = dates.get(raw_dt)
             if hit is None:
@@ -603,10 +566,9 @@ def _movielens_separator(first: str) -> str | None:
     return None  # any whitespace
 
 
-def _read_movielens(src: Path, args, report: ImportReport) -> Iterator[Row]:
-    basename = _zip_member_basename(src, None)
-    head, sha1 = f"movielens:{basename}:".encode("utf-8"), hashlib.sha1
-    min_rating = getattr(args, "min_rating", None)
+def _read_movielens(src: Path, options: ImportOptions, report: ImportReport) -> Iterator[Row]:
+    make_id = _source_ids("movielens", src, None)
+    min_rating = options.min_rating
     skip_reason = f"movielens ratings below --min-rating {min_rating:g}" if min_rating is not None else ""
     with _open_text(src) as text:
         sep: str | None = None
@@ -623,7 +585,7 @@ def _read_movielens(src: Path, args, report: ImportReport) -> Iterator[Row]:
                 sep = _movielens_separator(s)
                 if s.split(sep)[0].strip().lower() in ("userid", "user_id", "user"):
                     continue  # a header line
-            eid = "movielens-" + sha1(head + b"%d" % line_no).hexdigest()[:20]
+            eid = make_id(line_no)
             parts = s.split(sep)
             if len(parts) < 4:
                 yield {"event_id": eid, "event_type": "<unparseable movielens line>", RAW_SOURCE_FIELD: s}
@@ -726,11 +688,9 @@ def _ts_converter(fmt: str | None) -> Callable[[str | None], object]:
     return convert_fmt
 
 
-def _read_csv(src: Path, args, report: ImportReport) -> Iterator[Row]:
-    user_col = getattr(args, "user_col", None)
-    ts_col = getattr(args, "ts_col", None)
-    event_col = getattr(args, "event_col", None)
-    default_event = getattr(args, "default_event", None)
+def _read_csv(src: Path, options: ImportOptions, report: ImportReport) -> Iterator[Row]:
+    user_col, ts_col, event_col = options.user_col, options.ts_col, options.event_col
+    default_event = options.default_event
     if not user_col:
         raise UserError("format csv needs --user-col (the column holding the user id)")
     if not ts_col:
@@ -739,18 +699,15 @@ def _read_csv(src: Path, args, report: ImportReport) -> Iterator[Row]:
         raise UserError("format csv needs --event-col or --default-event")
     if default_event and default_event not in EVENT_TYPES:
         raise UserError(f"--default-event {default_event!r} is not an event type; expected one of {', '.join(EVENT_TYPES)}")
-    event_map = _parse_event_map(getattr(args, "event_map", None))
-    delimiter = _delimiter(getattr(args, "delimiter", ","))
-    convert_ts = _ts_converter(getattr(args, "ts_format", None))
+    event_map = _parse_event_map(options.event_map)
+    delimiter = _delimiter(options.delimiter)
+    convert_ts = _ts_converter(options.ts_format)
     wanted = {
-        "user_id": user_col, "ts": ts_col, "event_type": event_col,
-        "item_id": getattr(args, "item_col", None), "session_id": getattr(args, "session_col", None),
-        "category": getattr(args, "category_col", None), "price": getattr(args, "price_col", None),
-        "quantity": getattr(args, "quantity_col", None), "query": getattr(args, "query_col", None),
-        "event_id": getattr(args, "event_id_col", None),
+        "user_id": user_col, "ts": ts_col, "event_type": event_col, "item_id": options.item_col,
+        "session_id": options.session_col, "category": options.category_col, "price": options.price_col,
+        "quantity": options.quantity_col, "query": options.query_col, "event_id": options.event_id_col,
     }
-    basename = _zip_member_basename(src, None)
-    make_id = _id_maker("csv", basename)
+    make_id = _source_ids("csv", src, None)
     with _open_text(src) as text:
         reader = csv.reader(text, delimiter=delimiter)
         idx = _header_index(src, _first_row(reader), wanted, "csv")
@@ -785,7 +742,7 @@ def _read_csv(src: Path, args, report: ImportReport) -> Iterator[Row]:
             }
 
 
-_READERS: dict[str, Callable[[Path, argparse.Namespace, ImportReport], Iterator[Row]]] = {
+_READERS: dict[str, Callable[[Path, ImportOptions, ImportReport], Iterator[Row]]] = {
     "retailrocket": _read_retailrocket,
     "otto": _read_otto,
     "tafeng": _read_tafeng,

@@ -1,55 +1,53 @@
-"""Atomic writes into the landing zone.
+"""Landing files: event rows as JSON lines, each file written atomically through :mod:`freshrec.fileio`.
 
-A landing file is complete when it appears: writers write a hidden temporary name in the same
-directory and rename it, so readers (the batch clean and the streaming file source) never see a
-half-written file. Hidden names (leading dot or underscore) are ignored by Spark's file sources.
+Readers of the landing zone (the batch clean, the streaming file source) never see a
+half-written file, and a source too big for one file is split into numbered parts
+(``{stem}00000.jsonl``, ``{stem}00001.jsonl``, ...) that each appear complete.
 """
 
 from __future__ import annotations
 
-import gzip
-import io
-import json
-import os
-import uuid
+from itertools import chain, islice
 from pathlib import Path
-from typing import IO, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Union
+
+from freshrec.fileio import atomic_open, json_line
+
+# An event row, or (on an importer's or the generator's hot path) its finished JSON line without
+# the "\n": encoding each row with json.dumps would halve their rate.
+Row = Union[Mapping[str, Any], str]
+
+_LINES_PER_WRITE = 4096  # one write call per line costs more than joining them
 
 
-def _open_text(path: Path, gz: bool) -> IO[str]:
-    if gz:
-        # mtime=0 keeps the bytes deterministic for identical content.
-        return io.TextIOWrapper(gzip.GzipFile(filename="", mode="wb", fileobj=path.open("wb"), mtime=0), encoding="utf-8")
-    return path.open("w", encoding="utf-8", newline="")
+def write_rows(final: Path, rows: Iterable[Row], gz: bool = False,
+               on_rows: Callable[[int], None] | None = None) -> int:
+    """Write ``rows`` as JSON lines to ``final`` atomically, gzip-compressed when ``gz``; returns
+    the rows written. ``on_rows(n)`` hears of each ``n`` rows written (progress)."""
+    it = iter(rows)
+    n = 0
+    with atomic_open(final, "w", gz=gz) as fh:
+        while lines := [row if type(row) is str else json_line(row) for row in islice(it, _LINES_PER_WRITE)]:
+            lines.append("")
+            fh.write("\n".join(lines))
+            n += len(lines) - 1
+            if on_rows is not None:
+                on_rows(len(lines) - 1)
+    return n
+
+
+def write_parts(directory: Path, stem: str, rows: Iterable[Row], rows_per_file: int,
+                on_rows: Callable[[int], None] | None = None) -> Iterator[tuple[Path, int]]:
+    """Write ``rows`` into ``directory/{stem}{part:05d}.jsonl`` files of at most ``rows_per_file``
+    rows (none when there are no rows); yields (path, rows) as each file appears."""
+    it = iter(rows)
+    for part, first in enumerate(it):
+        path = directory / f"{stem}{part:05d}.jsonl"
+        yield path, write_rows(path, chain((first,), islice(it, rows_per_file - 1)), on_rows=on_rows)
 
 
 def atomic_write_jsonl(directory: Path, name: str, rows: Iterable[Mapping], gz: bool = False) -> tuple[Path, int]:
-    """Write rows as JSON lines to ``directory/name`` atomically; returns (path, rows written)."""
-    directory.mkdir(parents=True, exist_ok=True)
+    """Write rows as JSON lines to ``directory/name`` (``.gz`` added when ``gz``) atomically;
+    returns (path, rows written)."""
     final = directory / (name + (".gz" if gz and not name.endswith(".gz") else ""))
-    tmp = directory / f".{final.name}.{uuid.uuid4().hex}.tmp"
-    n = 0
-    try:
-        with _open_text(tmp, gz) as fh:
-            for row in rows:
-                fh.write(json.dumps({k: v for k, v in row.items() if v is not None}, separators=(",", ":"), allow_nan=True))
-                fh.write("\n")
-                n += 1
-        os.replace(tmp, final)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return final, n
-
-
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Replace ``path`` with ``text`` atomically (readers see the old file or the new one)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return final, write_rows(final, rows, gz=gz)

@@ -63,11 +63,9 @@ def af_settings(settings: Settings, migrated_airflow_home: Path) -> Settings:
 
 
 def _import_retailrocket(settings: Settings) -> None:
-    from freshrec.cli import build_parser
     from freshrec.importers import import_sources
 
-    args = build_parser().parse_args(["import", "retailrocket", str(RETAILROCKET_SAMPLE)])
-    written = import_sources(settings, "retailrocket", [RETAILROCKET_SAMPLE], args)
+    written = import_sources(settings, "retailrocket", [RETAILROCKET_SAMPLE])
     assert sum(n for _, n in written) == RETAILROCKET_ROWS
 
 

@@ -14,13 +14,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
 
 from freshrec.client import RecsClient
-from freshrec.generate import generate_to_landing
+from freshrec.generate import GenerateOptions, generate_to_landing
 from freshrec.incremental import incremental_step
 from freshrec.lake import read_recent, recent_partitions
 from freshrec.landing import atomic_write_jsonl
@@ -39,7 +38,7 @@ def base_home(tmp_path_factory, spark):
     home = tmp_path_factory.mktemp("incremental") / "base"
     settings = _settings(home).replace(model_epochs=1, model_dim=16)
     settings.ensure_dirs()
-    generate_to_landing(settings, SimpleNamespace(events=20_000, seed=5, users=500, items=300, days=30, start="2026-01-01"))
+    generate_to_landing(settings, GenerateOptions(events=20_000, seed=5, users=500, items=300, days=30, start="2026-01-01"))
     cleaned = clean_step(settings, "batch-1")
     matrices_step(settings)
     trained = train_step(settings, "batch-1", until=cleaned["until"])

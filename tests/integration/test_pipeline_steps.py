@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-from types import SimpleNamespace
 
 import pandas as pd
 import pytest
@@ -18,7 +17,7 @@ pytestmark = pytest.mark.integration
 
 
 def _import(settings, fmt, path):
-    return import_sources(settings, fmt, [path], SimpleNamespace(rows_per_file=500_000, min_rating=None))
+    return import_sources(settings, fmt, [path])
 
 
 def _table(settings, *parts) -> pd.DataFrame:

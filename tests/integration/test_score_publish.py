@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from freshrec.client import RecsClient
-from freshrec.generate import generate_to_landing
+from freshrec.generate import GenerateOptions, generate_to_landing
 from freshrec.landing import atomic_write_jsonl
 from freshrec.serving import PublishError, open_store
 from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
@@ -29,7 +29,7 @@ def published(tmp_path_factory, spark):
     settings = Settings(home=home, spark_master="local[2]", spark_shuffle_partitions=4, top_n=20, exclude_seen="purchased",
                         model_epochs=1, model_dim=16)
     settings.ensure_dirs()
-    generate_to_landing(settings, SimpleNamespace(events=30_000, seed=11, users=600, items=400, days=30, start="2026-01-01"))
+    generate_to_landing(settings, GenerateOptions(events=30_000, seed=11, users=600, items=400, days=30, start="2026-01-01"))
     # the catalogue marks two items unavailable
     atomic_write_jsonl(settings.landing_items_dir, "items.jsonl",
                        [{"item_id": i, "available": False} for i in _top_items(settings, 2)])

@@ -51,7 +51,7 @@ LAST_DAY = "2001-02-28"
 
 def _split_off_last_day(settings: Settings, staging: Path) -> list[dict]:
     """Import Ta-Feng, keep every day but the last in the landing zone; return the last day's rows."""
-    import_sources(settings, "tafeng", [staging / "ta_feng.csv.zip"], SimpleNamespace(rows_per_file=500_000))
+    import_sources(settings, "tafeng", [staging / "ta_feng.csv.zip"])
     last_day: list[dict] = []
     for path in sorted(settings.landing_events_dir.glob("*.jsonl*")):
         kept = []

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-import argparse
 import collections
+import dataclasses
 import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
 
+from freshrec.cli import build_parser
 from freshrec.errors import UserError
 from freshrec.generate import (
     DIRTY_KINDS,
     RAW_KEY,
+    GenerateOptions,
     _build_world,
     event_line,
     generate_events,
@@ -239,11 +241,18 @@ def test_bad_arguments(kwargs, message):
         list(generate_events(seed=1, **kwargs))
 
 
-def _gen_args(**kw) -> argparse.Namespace:
+def _gen_args(**kw) -> GenerateOptions:
     base = dict(events=2_500, seed=9, users=None, items=None, days=10, start=START, dirty=True, rows_per_file=1_000,
                 prefix="synthetic")
     base.update(kw)
-    return argparse.Namespace(**base)
+    return GenerateOptions(**base)
+
+
+def test_generate_options_are_the_commands_flags_with_its_defaults():
+    args = vars(build_parser().parse_args(["generate", "--events", "10"]))
+    names = {f.name for f in dataclasses.fields(GenerateOptions)}
+    assert names == set(args) - {"command"}
+    assert GenerateOptions(**{name: args[name] for name in names}) == GenerateOptions(events=10)
 
 
 def test_generate_to_landing_files_are_byte_identical(settings, tmp_path):
@@ -276,3 +285,17 @@ def test_generate_to_landing_never_overwrites(settings):
     with pytest.raises(UserError, match="--prefix"):
         generate_to_landing(settings, _gen_args(prefix="../x"))
     assert not [p for p in settings.landing_events_dir.iterdir() if p.name.startswith(".")]
+
+
+def test_generate_to_landing_failing_midway_keeps_whole_parts_and_no_temporary(settings, monkeypatch):
+    import freshrec.generate
+
+    def one_chunk_then_fail(*args):
+        yield [f'{{"event_id":"e{i}"}}' for i in range(1_500)]
+        raise RuntimeError("killed")
+
+    monkeypatch.setattr(freshrec.generate, "_generate_lines", one_chunk_then_fail)
+    with pytest.raises(RuntimeError, match="killed"):
+        generate_to_landing(settings, _gen_args())
+    assert [p.name for p in settings.landing_events_dir.iterdir()] == ["synthetic-9-00000.jsonl"]
+    assert len((settings.landing_events_dir / "synthetic-9-00000.jsonl").read_text().splitlines()) == 1_000

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import gzip
 import json
 import shutil
@@ -15,7 +16,9 @@ from freshrec.cli import build_parser
 from freshrec.errors import UserError
 from freshrec.importers import (
     RAW_SOURCE_FIELD,
+    ImportOptions,
     derive_event_id,
+    event_ids,
     import_sources,
     run_import,
     tafeng_date,
@@ -28,11 +31,6 @@ from tests.conftest import SAMPLES
 RR_SAMPLE = SAMPLES / "retailrocket_sample_events.csv"
 OTTO_SAMPLE = SAMPLES / "otto_sample_train.jsonl"
 TAFENG_HEADER = '"TRANSACTION_DT","CUSTOMER_ID","AGE_GROUP","PIN_CODE","PRODUCT_SUBCLASS","PRODUCT_ID","AMOUNT","ASSET","SALES_PRICE"'
-
-
-def _args(fmt: str, *extra: str):
-    """Arguments exactly as the CLI parses them (so defaults match the real command)."""
-    return build_parser().parse_args(["import", fmt, "placeholder", *extra])
 
 
 def _read(files: list[tuple[Path, int]]) -> list[dict]:
@@ -52,7 +50,7 @@ def _no_temp_files(directory: Path) -> None:
 # -- retailrocket -----------------------------------------------------------------------------
 
 def test_retailrocket_sample_maps_every_row(settings):
-    files = import_sources(settings, "retailrocket", [RR_SAMPLE], _args("retailrocket"))
+    files = import_sources(settings, "retailrocket", [RR_SAMPLE])
     rows = _read(files)
     assert len(rows) == 2771
     assert collections.Counter(r["event_type"] for r in rows) == {"view": 2695, "add_to_cart": 62, "purchase": 14}
@@ -74,7 +72,7 @@ def test_retailrocket_keeps_odd_rows_raw(settings, tmp_path):
                    "1433224214164,992329,wishlist,248676,\n"
                    "not-a-time,1,transaction,7,42\n"
                    "1433221332117,2\n", encoding="utf-8")
-    report = run_import(settings, "retailrocket", [src], _args("retailrocket"))
+    report = run_import(settings, "retailrocket", [src])
     rows = _read(report.files)
     assert len(rows) == 4  # the blank line holds no row; the others all land
     assert report.skipped == {"blank lines": 1}
@@ -84,12 +82,42 @@ def test_retailrocket_keeps_odd_rows_raw(settings, tmp_path):
 
 
 def test_reimport_writes_new_files_with_the_same_ids(settings):
-    first = import_sources(settings, "retailrocket", [RR_SAMPLE], _args("retailrocket"))
-    second = import_sources(settings, "retailrocket", [RR_SAMPLE], _args("retailrocket"))
+    first = import_sources(settings, "retailrocket", [RR_SAMPLE])
+    second = import_sources(settings, "retailrocket", [RR_SAMPLE])
     assert {p for p, _ in first}.isdisjoint({p for p, _ in second})
     assert all(p.exists() for p, _ in first + second)
     assert _read(first) == _read(second)
     assert len(list(settings.landing_events_dir.iterdir())) == 2
+
+
+# Computed with the code before event_ids() (commit 3d215e8, each reader hashing inline): landing
+# zones and lakes already hold these ids, and a re-import must dedup against them.
+PINNED_IDS = [
+    ("retailrocket", "events.csv", 1, "retailrocket-4209f267dca60abc8218"),
+    ("retailrocket", "retailrocket_sample_events.csv", 2771, "retailrocket-0ccbe8806bd3c5dc7bf2"),
+    ("otto", "otto_sample_train.jsonl", "1:0", "otto-e85e29de0ace8d8fed97"),
+    ("otto", "otto_sample_train.jsonl", "3:17", "otto-62486a75d7b3085aa92e"),
+    ("otto", "otto_sample_train.jsonl", 7, "otto-f26953ad8701f37eb09c"),
+    ("tafeng", "ta_feng_all_months_merged.csv", 1, "tafeng-ed4e1f01b0ffda26646c"),
+    ("tafeng", "ta_feng_all_months_merged.csv", 817741, "tafeng-bdd1510e530d994f316a"),
+    ("movielens", "u.data", 1, "movielens-be73a838b5aef0eab98a"),
+    ("movielens", "ratings.csv", 20000263, "movielens-7af03d9c616a4e6a1417"),
+    ("csv", "clicks.csv", 1, "csv-2831a94acb8ebf3f9064"),
+    ("csv", "Bestellungen März.csv", 12, "csv-6eda2d9564866483aef4"),
+]
+
+
+@pytest.mark.parametrize("fmt, basename, row, expected", PINNED_IDS)
+def test_event_ids_are_the_ones_existing_homes_hold(fmt, basename, row, expected):
+    assert event_ids(fmt, basename)(row) == expected
+    assert derive_event_id(fmt, basename, row) == expected
+
+
+def test_imported_samples_carry_the_pinned_ids(settings):
+    rr = _read(import_sources(settings, "retailrocket", [RR_SAMPLE]))
+    assert (rr[0]["event_id"], rr[-1]["event_id"]) == ("retailrocket-299103b4455d79d53969", "retailrocket-0ccbe8806bd3c5dc7bf2")
+    otto = _read(import_sources(settings, "otto", [OTTO_SAMPLE]))
+    assert (otto[0]["event_id"], otto[-1]["event_id"]) == ("otto-e85e29de0ace8d8fed97", "otto-1604aedb590f5209c1c1")
 
 
 def test_event_ids_depend_on_the_file_name_not_its_folder(settings, tmp_path):
@@ -99,15 +127,15 @@ def test_event_ids_depend_on_the_file_name_not_its_folder(settings, tmp_path):
     shutil.copy(RR_SAMPLE, same_name)
     renamed = other / "renamed.csv"
     shutil.copy(RR_SAMPLE, renamed)
-    a = _read(import_sources(settings, "retailrocket", [RR_SAMPLE], _args("retailrocket")))
-    b = _read(import_sources(settings, "retailrocket", [same_name], _args("retailrocket")))
-    c = _read(import_sources(settings, "retailrocket", [renamed], _args("retailrocket")))
+    a = _read(import_sources(settings, "retailrocket", [RR_SAMPLE]))
+    b = _read(import_sources(settings, "retailrocket", [same_name]))
+    c = _read(import_sources(settings, "retailrocket", [renamed]))
     assert [r["event_id"] for r in a] == [r["event_id"] for r in b]
     assert not {r["event_id"] for r in a} & {r["event_id"] for r in c}
 
 
 def test_rows_per_file_splits_and_names_are_ordered(settings):
-    files = import_sources(settings, "retailrocket", [RR_SAMPLE], _args("retailrocket", "--rows-per-file", "1000"))
+    files = import_sources(settings, "retailrocket", [RR_SAMPLE], ImportOptions(rows_per_file=1000))
     assert [n for _, n in files] == [1000, 1000, 771]
     names = [p.name for p, _ in files]
     assert [n[-11:] for n in names] == ["00000.jsonl", "00001.jsonl", "00002.jsonl"]
@@ -116,7 +144,7 @@ def test_rows_per_file_splits_and_names_are_ordered(settings):
 
 def test_lines_match_landing_atomic_write_jsonl_bytes(settings, tmp_path):
     """The importer's fast path writes exactly what landing.atomic_write_jsonl would write."""
-    files = import_sources(settings, "retailrocket", [RR_SAMPLE], _args("retailrocket"))
+    files = import_sources(settings, "retailrocket", [RR_SAMPLE])
     rows = _read(files)
     ref, _ = atomic_write_jsonl(tmp_path / "ref", "ref.jsonl", rows)
     assert files[0][0].read_bytes() == ref.read_bytes()
@@ -125,7 +153,7 @@ def test_lines_match_landing_atomic_write_jsonl_bytes(settings, tmp_path):
 def test_gzipped_source_is_read(settings, tmp_path):
     src = tmp_path / "events.csv.gz"
     src.write_bytes(gzip.compress(RR_SAMPLE.read_bytes()))
-    rows = _read(import_sources(settings, "retailrocket", [src], _args("retailrocket")))
+    rows = _read(import_sources(settings, "retailrocket", [src]))
     assert len(rows) == 2771
     assert rows[0]["event_id"] == derive_event_id("retailrocket", "events.csv", 1)
 
@@ -134,14 +162,14 @@ def test_bad_second_source_writes_nothing(settings, tmp_path):
     bad = tmp_path / "bad.csv"
     bad.write_text("a,b,c\n1,2,3\n", encoding="utf-8")
     with pytest.raises(UserError, match="column 'timestamp' not found.*available columns: a, b, c"):
-        import_sources(settings, "retailrocket", [RR_SAMPLE, bad], _args("retailrocket"))
+        import_sources(settings, "retailrocket", [RR_SAMPLE, bad])
     assert list(settings.landing_events_dir.iterdir()) == []
 
 
 # -- otto -------------------------------------------------------------------------------------
 
 def test_otto_sample(settings):
-    rows = _read(import_sources(settings, "otto", [OTTO_SAMPLE], _args("otto")))
+    rows = _read(import_sources(settings, "otto", [OTTO_SAMPLE]))
     assert len(rows) == 862
     assert {r["event_type"] for r in rows} <= {"view", "add_to_cart", "purchase"}
     assert len({r["user_id"] for r in rows}) == 20
@@ -159,7 +187,7 @@ def test_otto_bad_lines_land_for_quarantine(settings, tmp_path):
                    '{"session": 6, "events": [{"aid": 1, "ts": 1659304800025, "ty\n'
                    "\n"
                    "[1, 2]\n", encoding="utf-8")
-    rows = _read(import_sources(settings, "otto", [src], _args("otto")))
+    rows = _read(import_sources(settings, "otto", [src]))
     assert [r["event_type"] for r in rows] == ["view", "purchase", "likes", "<unparseable otto event>",
                                                "<unparseable otto line>", "<unparseable otto line>"]
     assert rows[4][RAW_SOURCE_FIELD].startswith('{"session": 6') and "user_id" not in rows[4]
@@ -186,7 +214,7 @@ def test_tafeng_mapping_and_unit_price(settings, tmp_path):
         '"13/45/2000","02","","","100","78","x","0","12"',
         '"1/6/2001","03","","","100","79","1","0","abc"',
     ])
-    rows = _read(import_sources(settings, "tafeng", [src], _args("tafeng")))
+    rows = _read(import_sources(settings, "tafeng", [src]))
     assert len(rows) == 5
     assert rows[0] == {"event_id": derive_event_id("tafeng", "ta_feng_all_months_merged.csv", 1), "ts": "2000-11-01T00:00:00",
                        "user_id": "01104905", "session_id": "01104905-2000-11-01", "event_type": "purchase",
@@ -213,9 +241,8 @@ def test_tafeng_helpers():
 def test_tafeng_unzipped_csv_with_bom(settings, tmp_path):
     src = tmp_path / "ta_feng_all_months_merged.csv"
     src.write_text(TAFENG_HEADER + '\n"11/1/2000","0042","","","5","9","1","1","7"\n', encoding="utf-8-sig")
-    rows = _read(import_sources(settings, "tafeng", [src], _args("tafeng")))
-    zipped = _read(import_sources(settings, "tafeng", [_tafeng_zip(tmp_path, ['"11/1/2000","0042","","","5","9","1","1","7"'])],
-                                  _args("tafeng")))
+    rows = _read(import_sources(settings, "tafeng", [src]))
+    zipped = _read(import_sources(settings, "tafeng", [_tafeng_zip(tmp_path, ['"11/1/2000","0042","","","5","9","1","1","7"'])]))
     assert rows == zipped  # same data file name inside or outside the zip: same ids
     assert rows[0]["user_id"] == "0042" and rows[0]["price"] == 7.0
 
@@ -225,18 +252,18 @@ def test_tafeng_bad_zip(settings, tmp_path):
     with zipfile.ZipFile(src, "a") as zf:
         zf.writestr("readme.txt", "hello")
     with pytest.raises(UserError, match="ta_feng_all_months_merged.csv.*other.csv"):
-        import_sources(settings, "tafeng", [src], _args("tafeng"))
+        import_sources(settings, "tafeng", [src])
     wrong = tmp_path / "wrong"
     wrong.mkdir()
     src = _tafeng_zip(wrong, ['"1","2"'], header='"DATE","CUSTOMER"')
     with pytest.raises(UserError, match="column 'TRANSACTION_DT' not found.*DATE, CUSTOMER"):
-        import_sources(settings, "tafeng", [src], _args("tafeng"))
+        import_sources(settings, "tafeng", [src])
     assert list(settings.landing_events_dir.iterdir()) == []
 
 
 @pytest.mark.tafeng
 def test_tafeng_full_file_reads_every_row(settings, tafeng_zip):
-    files = import_sources(settings, "tafeng", [tafeng_zip], _args("tafeng"))
+    files = import_sources(settings, "tafeng", [tafeng_zip])
     assert sum(n for _, n in files) == 817_741
     assert [n for _, n in files] == [500_000, 317_741]
     ids = set()
@@ -257,13 +284,13 @@ def test_movielens_100k_and_1m(settings, tmp_path):
     u_data.write_text("196\t242\t3\t881250949\n186\t302\t5\t891717742\n22\t377\t1\t878887116\n", encoding="utf-8")
     ratings = tmp_path / "ratings.dat"
     ratings.write_text("1::1193::5::978300760\n1::661::3::978302109\nbroken line\n", encoding="utf-8")
-    a = _read(import_sources(settings, "movielens", [u_data], _args("movielens")))
+    a = _read(import_sources(settings, "movielens", [u_data]))
     assert a == [
         {"event_id": derive_event_id("movielens", "u.data", 1), "ts": 881250949000, "user_id": "196", "event_type": "purchase", "item_id": "242"},
         {"event_id": derive_event_id("movielens", "u.data", 2), "ts": 891717742000, "user_id": "186", "event_type": "purchase", "item_id": "302"},
         {"event_id": derive_event_id("movielens", "u.data", 3), "ts": 878887116000, "user_id": "22", "event_type": "purchase", "item_id": "377"},
     ]
-    b = _read(import_sources(settings, "movielens", [ratings], _args("movielens")))
+    b = _read(import_sources(settings, "movielens", [ratings]))
     assert [(r.get("user_id"), r.get("item_id"), r.get("ts")) for r in b[:2]] == [("1", "1193", 978300760000), ("1", "661", 978302109000)]
     assert b[2]["event_type"] == "<unparseable movielens line>" and b[2][RAW_SOURCE_FIELD] == "broken line"
 
@@ -271,7 +298,7 @@ def test_movielens_100k_and_1m(settings, tmp_path):
 def test_movielens_min_rating_is_counted(settings, tmp_path):
     src = tmp_path / "ratings.dat"
     src.write_text("1::10::5::978300760\n1::11::3::978300761\n2::10::4::978300762\n2::12::1::978300763\n", encoding="utf-8")
-    report = run_import(settings, "movielens", [src], _args("movielens", "--min-rating", "4"))
+    report = run_import(settings, "movielens", [src], ImportOptions(min_rating=4.0))
     rows = _read(report.files)
     assert [r["item_id"] for r in rows] == ["10", "10"]
     assert report.skipped == {"movielens ratings below --min-rating 4": 2}
@@ -289,13 +316,13 @@ def test_events_jsonl_and_gz_are_copied_byte_for_byte(settings, tmp_path):
     csv_src = tmp_path / "batch3.csv"
     csv_src.write_text('event_id,ts,user_id,event_type,item_id,query\ne9,2024-01-01T00:00:00Z,u,search,,"a, b\nc"\n',
                        encoding="utf-8")
-    files = import_sources(settings, "events", [jsonl, gz, csv_src], _args("events"))
+    files = import_sources(settings, "events", [jsonl, gz, csv_src])
     assert [n for _, n in files] == [2, 2, 1]
     (p1, _), (p2, _), (p3, _) = files
     assert p1.name.startswith("events-batch-") and p1.name.endswith("-00000.jsonl")
     assert p2.name.endswith(".jsonl.gz") and p3.name.endswith(".csv")
     assert p1.read_bytes() == jsonl.read_bytes() and p2.read_bytes() == gz.read_bytes() and p3.read_bytes() == csv_src.read_bytes()
-    again = import_sources(settings, "events", [jsonl], _args("events"))
+    again = import_sources(settings, "events", [jsonl])
     assert again[0][0] != p1 and again[0][0].read_bytes() == p1.read_bytes()
     _no_temp_files(settings.landing_events_dir)
 
@@ -311,7 +338,7 @@ def test_events_rejects_bad_files(settings, tmp_path, name, content, message):
     src = tmp_path / name
     src.write_bytes(content)
     with pytest.raises(UserError, match=message):
-        import_sources(settings, "events", [src], _args("events"))
+        import_sources(settings, "events", [src])
     assert list(settings.landing_events_dir.iterdir()) == []
 
 
@@ -324,10 +351,9 @@ def test_generic_csv_mapping(settings, tmp_path):
                    "01/02/2024 10:12:00;Müller;buy;A-1;s1;shoes;12.5;1;\n"
                    "yesterday;Ana;find;;s2;;;;café au lait\n"
                    "01/02/2024 10:13:00;Bo;share;B-2;;;-1;1.5;\n", encoding="utf-8")
-    args = _args("csv", "--user-col", "who", "--ts-col", "when", "--event-col", "what", "--item-col", "sku",
-                 "--session-col", "basket", "--category-col", "cat", "--price-col", "amount", "--quantity-col", "n",
-                 "--query-col", "q", "--event-map", "click=view, buy=purchase,find=search", "--ts-format", "%d/%m/%Y %H:%M:%S",
-                 "--delimiter", ";")
+    args = ImportOptions(user_col="who", ts_col="when", event_col="what", item_col="sku", session_col="basket",
+                         category_col="cat", price_col="amount", quantity_col="n", query_col="q",
+                         event_map="click=view, buy=purchase,find=search", ts_format="%d/%m/%Y %H:%M:%S", delimiter=";")
     rows = _read(import_sources(settings, "csv", [src], args))
     assert rows[0] == {"event_id": derive_event_id("csv", "clicks.csv", 1), "ts": "2024-02-01T10:11:12", "user_id": "Müller",
                        "session_id": "s1", "event_type": "view", "item_id": "A-1", "category": "shoes", "price": 12.5, "quantity": 2}
@@ -340,46 +366,55 @@ def test_generic_csv_mapping(settings, tmp_path):
 def test_generic_csv_default_event_event_id_and_epoch(settings, tmp_path):
     src = tmp_path / "orders.tsv"
     src.write_text("id\tuser\tt\titem\nX1\t7\t1704067200000\t9\n\t8\t1704067201000\t10\n", encoding="utf-8")
-    args = _args("csv", "--user-col", "user", "--ts-col", "t", "--item-col", "item", "--default-event", "purchase",
-                 "--event-id-col", "id", "--delimiter", "\\t")
+    args = ImportOptions(user_col="user", ts_col="t", item_col="item", default_event="purchase", event_id_col="id",
+                         delimiter="\\t")  # the two characters backslash-t, as typed on a command line
     rows = _read(import_sources(settings, "csv", [src], args))
     assert rows[0] == {"event_id": "X1", "ts": 1704067200000, "user_id": "7", "event_type": "purchase", "item_id": "9"}
     assert rows[1]["event_id"] == derive_event_id("csv", "orders.tsv", 2)
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--user-col", "who", "--ts-col", "when", "--event-col", "nope"], "column 'nope' not found.*available columns: who, when, what"),
-    (["--ts-col", "when", "--event-col", "what"], "--user-col"),
-    (["--user-col", "who", "--event-col", "what"], "--ts-col"),
-    (["--user-col", "who", "--ts-col", "when"], "--event-col or --default-event"),
-    (["--user-col", "who", "--ts-col", "when", "--default-event", "click"], "not an event type"),
-    (["--user-col", "who", "--ts-col", "when", "--event-col", "what", "--event-map", "click"], "--event-map"),
-    (["--user-col", "who", "--ts-col", "when", "--event-col", "what", "--delimiter", ";;"], "--delimiter"),
+    (dict(user_col="who", ts_col="when", event_col="nope"), "column 'nope' not found.*available columns: who, when, what"),
+    (dict(ts_col="when", event_col="what"), "--user-col"),
+    (dict(user_col="who", event_col="what"), "--ts-col"),
+    (dict(user_col="who", ts_col="when"), "--event-col or --default-event"),
+    (dict(user_col="who", ts_col="when", default_event="click"), "not an event type"),
+    (dict(user_col="who", ts_col="when", event_col="what", event_map="click"), "--event-map"),
+    (dict(user_col="who", ts_col="when", event_col="what", delimiter=";;"), "--delimiter"),
 ])
 def test_generic_csv_errors(settings, tmp_path, extra, message):
     src = tmp_path / "x.csv"
     src.write_text("who,when,what\n1,2,view\n", encoding="utf-8")
     with pytest.raises(UserError, match=message) as info:
-        import_sources(settings, "csv", [src], _args("csv", *extra))
+        import_sources(settings, "csv", [src], ImportOptions(**extra))
     assert "\n" not in str(info.value)
+
+
+# -- options ----------------------------------------------------------------------------------
+
+def test_import_options_are_the_commands_flags_with_its_defaults():
+    args = vars(build_parser().parse_args(["import", "csv", "placeholder"]))
+    names = {f.name for f in dataclasses.fields(ImportOptions)}
+    assert names == set(args) - {"command", "format", "sources"}
+    assert ImportOptions(**{name: args[name] for name in names}) == ImportOptions()
 
 
 # -- source errors ----------------------------------------------------------------------------
 
 def test_source_errors(settings, tmp_path):
     with pytest.raises(UserError, match="not found"):
-        import_sources(settings, "otto", [tmp_path / "missing.jsonl"], _args("otto"))
+        import_sources(settings, "otto", [tmp_path / "missing.jsonl"])
     with pytest.raises(UserError, match="directory"):
-        import_sources(settings, "otto", [tmp_path], _args("otto"))
+        import_sources(settings, "otto", [tmp_path])
     empty = tmp_path / "empty.csv"
     empty.write_text("")
     with pytest.raises(UserError, match="empty"):
-        import_sources(settings, "retailrocket", [empty], _args("retailrocket"))
+        import_sources(settings, "retailrocket", [empty])
     blank = tmp_path / "blank.csv"
     blank.write_text("\n\n")
     with pytest.raises(UserError, match="empty file, no header"):
-        import_sources(settings, "retailrocket", [blank], _args("retailrocket"))
+        import_sources(settings, "retailrocket", [blank])
     # a file with a header and no rows imports nothing, without error
     header_only = tmp_path / "header.csv"
     header_only.write_text("timestamp,visitorid,event,itemid,transactionid\n")
-    assert import_sources(settings, "retailrocket", [header_only], _args("retailrocket")) == []
+    assert import_sources(settings, "retailrocket", [header_only]) == []
