@@ -82,6 +82,12 @@ class _Conflict(Exception):
     """The live pointer moved under a compare-and-switch; the caller retries."""
 
 
+def check_keep(keep: int) -> None:
+    """How many published versions prune keeps: at least 1 (the live one always stays)."""
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep (FRESHREC_KEEP_VERSIONS) must be an integer >= 1, the live version included; got {keep!r}")
+
+
 # -- value codec ---------------------------------------------------------------------------
 
 def utc_now_iso() -> str:
@@ -299,8 +305,7 @@ class ServingStore(ABC):
         until less than ``grace_s`` ago); delete the lists of the others and mark them
         ``retired``. Versions still ``writing`` after ``stale_writing_s`` are aborted.
         Returns the versions removed."""
-        if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
-            raise ValueError(f"keep must be a positive integer, got {keep!r}")
+        check_keep(keep)
         removed: list[str] = []
         now = time.time()
         with self._guard():

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from freshrec.serving.base import DEFAULT_GRACE_S, PublishError, ServingStore
+from freshrec.serving.base import DEFAULT_GRACE_S, PublishError, ServingError, ServingStore, check_keep
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +70,11 @@ def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta
     """Write ``recs_dir``'s tables as ``version``, make it live, prune to ``keep`` versions
     (:meth:`ServingStore.prune`: versions live less than ``prune_grace_s`` ago are kept too).
 
-    Returns ``{"version", "users", "similar", "popular", "queries", "seconds", "pruned"}``.
-    On any exception the version is aborted and the exception re-raised."""
+    Returns ``{"version", "users", "similar", "popular", "queries", "seconds", "pruned"}``, and
+    ``prune_error`` when the store failed while pruning after the switch (logged as an error; the
+    next publish prunes again). A ``keep`` below 1 is refused before anything is written, so the
+    live version stays. On any other exception the version is aborted and the exception re-raised."""
+    check_keep(keep)
     recs_dir = Path(recs_dir)
     started = time.perf_counter()
     paths = {name: _table_path(recs_dir, name) for name in TABLES}
@@ -95,8 +98,8 @@ def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta
     result: dict[str, Any] = {"version": version, **writer.counts, "seconds": round(time.perf_counter() - started, 3)}
     try:
         result["pruned"] = store.prune(keep=keep, grace_s=prune_grace_s)
-    except Exception as exc:  # noqa: BLE001 - the new version is live; a failed prune is retried next time
-        log.warning("publish of %s succeeded but pruning failed: %s", version, exc)
+    except ServingError as exc:  # the new version is live and stays; the next publish prunes again
+        log.error("publish of %s succeeded but pruning failed: %s", version, exc)
         result["pruned"] = []
         result["prune_error"] = str(exc)
     return result

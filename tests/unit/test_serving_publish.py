@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
 
 import pyarrow as pa
@@ -9,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from freshrec.client import RecsClient
-from freshrec.serving import NothingPublished, PublishError, open_store
+from freshrec.serving import NothingPublished, PublishError, StoreUnavailable, open_store
 from freshrec.serving.publish import publish_tables, write_recs_tables
 
 
@@ -62,6 +63,27 @@ def test_publish_prunes_to_keep(store, tmp_path):
     # by default a version live seconds ago is kept, so a reader that resolved it can finish
     result = publish_tables(store, "v5", write_recs_tables(tmp_path / "recs5", **lists("v5", 3)), keep=1)
     assert result["pruned"] == [] and rows_of(store, "v4") > 0
+
+
+def test_keep_below_one_is_refused_before_anything_is_published(store, tmp_path):
+    """FRESHREC_KEEP_VERSIONS=0 used to publish, then fail every prune silently, forever."""
+    publish_tables(store, "v1", write_recs_tables(tmp_path / "recs1", **lists("v1", 3)))
+    for keep in (0, -1):
+        with pytest.raises(ValueError, match=r"keep \(FRESHREC_KEEP_VERSIONS\) must be an integer >= 1"):
+            publish_tables(store, "v2", write_recs_tables(tmp_path / "recs2", **lists("v2", 3)), keep=keep)
+    assert store.live_version() == "v1" and [r["version"] for r in store.versions()] == ["v1"]
+
+
+def test_a_failed_prune_is_logged_and_reported(store, tmp_path, monkeypatch, caplog):
+    def unavailable(*args, **kwargs):
+        raise StoreUnavailable("serving store is unavailable: gone")
+
+    monkeypatch.setattr(store, "prune", unavailable)
+    with caplog.at_level(logging.ERROR, logger="freshrec.serving.publish"):
+        result = publish_tables(store, "v1", write_recs_tables(tmp_path / "recs", **lists("v1", 3)))
+    assert store.live_version() == "v1"  # the switch happened before the prune
+    assert result["pruned"] == [] and result["prune_error"] == "serving store is unavailable: gone"
+    assert "pruning failed: serving store is unavailable: gone" in caplog.text
 
 
 def test_failing_publish_never_becomes_live(store, tmp_path):
