@@ -242,8 +242,9 @@ def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
     unreachable store, an unknown version) are UserErrors: one line, exit 2."""
     if args.command == "serve":
         from freshrec.api import serve
+        from freshrec.serving import redacted
 
-        print(f"freshrec: serving {settings.serving} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+        print(f"freshrec: serving {redacted(settings.serving)} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
         serve(settings, host=args.host, port=args.port)
         return 0
     from freshrec.client import RecsClient, format_list

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 from freshrec.serving.base import (
+    MAX_N,
     NOTHING_PUBLISHED,
     LiveVersionChanged,
     NothingPublished,
@@ -20,12 +21,13 @@ from freshrec.serving.base import (
     StoreUnavailable,
     VersionError,
     VersionWriter,
-    new_version_id,
     normalise_query,
+    parse_url,
+    redacted,
 )
 
 __all__ = ["open_store", "ServingStore", "VersionWriter", "ServingError", "NothingPublished", "PublishError",
-           "StoreUnavailable", "VersionError", "LiveVersionChanged", "NOTHING_PUBLISHED", "new_version_id", "normalise_query"]
+           "StoreUnavailable", "VersionError", "LiveVersionChanged", "NOTHING_PUBLISHED", "MAX_N", "normalise_query", "redacted"]
 
 SCHEMES = ("sqlite", "redis", "rediss", "postgresql", "postgres")
 
@@ -34,19 +36,20 @@ def open_store(url: str) -> ServingStore:
     """The store named by ``url``: ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
     ``redis://host:port/db[?prefix=P]``, ``postgresql://user@host:port/db[?schema=S]``.
     Opening connects to nothing; the first read or write does."""
-    scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+    parsed = parse_url(url)
+    scheme = parsed.drivername.lower()
     if scheme == "sqlite":
-        if not url.startswith("sqlite:///"):
-            raise ServingError(f"a SQLite serving URL looks like sqlite:///path/serving.db, got {url!r}")
+        if parsed.host or not parsed.database:
+            raise ServingError(f"a SQLite serving URL looks like sqlite:///path/serving.db, got {redacted(parsed)!r}")
         from freshrec.serving.sqlite import SqliteStore
 
-        return SqliteStore(url[len("sqlite:///"):].split("?", 1)[0])
+        return SqliteStore(parsed.database)
     if scheme in ("redis", "rediss"):
         from freshrec.serving.redis import RedisStore
 
-        return RedisStore(url)
+        return RedisStore(parsed)
     if scheme in ("postgresql", "postgres"):
         from freshrec.serving.postgres import PostgresStore
 
-        return PostgresStore(url)
-    raise ServingError(f"unsupported serving URL {url!r}: use one of {', '.join(s + '://' for s in SCHEMES)}")
+        return PostgresStore(parsed)
+    raise ServingError(f"unsupported serving URL {redacted(parsed)!r}: use one of {', '.join(s + '://' for s in SCHEMES)}")

@@ -12,9 +12,9 @@ of a 100-item list is one key lookup plus one ``json.loads``. docs/serving.md do
 layout of each backend for people who write their own serving layer.
 
 The backends implement a handful of primitives (``_read``, ``_records``, ``_create_version``,
-``_write_rows``, ``_finish``, ``_switch``, ``_retire``, ``_drop_data``, ``_upsert``,
-``_delete_keys``); the rules (what may be rolled back to, what prune keeps, completeness
-checks) live here once.
+``_write_rows``, ``_finish``, ``_switch``, ``_retire``, ``_drop_data``, ``_upsert``); the rules
+(what may be rolled back to, what prune keeps, completeness checks) live here once, and so do
+the store URL helpers. The two SQL backends share one implementation (sql.py).
 """
 
 from __future__ import annotations
@@ -25,18 +25,17 @@ import re
 import time
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from freshrec.errors import UserError
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 log = logging.getLogger(__name__)
 
 #: kinds of list; each maps to one table (SQL) or one key segment (Redis)
 KINDS = ("user", "similar", "popular", "query")
-#: version states; "live" is held by exactly the version the live pointer names
-STATES = ("writing", "complete", "live", "retired", "aborted")
-#: states whose lists are still stored
-STORED_STATES = ("writing", "complete", "live")
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NOTHING_PUBLISHED = "nothing published yet; run `freshrec run batch`"
 DEFAULT_BATCH_ROWS = 2000
@@ -45,7 +44,8 @@ DEFAULT_BATCH_ROWS = 2000
 DEFAULT_GRACE_S = 60.0
 #: a version still "writing" after this long is taken for a crashed publish and pruned
 DEFAULT_STALE_WRITING_S = 24 * 3600.0
-MAX_N = 10_000
+#: the most items one read returns (the HTTP API answers 400 above it); lists hold FRESHREC_TOP_N
+MAX_N = 1000
 
 
 class ServingError(UserError):
@@ -82,6 +82,43 @@ class _Conflict(Exception):
     """The live pointer moved under a compare-and-switch; the caller retries."""
 
 
+# -- store URLs ----------------------------------------------------------------------------
+# Parsed with SQLAlchemy's URL parser only (no engine): it splits and quotes user, password,
+# host, database and query the way the client libraries read them, and hides the password.
+
+def parse_url(url: str | URL) -> URL:
+    # imported here: SQLAlchemy takes a few hundred ms to import, paid only by opening a store
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        return make_url(url)
+    except ArgumentError:
+        # not echoed: an unparsable URL cannot have its password hidden
+        raise ServingError("malformed serving URL (not shown, it may hold a password): use sqlite:///path.db, "
+                           "redis://host:port/db or postgresql://user@host:port/db") from None
+
+
+def redacted(url: str | URL) -> str:
+    """``url`` as messages show it: the password as ``***``."""
+    return parse_url(url).render_as_string(hide_password=True)
+
+
+def store_url(url: str | URL, param: str, given: str | None, default: str, pattern: re.Pattern[str],
+              rule: str) -> tuple[str, str, str]:
+    """``(URL to connect to, value of param, URL to show)``: ``param`` is freshrec's own query
+    parameter (``prefix``, ``schema``), taken out because the client libraries reject it; its
+    value is ``given``, else the URL's, else ``default``, and must match ``pattern``."""
+    parsed = parse_url(url)
+    found = parsed.query.get(param)
+    value = given or (found[-1] if isinstance(found, tuple) else found) or default
+    if not pattern.match(value):
+        raise ServingError(f"malformed {param} {value!r}: {rule}")
+    parsed = parsed.difference_update_query([param])
+    shown = redacted(parsed) + ("" if value == default else f" ({param} {value})")
+    return parsed.render_as_string(hide_password=False), value, shown
+
+
 def check_keep(keep: int) -> None:
     """How many published versions prune keeps: at least 1 (the live one always stays)."""
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -98,12 +135,6 @@ def iso_to_epoch(text: str | None) -> float | None:
     if not text:
         return None
     return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
-
-
-def new_version_id(now: datetime | None = None) -> str:
-    """A sortable, unique-enough version id: ``v20250102T030405123Z``."""
-    now = now or datetime.now(timezone.utc)
-    return now.strftime("v%Y%m%dT%H%M%S") + f"{now.microsecond // 1000:03d}Z"
 
 
 def check_version_id(version: str) -> str:
@@ -368,13 +399,6 @@ class ServingStore(ABC):
             version = self._upsert(kind, encoded, expected_version)
         return {"version": version, "rows": len(encoded)}
 
-    def delete_user(self, user_id: str) -> int:
-        """Erase a user's lists from every stored version (``freshrec forget``). Returns how
-        many lists were removed."""
-        with self._guard():
-            versions = [r["version"] for r in self._records() if r["state"] in STORED_STATES]
-            return self._delete_keys("user", str(user_id), versions)
-
     # ---- lifecycle -------------------------------------------------------------------
     def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds connections
         """Release connections."""
@@ -434,9 +458,6 @@ class ServingStore(ABC):
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         """Write ``rows`` into the live version in one atomic step that reads the pointer and
         calls :func:`check_live` on it first; returns the version written to."""
-
-    @abstractmethod
-    def _delete_keys(self, kind: str, key: str, versions: list[str]) -> int: ...
 
 
 class _Guard:
@@ -589,13 +610,3 @@ class VersionWriter:
             self.abort()
             raise PublishError(f"version {self.version} was neither committed nor aborted; it was aborted")
 
-
-def chunked(rows: Iterable[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

@@ -20,15 +20,17 @@ from __future__ import annotations
 
 import json
 import re
-from typing import Any, Callable
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from typing import TYPE_CHECKING, Any, Callable
 
 import redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from freshrec.serving.base import PublishError, ServingError, ServingStore, VersionError, _Conflict, check_live
+from freshrec.serving.base import PublishError, ServingError, ServingStore, VersionError, _Conflict, check_live, store_url
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
 
 PREFIX_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 UNLINK_CHUNK = 500
@@ -40,34 +42,14 @@ return {v, redis.call('GET', ARGV[1] .. v .. ARGV[2])}
 """
 
 
-def split_prefix(url: str) -> tuple[str, str | None]:
-    """Take freshrec's own ``prefix`` query parameter out of a redis URL."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = next((v for k, v in query if k == "prefix"), None)
-    rest = urlencode([(k, v) for k, v in query if k != "prefix"])
-    return urlunsplit(parts._replace(query=rest)), prefix
-
-
-def _redact(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password:
-        netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-        return urlunsplit(parts._replace(netloc=netloc))
-    return url
-
-
 class RedisStore(ServingStore):
     _connection_errors = (RedisConnectionError, RedisTimeoutError)
 
-    def __init__(self, url: str, prefix: str | None = None) -> None:
-        url, url_prefix = split_prefix(url)
-        prefix = prefix or url_prefix or "freshrec"
-        if not PREFIX_RE.match(prefix):
-            raise ServingError(f"malformed redis key prefix {prefix!r}: use letters, digits, '.', '_' and '-'")
+    def __init__(self, url: str | URL, prefix: str | None = None) -> None:
+        self.url, prefix, self.display_url = store_url(url, "prefix", prefix, "freshrec", PREFIX_RE,
+                                                       "use letters, digits, '.', '_' and '-'")
         self.prefix = prefix
-        self.display_url = _redact(url) + ("" if prefix == "freshrec" else f" (prefix {prefix})")
-        self.r = redis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        self.r = redis.Redis.from_url(self.url, socket_connect_timeout=5, socket_timeout=30)
         self.k_live = f"{prefix}:live"
         self.k_versions = f"{prefix}:versions"
         self.k_seq = f"{prefix}:seq"
@@ -126,10 +108,17 @@ class RedisStore(ServingStore):
 
         self._atomic(body, self.k_versions)
 
+    def _record_in(self, client: Any, version: str, state: str) -> dict[str, Any]:
+        """The record of ``version`` read through ``client`` (the store, or a pipeline in WATCH
+        mode), which must be in ``state``."""
+        raw = client.hget(self.k_versions, version)
+        record = json.loads(raw) if raw else None
+        if record is None or record["state"] != state:
+            raise VersionError(f"version {version} is {'unknown' if record is None else record['state']}, expected {state}")
+        return record
+
     def _write_rows(self, version: str, kind: str, rows: list[tuple[str, str]]) -> None:
-        record = self._record(version)
-        if record is None or record["state"] != "writing":
-            raise VersionError(f"version {version} is {'unknown' if record is None else record['state']}, expected writing")
+        self._record_in(self.r, version, "writing")
         with self.r.pipeline(transaction=False) as pipe:
             for k, v in rows:
                 pipe.set(self.key(version, kind, k), v, nx=True)
@@ -138,47 +127,30 @@ class RedisStore(ServingStore):
             dup = next(k for (k, _), ok in zip(rows, results, strict=True) if not ok)
             raise PublishError(f"duplicate key {dup!r} in the {kind} lists of version {version}")
 
-    def _point_live(self, pipe: Any, version: str, now: str) -> None:
-        """Queue the pointer switch on ``pipe`` (in WATCH mode, before multi())."""
+    def _point_live(self, pipe: Any, record: dict[str, Any], now: str) -> None:
+        """Queue on ``pipe`` (in WATCH mode, before multi()) the switch of the pointer to
+        ``record``'s version, with both records' new states."""
+        version = record["version"]
         old = pipe.get(self.k_live)
         old = old.decode() if old else None
-        records = {}
-        for name in {old, version} - {None}:
-            raw = pipe.hget(self.k_versions, name)
-            records[name] = json.loads(raw) if raw else None
+        old_record = json.loads(pipe.hget(self.k_versions, old) or "null") if old else None
         pipe.multi()
-        if old == version:
-            return
-        if old is not None and records.get(old):
-            records[old].update(state="complete", replaced_at=now)
-            pipe.hset(self.k_versions, old, json.dumps(records[old]))
-        new = records[version]
-        new.update(state="live", live_at=now)
-        pipe.hset(self.k_versions, version, json.dumps(new))
+        if old_record:
+            old_record.update(state="complete", replaced_at=now)
+            pipe.hset(self.k_versions, old, json.dumps(old_record))
+        record.update(state="live", live_at=now)
+        pipe.hset(self.k_versions, version, json.dumps(record))
         pipe.set(self.k_live, version)
 
     def _finish(self, version: str, counts: dict[str, int], activate: bool, now: str) -> None:
         def body(pipe: Any) -> None:
-            raw = pipe.hget(self.k_versions, version)
-            record = json.loads(raw) if raw else None
-            if record is None or record["state"] != "writing":
-                raise VersionError(f"version {version} is {'unknown' if record is None else record['state']}, expected writing")
+            record = self._record_in(pipe, version, "writing")
             record.update(state="complete", committed_at=now, counts=counts)
-            if not activate:
+            if activate:
+                self._point_live(pipe, record, now)
+            else:
                 pipe.multi()
                 pipe.hset(self.k_versions, version, json.dumps(record))
-                pipe.execute()
-                return
-            old = pipe.get(self.k_live)
-            old = old.decode() if old else None
-            old_record = json.loads(pipe.hget(self.k_versions, old) or "null") if old else None
-            pipe.multi()
-            if old_record:
-                old_record.update(state="complete", replaced_at=now)
-                pipe.hset(self.k_versions, old, json.dumps(old_record))
-            record.update(state="live", live_at=now)
-            pipe.hset(self.k_versions, version, json.dumps(record))
-            pipe.set(self.k_live, version)
             pipe.execute()
 
         self._atomic(body, self.k_live, self.k_versions)
@@ -188,10 +160,7 @@ class RedisStore(ServingStore):
             live = pipe.get(self.k_live)
             if (live.decode() if live else None) != expected_live:
                 raise _Conflict()
-            raw = pipe.hget(self.k_versions, target)
-            if not raw or json.loads(raw)["state"] != "complete":
-                raise VersionError(f"version {target} is {'unknown' if not raw else json.loads(raw)['state']}, expected complete")
-            self._point_live(pipe, target, now)
+            self._point_live(pipe, self._record_in(pipe, target, "complete"), now)
             pipe.execute()
 
         self._atomic(body, self.k_live, self.k_versions)
@@ -213,14 +182,20 @@ class RedisStore(ServingStore):
         return self._atomic(body, self.k_live, self.k_versions)
 
     def _drop_data(self, version: str) -> None:
+        self._unlink_matching(f"{self._vprefix}{version}:*")
+
+    def _unlink_matching(self, pattern: str) -> int:
+        """UNLINK every key matching ``pattern``, found with SCAN, in chunks; returns how many."""
+        removed = 0
         batch: list[bytes] = []
-        for key in self.r.scan_iter(match=f"{self._vprefix}{version}:*", count=2000):
+        for key in self.r.scan_iter(match=pattern, count=2000):
             batch.append(key)
             if len(batch) >= UNLINK_CHUNK:
-                self.r.unlink(*batch)
+                removed += self.r.unlink(*batch)
                 batch = []
         if batch:
-            self.r.unlink(*batch)
+            removed += self.r.unlink(*batch)
+        return removed
 
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         def body(pipe: Any) -> str:
@@ -234,21 +209,7 @@ class RedisStore(ServingStore):
 
         return self._atomic(body, self.k_live)
 
-    def _delete_keys(self, kind: str, key: str, versions: list[str]) -> int:
-        if not versions:
-            return 0
-        return int(self.r.delete(*[self.key(v, kind, key) for v in versions]))
-
     # -- test and bench helper -----------------------------------------------------------
     def destroy(self) -> int:
         """Delete every key under this store's prefix (tests, benchmarks)."""
-        removed = 0
-        batch: list[bytes] = []
-        for key in self.r.scan_iter(match=f"{self.prefix}:*", count=2000):
-            batch.append(key)
-            if len(batch) >= UNLINK_CHUNK:
-                removed += self.r.unlink(*batch)
-                batch = []
-        if batch:
-            removed += self.r.unlink(*batch)
-        return removed
+        return self._unlink_matching(f"{self.prefix}:*")

@@ -336,12 +336,3 @@ def test_prune_removes_stale_unfinished_publishes(store):
     assert store.prune(keep=5, stale_writing_s=0.01) == ["v2"]
     assert stored_rows(store, "v2") == 0 and store.live_version() == "v1"
 
-
-def test_delete_user_from_every_version(store):
-    publish(store, "v1")
-    publish(store, "v2")
-    assert store.delete_user("u3") == 2
-    assert store.get_user_recs("u3") is None
-    assert store.get_user_recs("u3", version="v1") is None
-    assert RecsClient(store).recs("u3")["source"] == "fallback"
-    assert store.delete_user("u3") == 0

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 
 import pytest
 
-from freshrec.serving import ServingError, VersionError, new_version_id, normalise_query, open_store
+from freshrec.serving import ServingError, StoreUnavailable, VersionError, normalise_query, open_store
 from freshrec.serving.base import PublishError, check_version_id, decode_list, encode_list, split_row
-from freshrec.serving.postgres import PostgresStore, split_schema
-from freshrec.serving.redis import RedisStore, split_prefix
+from freshrec.serving.postgres import PostgresStore
+from freshrec.serving.redis import RedisStore
 from freshrec.serving.sqlite import SqliteStore
 
 
@@ -59,13 +58,6 @@ def test_malformed_version_ids(bad):
         check_version_id(bad)
 
 
-def test_new_version_ids_are_valid_and_sort_by_time():
-    early = new_version_id(datetime(2025, 1, 2, 3, 4, 5, 6000, tzinfo=timezone.utc))
-    late = new_version_id(datetime(2025, 1, 2, 3, 4, 5, 7000, tzinfo=timezone.utc))
-    assert early == "v20250102T030405006Z"
-    assert check_version_id(late) and early < late
-
-
 def test_open_store_picks_the_backend_by_scheme(tmp_path):
     s = open_store(f"sqlite:///{tmp_path}/x.db")
     assert isinstance(s, SqliteStore) and s.path == tmp_path / "x.db"
@@ -88,7 +80,28 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path):
 
 
 def test_url_parameters_are_removed_and_passwords_hidden():
-    assert split_prefix("redis://h:6379/3?prefix=p&socket_timeout=2") == ("redis://h:6379/3?socket_timeout=2", "p")
-    assert split_schema("postgresql://u@h/db?sslmode=disable&schema=s") == ("postgresql://u@h/db?sslmode=disable", "s")
+    r = open_store("redis://h:6379/3?prefix=p&socket_timeout=2")
+    assert (r.url, r.prefix) == ("redis://h:6379/3?socket_timeout=2", "p")
+    p = open_store("postgresql://u@h/db?sslmode=disable&schema=s")
+    assert (p.url, p.schema) == ("postgresql://u@h/db?sslmode=disable", "s")
     assert "secret" not in open_store("redis://:secret@h:6379/0").display_url
     assert "secret" not in open_store("postgresql://u:secret@h/db").display_url
+    # a password with URL-special characters reaches the client library intact
+    assert open_store("rediss://u:p%40ss@h/1").r.connection_pool.connection_kwargs["password"] == "p@ss"
+
+
+@pytest.mark.parametrize("url", ["redis://:s3cret@127.0.0.1:1/0", "postgresql://u:s3cret@127.0.0.1:1/db?schema=s"])
+def test_an_unreachable_store_never_shows_its_password(url):
+    store = open_store(url)
+    assert store.display_url.count("***") == 1
+    with pytest.raises(StoreUnavailable) as caught:
+        store.get_user_recs("u1")
+    assert "is unavailable" in str(caught.value) and "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize("url", ["mysql://u:s3cret@h/db", "sqlite://u:s3cret@h/x.db", "postgresql//u:s3cret@h/db",
+                                 "redis://:s3cret@h/0?prefix=bad*prefix"])
+def test_url_errors_never_show_a_password(url):
+    with pytest.raises(ServingError) as caught:
+        open_store(url)
+    assert "s3cret" not in str(caught.value)
