@@ -232,9 +232,9 @@ def gate_stage(settings, config: TrainingConfig, trained: dict[str, Any], evalua
     with tracking.tracking(settings.tracking_uri) as client:
         try:
             decision = decide(
-                evaluated["metrics"][metric],
+                evaluated["metrics"].get(metric),
                 {name: b["metrics"][metric] for name, b in evaluated["baselines"].items()},
-                None if champion is None else champion["metrics"][metric], config.gate_tolerance, metric)
+                None if champion is None else champion["metrics"].get(metric), config.gate_tolerance, metric)
             apply_decision(client, decision, tracking.REGISTERED_MODEL, version, run_id)
             client.set_terminated(run_id)
         except BaseException:
