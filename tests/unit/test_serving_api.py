@@ -6,6 +6,7 @@ import re
 
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from freshrec.api import create_app
 from freshrec.serving import open_store
@@ -19,6 +20,16 @@ def publish(store, version: str) -> None:
         w.write_popular("shoes", [(f"{version}:shoe", 2.0)])
         w.write_query_items([("red shoes", [(f"{version}:red", 0.3)])])
         w.commit()
+
+
+def sample(text: str, name: str, **labels: str) -> float | None:
+    """The value of one sample of a /metrics answer (label order and number format are the
+    exposition format's choice), None when absent."""
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == name and s.labels == labels:
+                return s.value
+    return None
 
 
 @pytest.fixture
@@ -115,13 +126,13 @@ def test_metrics_text(client, store):
     client.get("/v1/users/42/recommendations?n=0")
     text = client.get("/metrics").text
     route = "/v1/users/{user_id}/recommendations"
-    assert f'freshrec_http_requests_total{{route="{route}",method="GET",status="200"}} 2' in text
-    assert f'freshrec_http_requests_total{{route="{route}",method="GET",status="400"}} 1' in text
-    assert f'freshrec_http_request_duration_seconds_count{{route="{route}"}} 3' in text
-    assert re.search(rf'freshrec_http_request_duration_seconds_bucket{{route="{re.escape(route)}",le="\+Inf"}} 3', text)
-    assert 'freshrec_fallback_total{endpoint="recommendations"} 1' in text
-    assert 'freshrec_serving_live_version_info{version="v1"} 1' in text
-    assert "freshrec_serving_up 1" in text
+    assert sample(text, "freshrec_http_requests_total", route=route, method="GET", status="200") == 2
+    assert sample(text, "freshrec_http_requests_total", route=route, method="GET", status="400") == 1
+    assert sample(text, "freshrec_http_request_duration_seconds_count", route=route) == 3
+    assert sample(text, "freshrec_http_request_duration_seconds_bucket", route=route, le="+Inf") == 3
+    assert sample(text, "freshrec_fallback_total", endpoint="recommendations") == 1
+    assert sample(text, "freshrec_serving_live_version_info", version="v1") == 1
+    assert sample(text, "freshrec_serving_up") == 1
     assert "# TYPE freshrec_http_request_duration_seconds histogram" in text
     assert "43" not in re.findall(r'route="([^"]*)"', text)  # user ids never become labels
 
@@ -140,11 +151,12 @@ def test_metrics_carry_the_freshness_of_the_newest_microbatch(tmp_path, store):
                                               "event_to_served_p95_s": 11.5, "seconds": 2.0})
         ledger.record_microbatch("s-000002", {"files": 0, "rows": 0, "users": 0})  # found nothing: not the newest that worked
         text = c.get("/metrics").text
-    assert 'freshrec_microbatch_landing_to_served_seconds{quantile="0.5"} 3.5' in text
-    assert 'freshrec_microbatch_landing_to_served_seconds{quantile="0.95"} 4.25' in text
-    assert 'freshrec_microbatch_event_to_served_seconds{quantile="0.95"} 11.5' in text
-    assert "freshrec_microbatch_rows 120" in text and "freshrec_microbatch_users 7" in text
-    assert re.search(r"freshrec_microbatch_last_timestamp_seconds \d{10}\.\d{3}", text)
+    assert sample(text, "freshrec_microbatch_landing_to_served_seconds", quantile="0.5") == 3.5
+    assert sample(text, "freshrec_microbatch_landing_to_served_seconds", quantile="0.95") == 4.25
+    assert sample(text, "freshrec_microbatch_event_to_served_seconds", quantile="0.95") == 11.5
+    assert sample(text, "freshrec_microbatch_rows") == 120 and sample(text, "freshrec_microbatch_users") == 7
+    finished = sample(text, "freshrec_microbatch_last_timestamp_seconds")  # Unix seconds, to the millisecond
+    assert 1e9 <= finished < 1e10 and finished == round(finished, 3)
     assert "# TYPE freshrec_microbatch_landing_to_served_seconds gauge" in text
 
 
