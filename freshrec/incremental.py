@@ -75,9 +75,9 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
     """Clean ``files`` (path, landing time as epoch seconds) into the lake and refresh their users."""
     from pyspark.sql import functions as F
 
-    from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, lake_lock, write_recent
+    from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, has_table, lake_lock, write_recent
+    from freshrec.rescore import refresh_popular_step, refresh_users_step
     from freshrec.schemas import LANDING_SUFFIXES
-    from freshrec.steps import _exists, refresh_popular_step, refresh_users_step
     from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
 
     started = time.time()
@@ -95,7 +95,7 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
             return summary
         raw = read_landing(spark, [p for p, _ in todo])
         known = None
-        if _exists(settings.events_path):
+        if has_table(settings.events_path):
             valid = parse_raw(raw, now, settings.min_event_ts, settings.max_future_skew_hours).where("reason IS NULL")
             dates = [r[0] for r in valid.select(F.to_date("ts")).distinct().collect()]
             # a re-sent event has the same time, so only the partitions of these dates can hold it

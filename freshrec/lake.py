@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
+from freshrec.fileio import atomic_path
 from freshrec.settings import Settings
 
 if TYPE_CHECKING:
@@ -36,6 +37,13 @@ log = logging.getLogger(__name__)
 
 INCREMENT_PREFIX = "inc-"
 RECENT_COLUMNS = ["event_id", "user_id", "item_id", "event_type", "ts", "category"]
+
+
+def has_table(path: Path) -> bool:
+    """Whether ``path`` holds a Parquet table (files or partitions; Spark's markers and hidden
+    temporaries do not count)."""
+    return path.is_dir() and any(p.name.endswith(".parquet") or p.is_dir() for p in path.iterdir()
+                                 if not p.name.startswith(("_", ".")))
 
 
 @contextlib.contextmanager
@@ -124,13 +132,9 @@ def write_recent(settings: Settings, batch_id: str, rows: "pd.DataFrame") -> Non
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    final = recent_dir(settings) / f"batch_id={batch_id}"
-    tmp = recent_dir(settings) / f".batch_id={batch_id}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    pq.write_table(pa.Table.from_pandas(rows[RECENT_COLUMNS], preserve_index=False), tmp / "part-0.parquet")
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_path(recent_dir(settings) / f"batch_id={batch_id}") as tmp:
+        tmp.mkdir()
+        pq.write_table(pa.Table.from_pandas(rows[RECENT_COLUMNS], preserve_index=False), tmp / "part-0.parquet")
 
 
 def recent_partitions(settings: Settings) -> list[Path]:

@@ -10,6 +10,8 @@ EVENT_FIELDS = (
     "item_id", "query", "category", "price", "quantity",
 )
 REQUIRED_FIELDS = ("ts", "user_id", "event_type")
+# Events about an item: they carry an item_id; searches carry a query instead.
+ITEM_EVENT_TYPES = tuple(t for t in EVENT_TYPES if t != "search")
 ID_FIELDS = ("event_id", "user_id", "session_id", "item_id")
 
 ITEM_FIELDS = ("item_id", "category", "price", "available")

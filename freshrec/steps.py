@@ -1,7 +1,9 @@
 """Pipeline steps: the I/O around the pure jobs. DAG tasks call these and nothing else.
 
 Each step takes Settings explicitly, is idempotent (outputs are overwritten, id maps only
-grow by ids they lack) and returns a small JSON-able summary for logs and XCom.
+grow by ids they lack) and returns a small JSON-able summary for logs and XCom. Re-scoring
+without retraining (the micro-batch and the publish step's catch-up) is ``freshrec.rescore``;
+reads of the feature tables are ``freshrec.features``.
 """
 
 from __future__ import annotations
@@ -14,10 +16,11 @@ import re
 import shutil
 import time
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 from freshrec.errors import QualityGateError, UserError
+from freshrec.fileio import atomic_open, atomic_write_text
+from freshrec.lake import has_table
 from freshrec.ledger import Ledger
 from freshrec.settings import Settings
 
@@ -25,10 +28,6 @@ log = logging.getLogger(__name__)
 
 #: a search query gets a published item list once it was searched this many times
 QUERY_MIN_SEARCHES = 3
-
-
-def _exists(path: Path) -> bool:
-    return path.is_dir() and any(p.name.endswith(".parquet") or p.is_dir() for p in path.iterdir() if not p.name.startswith(("_", ".")))
 
 
 def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -> dict[str, Any]:
@@ -80,7 +79,7 @@ def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:
     from freshrec.spark import get_spark
 
     counts = Ledger(settings.state_db).totals()
-    if not _exists(settings.events_path):
+    if not has_table(settings.events_path):
         # Every row was quarantined: there is nothing to validate, and nothing fit to publish.
         raise QualityGateError(
             f"no clean events: all {counts['quarantined']:,} of {counts['read']:,} rows read were quarantined; "
@@ -90,38 +89,16 @@ def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:
     return validate_events(events, settings, batch_id, counts)
 
 
-def read_catalogue(settings: Settings):
-    """The optional item catalogue from landing/items, or None."""
-    from freshrec.spark import get_spark
-    from freshrec.jobs.clean import landing_files
-    from freshrec.jobs.matrices import normalise_catalogue
-
-    files = landing_files(settings.landing_items_dir)
-    if not files:
-        return None
-    spark = get_spark(settings)
-    csvs = [str(p) for p in files if ".csv" in p.name.lower()]
-    jsons = [str(p) for p in files if ".csv" not in p.name.lower()]
-    frames = []
-    if jsons:
-        frames.append(normalise_catalogue(spark.read.json(jsons)))
-    if csvs:
-        frames.append(normalise_catalogue(spark.read.option("header", True).csv(csvs)))
-    out = frames[0]
-    for f in frames[1:]:
-        out = out.unionByName(f)
-    return out
-
-
 def matrices_step(settings: Settings) -> dict[str, Any]:
     """Id maps (append-only), interactions, recent sequences and item stats under features/;
     folds in (and drops) the micro-batches' features/recent partitions."""
+    from freshrec.features import read_catalogue
     from freshrec.lake import features_lock, recent_partitions
     from freshrec.spark import get_spark
     from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
 
     spark = get_spark(settings)
-    if not _exists(settings.events_path):
+    if not has_table(settings.events_path):
         raise UserError(f"no clean events at {settings.events_path}: run the clean step first")
     # Micro-batches append to the lake before they write features/recent, so the recent
     # partitions listed before the lake is read are all in it: those are folded in below.
@@ -132,7 +109,7 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
     added = {}
     for key, name, source in (("user_id", "user_index", events), ("item_id", "item_index", events.where("item_id IS NOT NULL"))):
         path = feats / name
-        existing = spark.read.parquet(str(path)) if _exists(path) else None
+        existing = spark.read.parquet(str(path)) if has_table(path) else None
         new = new_id_rows(source, existing, key).cache()
         added[name] = new.count()
         if added[name]:
@@ -167,7 +144,7 @@ def _training(settings: Settings, until: str | None):
     from freshrec.models.pipeline import TrainingConfig, training_window
 
     config = TrainingConfig.from_settings(settings)
-    if not _exists(settings.events_path):
+    if not has_table(settings.events_path):
         raise UserError(f"no clean events at {settings.events_path}: run the clean step first")
     eval_set, window = training_window(settings, config, until=until)
     return config, eval_set, window
@@ -213,7 +190,6 @@ def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str, un
 
 def gate_step(settings: Settings, trained: dict[str, Any], evaluated: dict[str, Any], batch_id: str) -> dict[str, Any]:
     """Promote the new version to champion or not; record the decision for `freshrec status`."""
-    from freshrec.landing import atomic_write_text
     from freshrec.models import tracking
     from freshrec.models.pipeline import TrainingConfig, gate_stage
 
@@ -252,7 +228,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     import pandas as pd
     from pyspark.sql import functions as F
 
-    from freshrec.landing import atomic_write_text
+    from freshrec.features import read_catalogue, read_features, require_features
     from freshrec.serving.publish import write_list_table
     from freshrec.spark import get_spark
     from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_items, user_inputs
@@ -261,10 +237,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
 
     started = time.perf_counter()
     spark = get_spark(settings)
-    feats = settings.features_dir
-    for name in ("user_index", "sequences", "interactions", "item_stats"):
-        if not _exists(feats / name):
-            raise UserError(f"no features/{name}: run the matrices step first")
+    require_features(settings, "user_index", "sequences", "interactions", "item_stats")
     events = read_lake_events(settings.events_path)
     catalogue_df = read_catalogue(settings)
     items = catalogue_df.toPandas() if catalogue_df is not None else None
@@ -272,7 +245,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     cat = rec.catalogue
     now = int(pd.Timestamp(events["ts"].max()).timestamp()) + 1  # every user is scored as of the newest event
 
-    stats = spark.read.parquet(str(feats / "item_stats"))
+    stats = read_features(settings, "item_stats")
     blocked = {r.item_id for r in stats.where(~F.coalesce("available", F.lit(True))).select("item_id").collect()}
     if items is not None and "available" in items:
         blocked |= set(items.loc[items["available"] == False, "item_id"].astype(str))  # noqa: E712 - pandas mask
@@ -282,10 +255,10 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     totals = Ledger(settings.state_db).totals()
     version = f"{batch_id}-{_fingerprint(gate['publish'], totals, now, settings.top_n, settings.exclude_seen, sorted(blocked))}"
     recs_dir = settings.recs_dir / version
-    user_index = spark.read.parquet(str(feats / "user_index"))
+    user_index = read_features(settings, "user_index")
     n_users = user_index.count()
-    inputs = user_inputs(user_index, spark.read.parquet(str(feats / "sequences")),
-                         spark.read.parquet(str(feats / "interactions")), settings.exclude_seen)
+    inputs = user_inputs(user_index, read_features(settings, "sequences"), read_features(settings, "interactions"),
+                         settings.exclude_seen)
     # users spread over every core (and, on a cluster, every executor); ~20k users per task
     inputs = inputs.repartition(max(spark.sparkContext.defaultParallelism, -(-n_users // 20_000)), "user_id")
     scoring = time.perf_counter()
@@ -297,7 +270,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     (query_items(lake, settings.event_weights, settings.top_n, QUERY_MIN_SEARCHES, blocked_df)
      .coalesce(1).write.mode("overwrite").parquet(str(recs_dir / "query_items")))
     write_list_table(recs_dir / "similar", "item_id", similar_items(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
-    with open(recs_dir / "recommender.pkl", "wb") as fh:  # the incremental path re-scores users with it
+    with atomic_open(recs_dir / "recommender.pkl", "wb") as fh:  # the incremental path re-scores users with it
         pickle.dump(rec, fh, protocol=pickle.HIGHEST_PROTOCOL)
     atomic_write_text(recs_dir / "unavailable.json", json.dumps(sorted(blocked)))
     source = dict(gate["publish"])
@@ -312,6 +285,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
 def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     """Publish recs/<version>/ as a new serving version and switch it live (atomically), keep
     the last FRESHREC_KEEP_VERSIONS versions. A version already published is left as it is."""
+    from freshrec.rescore import catch_up_step
     from freshrec.serving import open_store
     from freshrec.serving.publish import publish_tables
 
@@ -344,133 +318,3 @@ def _interval_end(batch_id: str | None) -> str | None:
     """The data interval end a batch id names (``batch-20260301T020000Z``), comparable as text."""
     match = re.search(r"-(\d{8}T\d{6}Z)$", batch_id or "")
     return match.group(1) if match else None
-
-
-def catch_up_step(settings: Settings) -> dict[str, Any]:
-    """Re-score the users of the micro-batches the live version was not built from (those that
-    landed after the batch's ``matrices`` read the lake) and refresh the popular lists, so a
-    batch publish never takes a fresh list away."""
-    from freshrec.lake import read_recent
-
-    users = sorted(read_recent(settings)["user_id"].astype(str).unique())
-    if not users:
-        return {"users": 0}
-    refreshed = refresh_users_step(settings, users)
-    popular = refresh_popular_step(settings)
-    return {"users": refreshed.get("users", 0), "popular_lists": popular.get("lists", 0)}
-
-
-
-def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
-    """Re-score ``users`` with the live version's recommender, no retraining, and upsert their
-    lists into the live version.
-
-    A user's sequence is their features/sequences row plus their events in features/recent
-    (the micro-batches since the last batch), the last FRESHREC_SEQUENCE_LENGTH kept; a user
-    seen for the first time is scored from the recent events alone. Exclusions
-    (FRESHREC_EXCLUDE_SEEN) and unavailable items hold as in the batch."""
-    import numpy as np
-    import pandas as pd
-    import pyarrow.dataset as ds
-
-    from freshrec.lake import features_lock, read_recent
-    from freshrec.serving import open_store
-    from freshrec.jobs.score import SEEN_RULE, score_frame
-
-    started = time.perf_counter()
-    users = sorted({str(u) for u in users})
-    with open_store(settings.serving) as store:
-        version = store.live_version()
-        if version is None or not users:
-            return {"version": version, "users": 0, "skipped": "nothing published yet" if version is None else "no users"}
-        rec, blocked = _live_recommender(settings, version)
-
-        def rows_of(name: str, columns: list[str]) -> pd.DataFrame:
-            path = settings.features_dir / name
-            if not _exists(path):
-                return pd.DataFrame(columns=columns)
-            return ds.dataset(str(path), format="parquet").to_table(
-                columns=columns, filter=ds.field("user_id").isin(users)).to_pandas()
-
-        with features_lock(settings, "re-scoring", shared=True):
-            recent = read_recent(settings, users)
-            old = rows_of("sequences", ["user_id", "item_ids", "event_types", "ts"])
-            seen = rows_of("interactions", ["user_id", "item_id", "n_purchase", "n_events"]) if settings.exclude_seen != "none" else None
-        old = old.explode(["item_ids", "event_types", "ts"])
-        old = old.dropna(subset=["item_ids"]).rename(columns={"item_ids": "item_id", "event_types": "event_type"})
-        new = recent[["user_id", "item_id", "event_type", "ts"]].astype({"user_id": str, "item_id": str})
-        for part in (old, new):
-            part["t"] = (pd.to_datetime(part["ts"], utc=True) - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(1, "ms")
-        # a micro-batch that landed while the batch was reading the lake may be in both
-        seq = pd.concat([part for part in (old, new) if len(part)] or [new], ignore_index=True)
-        seq = seq.drop_duplicates(["user_id", "item_id", "event_type", "t"])
-        seq["t"] //= 1000
-        seq = seq.sort_values(["user_id", "t"], kind="mergesort").groupby("user_id").tail(settings.sequence_length)
-        groups = dict(tuple(seq.groupby("user_id", sort=False)))
-        empty = seq.iloc[:0]
-        frame = pd.DataFrame({"user_id": users})
-        frame["item_ids"] = [groups.get(u, empty)["item_id"].to_numpy(dtype=object) for u in users]
-        frame["event_types"] = [groups.get(u, empty)["event_type"].to_numpy(dtype=object) for u in users]
-        frame["t"] = [groups.get(u, empty)["t"].to_numpy(dtype=np.int64) for u in users]
-        if settings.exclude_seen == "none":
-            frame["exclude"] = [np.zeros(0, object)] * len(users)
-        else:
-            # the recent events as interaction rows, so one rule (SEEN_RULE) picks both
-            fresh = pd.DataFrame({"user_id": new["user_id"], "item_id": new["item_id"],
-                                  "n_purchase": (new["event_type"] == "purchase").astype(int), "n_events": 1})
-            rows = pd.concat([part for part in (seen, fresh) if len(part)] or [fresh])
-            pairs = rows.query(SEEN_RULE[settings.exclude_seen])
-            per_user = {u: g["item_id"].unique() for u, g in pairs.groupby("user_id", sort=False)}
-            frame["exclude"] = [np.asarray(per_user.get(u, []), dtype=object) for u in users]
-        now = int(seq["t"].max()) + 1 if len(seq) else int(time.time())
-        unavailable = rec.catalogue.lookup(blocked)
-        scored = score_frame(rec, frame, settings.top_n, now, unavailable[unavailable >= 0])
-        result = store.upsert_user_recs(
-            (u, list(zip(items, scores, strict=True)))
-            for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True))
-    result["seconds"] = round(time.perf_counter() - started, 3)
-    log.info("refreshed %d users in version %s", result["users"], result["version"])
-    return result
-
-
-_RECOMMENDERS: dict[str, Any] = {}
-
-
-def _live_recommender(settings: Settings, version: str):
-    """The recommender (and the unavailable item ids) a published version was scored with;
-    kept in memory per version, so a watching process loads it once."""
-    recs_dir = settings.recs_dir / version
-    key = str(recs_dir.resolve())
-    if key not in _RECOMMENDERS:
-        if not (recs_dir / "recommender.pkl").is_file():
-            raise UserError(f"live version {version} has no recommender under {recs_dir}: run `freshrec run batch`")
-        with open(recs_dir / "recommender.pkl", "rb") as fh:
-            rec = pickle.load(fh)
-        blocked = json.loads((recs_dir / "unavailable.json").read_text()) if (recs_dir / "unavailable.json").is_file() else []
-        _RECOMMENDERS.clear()
-        _RECOMMENDERS[key] = (rec, blocked)
-    return _RECOMMENDERS[key]
-
-
-def refresh_popular_step(settings: Settings) -> dict[str, Any]:
-    """Fold the recent micro-batches into the batch's item popularity and upsert the popular
-    lists (overall and per category) into the live version (``jobs.score.fold_popularity``)."""
-    import pandas as pd
-
-    from freshrec.lake import features_lock, read_recent
-    from freshrec.serving import open_store
-    from freshrec.jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
-
-    stats_path = settings.features_dir / "item_stats"
-    if not _exists(stats_path):
-        return {"lists": 0, "skipped": "no item stats yet"}
-    with features_lock(settings, "popular refresh", shared=True):
-        stats = pd.read_parquet(stats_path, columns=[*POPULAR_COLUMNS, "last_seen"])
-        recent = read_recent(settings)
-    stats = fold_popularity(stats, recent, settings.event_weights, settings.decay_half_life_days)
-    lists = popular_lists(stats, settings.top_n)
-    with open_store(settings.serving) as store:
-        if store.live_version() is None:
-            return {"lists": 0, "skipped": "nothing published yet"}
-        result = store.upsert_lists("popular", lists)
-    return {"version": result["version"], "lists": result["rows"], "recent_events": len(recent)}

@@ -80,24 +80,29 @@ def interactions(events: "DataFrame", weights: Mapping[str, float], half_life_da
 
 
 def recent_sequences(events: "DataFrame", length: int, item_index: "DataFrame", user_index: "DataFrame") -> "DataFrame":
-    """The last ``length`` item events of each user, oldest first (ties broken by event id)."""
+    """The last ``length`` item events of each user, oldest first: the Spark twin of
+    ``jobs.history.last_events``, in its order (``EVENT_ORDER``: time, then event id). The
+    event ids come along so the micro-batch can merge its own events in the same order."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    newest_first = Window.partitionBy("user_id").orderBy(F.col("ts").desc(), F.col("event_id").desc())
+    from freshrec.jobs.history import EVENT_ORDER
+
+    newest_first = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in EVENT_ORDER])
     recent = (
         item_events(events)
         .withColumn("_rn", F.row_number().over(newest_first))
         .where(F.col("_rn") <= length)
         .join(item_index.select("item_id", "item_idx"), "item_id")
     )
-    seq = F.array_sort(F.collect_list(F.struct("ts", "event_id", "item_id", "item_idx", "event_type")))
+    # structs compare field by field: EVENT_ORDER first sorts them as last_events does
+    seq = F.array_sort(F.collect_list(F.struct(*EVENT_ORDER, "item_idx")))
     return (
         recent.groupBy("user_id")
         .agg(seq.alias("s"))
         .join(user_index.select("user_id", "user_idx"), "user_id")
         .select(
-            "user_id", "user_idx",
+            "user_id", "user_idx", F.col("s.event_id").alias("event_ids"),
             F.col("s.item_id").alias("item_ids"), F.col("s.item_idx").alias("item_idx"),
             F.col("s.event_type").alias("event_types"), F.col("s.ts").alias("ts"),
             F.element_at(F.col("s.ts"), -1).alias("last_ts"),

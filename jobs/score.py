@@ -28,17 +28,17 @@ LIST_COLUMNS = ("items", "scores")
 USER_LIST_SCHEMA = "user_id string, items array<string>, scores array<double>"
 #: an item event within this long after a search, in the same session, answers the query
 QUERY_WINDOW_MINUTES = 30
-#: FRESHREC_EXCLUDE_SEEN -> which features/interactions rows are "seen" (a SQL predicate that
-#: Spark's ``where`` and pandas' ``query`` both read, so the batch and the micro-batch agree)
-SEEN_RULE = {"all": "n_events > 0", "purchased": "n_purchase > 0"}
 
 
 def user_inputs(user_index: "DataFrame", sequences: "DataFrame", interactions: "DataFrame",
                 exclude_seen: str) -> "DataFrame":
     """One row per known user: the recent sequence (item_ids, event_types, t epoch seconds) and
     the items FRESHREC_EXCLUDE_SEEN keeps out of their list (``exclude``). Users without item
-    events get empty arrays: they are scored as new users."""
+    events get empty arrays: they are scored as new users. The Spark twin of
+    ``jobs.history.scoring_frame``: the same columns, the same rule (SEEN_RULE)."""
     from pyspark.sql import functions as F
+
+    from freshrec.jobs.history import SEEN_RULE
 
     seq = sequences.select("user_id", "item_ids", "event_types",
                            F.transform("ts", lambda x: F.unix_seconds(x)).alias("t"))
@@ -58,7 +58,8 @@ def user_inputs(user_index: "DataFrame", sequences: "DataFrame", interactions: "
 
 def score_frame(rec, frame: pd.DataFrame, n: int, now: int, unavailable: np.ndarray | None = None,
                 batch_size: int = 1024) -> pd.DataFrame:
-    """Top-``n`` (items, scores) per row of ``frame`` (user_id, item_ids, event_types, t, exclude).
+    """Top-``n`` (items, scores) per row of ``frame`` (user_id, item_ids, event_types, t, exclude),
+    each user's events oldest first in ``jobs.history.EVENT_ORDER``.
 
     ``rec`` is a fitted recommender bound to its catalogue; ``now`` (epoch seconds) is the
     moment every user is scored at; ``unavailable`` holds catalogue indices no list may show."""

@@ -1,8 +1,8 @@
 """The in-memory shapes every recommender reads: a catalogue of items and per-user histories.
 
 Everything in models/ works on a pandas DataFrame of clean events with at least the columns
-``user_id, item_id, event_type, ts`` (``category`` and ``price`` optional), i.e. the columns of
-lake/events (docs/tables.md). Strings are turned into integer codes once, here; the recommenders
+``user_id, item_id, event_type, ts`` (``event_id``, ``category`` and ``price`` optional), i.e. the
+columns of lake/events (docs/tables.md). Strings are turned into integer codes once, here; the recommenders
 only ever see integer arrays, so they stay fast and testable without Spark.
 """
 
@@ -16,46 +16,39 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from freshrec.jobs.history import epoch_seconds, item_events
+
 # 0 is padding in every sequence tensor, so codes start at 1.
 EVENT_CODES = {"view": 1, "add_to_cart": 2, "remove_from_cart": 3, "purchase": 4}
-# Events about an item (searches have none). remove_from_cart is kept in sequences (it is
-# information) but never counts as a positive signal.
-ITEM_EVENT_TYPES = tuple(EVENT_CODES)
+EVENT_NAMES = np.array(["", *EVENT_CODES], dtype=object)  # code -> event type
+# remove_from_cart is kept in sequences (it is information) but never counts as a positive signal.
 POSITIVE_EVENT_TYPES = ("view", "add_to_cart", "purchase")
-EVENT_COLUMNS = ("user_id", "item_id", "event_type", "ts", "category", "price")
+# event_id orders a user's events that share a timestamp (jobs.history.EVENT_ORDER)
+EVENT_COLUMNS = ("event_id", "user_id", "item_id", "event_type", "ts", "category", "price")
 SECONDS_PER_DAY = 86_400
 
 
 def normalize_events(events: pd.DataFrame) -> pd.DataFrame:
-    """Item events in a canonical, deterministic order.
+    """Item events in the one order every path reads a user's events in.
 
-    Keeps the item events (searches and rows without an item are dropped), casts ids to
-    strings, ``ts`` to int64 epoch seconds (column ``t``) and sorts by user, time, then item
-    and type so that ties never depend on the input order.
+    Keeps the item events (searches and rows without an item are dropped), one per event id,
+    casts ids to strings, ``ts`` to int64 epoch seconds (column ``t``) and orders each user's
+    events by ``jobs.history.EVENT_ORDER`` (time, then event id), so ties never depend on the
+    input order and match features/sequences and the micro-batch's sequences.
     """
-    missing = {"user_id", "item_id", "event_type", "ts"} - set(events.columns)
-    if missing:
-        raise ValueError(f"events lack column(s): {', '.join(sorted(missing))}")
-    df = events.loc[events["event_type"].isin(ITEM_EVENT_TYPES) & events["item_id"].notna()]
+    df = item_events(events)
     out = pd.DataFrame({
-        "user_id": df["user_id"].astype(str).to_numpy(),
-        "item_id": df["item_id"].astype(str).to_numpy(),
-        "event_type": df["event_type"].astype(str).to_numpy(),
-        "t": _epoch_seconds(df["ts"]),
+        "user_id": df["user_id"].to_numpy(),
+        "item_id": df["item_id"].to_numpy(),
+        "event_type": df["event_type"].to_numpy(),
+        "t": epoch_seconds(df["ts"]),
         "category": (df["category"].astype("string").fillna("").astype(str).to_numpy()
                      if "category" in df else np.full(len(df), "", dtype=object)),
         "price": (pd.to_numeric(df["price"], errors="coerce").to_numpy(dtype=np.float64)
                   if "price" in df else np.full(len(df), np.nan)),
     })
     out["etype"] = out["event_type"].map(EVENT_CODES).astype(np.int8)
-    return out.sort_values(["user_id", "t", "item_id", "etype"], kind="mergesort").reset_index(drop=True)
-
-
-def _epoch_seconds(ts: pd.Series) -> np.ndarray:
-    if pd.api.types.is_numeric_dtype(ts):  # epoch milliseconds, as in the canonical log
-        return (ts.to_numpy(dtype=np.int64) // 1000).astype(np.int64)
-    parsed = pd.to_datetime(ts, utc=True)
-    return (parsed.astype("int64") // 1_000_000_000).to_numpy(dtype=np.int64)
+    return out
 
 
 @dataclass(frozen=True)
@@ -149,8 +142,10 @@ class Histories:
                     now: int | np.ndarray | None = None, max_len: int | None = None) -> "Histories":
         """Histories of ``users`` (default: every user in ``events``, sorted) from ``events``.
 
-        A user without events gets an empty history (a new user). ``max_len`` keeps only each
-        user's most recent events, like features/sequences does.
+        Each user's events keep their order in ``events``: normalized events (``t`` column) are
+        in ``normalize_events``' order already, others are normalized here. A user without
+        events gets an empty history (a new user). ``max_len`` keeps only each user's most
+        recent events, like features/sequences does.
         """
         ev = events if "t" in events else normalize_events(events)
         if users is None:
@@ -161,7 +156,7 @@ class Histories:
         keep = row.notna().to_numpy()
         ev = ev.loc[keep]
         row = row.loc[keep].to_numpy(dtype=np.int64)
-        order = np.lexsort((ev["etype"].to_numpy(), ev["item_id"].to_numpy(), ev["t"].to_numpy(), row))
+        order = np.argsort(row, kind="stable")
         ev = ev.iloc[order]
         row = row[order]
         counts = np.bincount(row, minlength=len(users))

@@ -23,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from freshrec.jobs.history import event_counts, seen_pairs
 from freshrec.models.data import (
     EVENT_CODES,
+    EVENT_NAMES,
     POSITIVE_EVENT_TYPES,
     SECONDS_PER_DAY,
     Catalogue,
@@ -82,9 +84,10 @@ def seen_items(histories: Histories, mode: str) -> Ragged:
     if mode == "none":
         return Ragged.empty(n)
     ok = histories.item >= 0
-    if mode == "purchased":
-        ok &= histories.etype == EVENT_CODES["purchase"]
-    return Ragged.from_pairs(histories.row_of_event[ok], histories.item[ok], n)
+    events = pd.DataFrame({"user_id": histories.row_of_event[ok], "item_id": histories.item[ok],
+                           "event_type": EVENT_NAMES[histories.etype[ok]]})
+    pairs = seen_pairs(event_counts(events), mode)  # the rule serving applies (jobs.history)
+    return Ragged.from_pairs(pairs["user_id"].to_numpy(), pairs["item_id"].to_numpy(), n)
 
 
 @dataclass(frozen=True)

@@ -147,7 +147,7 @@ def test_recs_users_file_gives_a_list_for_every_user(published, tmp_path):
 def test_refresh_rescores_only_the_users_who_acted(published):
     """The incremental path's re-score: no retraining, upserted into the live version."""
     from freshrec.lake import write_recent
-    from freshrec.steps import refresh_users_step
+    from freshrec.rescore import refresh_users_step
 
     s = published.settings
     client = RecsClient(s.serving)
@@ -171,3 +171,4 @@ def test_refresh_rescores_only_the_users_who_acted(published):
     assert bought not in acted, "a purchase in the micro-batch is excluded at once (EXCLUDE_SEEN=purchased)"
     assert acted != [r["item_id"] for r in before[acting]]
     assert client.recs(bystander, n=20)["items"] == before[bystander], "users who did not act are untouched"
+

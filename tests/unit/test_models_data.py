@@ -65,7 +65,7 @@ def test_read_lake_events_reads_the_partitioned_parquet(tmp_path):
                        event_id=[f"e{i}" for i in range(len(EVENTS))], source_file="f")
     df.to_parquet(lake, partition_cols=["event_date"])
     got = read_lake_events(lake, start=pd.Timestamp("2024-01-02", tz="UTC"))
-    assert sorted(got.columns) == sorted(["user_id", "item_id", "event_type", "ts", "category", "price"])
+    assert sorted(got.columns) == sorted(["event_id", "user_id", "item_id", "event_type", "ts", "category", "price"])
     assert len(got) == 3
 
 

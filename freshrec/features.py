@@ -1,0 +1,68 @@
+"""Reads of the batch feature tables (features/*, docs/tables.md) and of the item catalogue.
+
+``matrices`` writes the tables under ``features_lock`` (``freshrec.lake``); readers that must not
+see a table half rewritten hold it shared. The Spark readers serve the batch steps, the pandas
+readers the micro-batch, which reads a few users' rows without starting a Spark job.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from freshrec.errors import UserError
+from freshrec.lake import has_table
+from freshrec.settings import Settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from pyspark.sql import DataFrame
+
+
+def require_features(settings: Settings, *names: str) -> None:
+    """Raise UserError unless every features/<name> table is there."""
+    for name in names:
+        if not has_table(settings.features_dir / name):
+            raise UserError(f"no features/{name}: run the matrices step first")
+
+
+def read_features(settings: Settings, name: str) -> "DataFrame":
+    """features/<name> as a Spark DataFrame."""
+    from freshrec.spark import get_spark
+
+    return get_spark(settings).read.parquet(str(settings.features_dir / name))
+
+
+def feature_rows(settings: Settings, name: str, columns: list[str], users: Sequence[str] | None = None) -> "pd.DataFrame":
+    """``columns`` of features/<name> (only the rows of ``users`` when given), in pandas; no rows
+    when the table is not there yet."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    path = settings.features_dir / name
+    if not has_table(path):
+        return pd.DataFrame(columns=columns)
+    flt = ds.field("user_id").isin(list(users)) if users is not None else None
+    return ds.dataset(str(path), format="parquet").to_table(columns=columns, filter=flt).to_pandas()
+
+
+def read_catalogue(settings: Settings) -> "DataFrame | None":
+    """The optional item catalogue from landing/items (Spark), or None."""
+    from freshrec.jobs.clean import landing_files
+    from freshrec.jobs.matrices import normalise_catalogue
+    from freshrec.spark import get_spark
+
+    files = landing_files(settings.landing_items_dir)
+    if not files:
+        return None
+    spark = get_spark(settings)
+    csvs = [str(p) for p in files if ".csv" in p.name.lower()]
+    jsons = [str(p) for p in files if ".csv" not in p.name.lower()]
+    frames = []
+    if jsons:
+        frames.append(normalise_catalogue(spark.read.json(jsons)))
+    if csvs:
+        frames.append(normalise_catalogue(spark.read.option("header", True).csv(csvs)))
+    out = frames[0]
+    for f in frames[1:]:
+        out = out.unionByName(f)
+    return out
