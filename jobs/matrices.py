@@ -3,8 +3,8 @@ sequences and item statistics (docs/tables.md). Pure DataFrame -> DataFrame func
 ``write_matrices`` is the only I/O.
 
 Every function takes the clean events (lake/events columns). Time decay is measured from the
-newest event in the data, not the wall clock, so a rerun on the same events gives the same
-numbers.
+newest item event in the data (``reference_time``), not the wall clock, so a rerun on the same
+events gives the same numbers.
 """
 
 from __future__ import annotations
@@ -16,15 +16,19 @@ if TYPE_CHECKING:
 
 
 def reference_time(events: "DataFrame") -> "Column":
-    """The newest event time, as a literal column (one small aggregate)."""
+    """The newest item event's time, as a literal column (one small aggregate).
+
+    Item events only: the micro-batch's popular refresh (``jobs.score.fold_popularity``) moves
+    this reference with the item events it folds in (searches never reach features/recent),
+    so a search newer than every item event must not move it here either."""
     from pyspark.sql import functions as F
 
-    ref = events.agg(F.max("ts")).first()[0]
+    ref = item_events(events).agg(F.max("ts")).first()[0]
     return F.lit(ref).cast("timestamp")
 
 
 def decayed_weight(events: "DataFrame", weights: Mapping[str, float], half_life_days: float) -> "tuple[Column, Column]":
-    """(event-type weight x 2^(-age/half-life), age in days), age measured from the newest event."""
+    """(event-type weight x 2^(-age/half-life), age in days), age measured from ``reference_time``."""
     from pyspark.sql import functions as F
 
     ref = reference_time(events)

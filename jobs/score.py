@@ -140,10 +140,10 @@ def fold_popularity(stats: pd.DataFrame, recent: pd.DataFrame, weights: Mapping[
     """``stats`` (features/item_stats: item_id, category, available, n_events, popularity,
     last_seen) with the item events of ``recent`` (item_id, event_type, ts, category) folded in.
 
-    Popularity is a sum of event weights decayed from the newest event, so moving the
-    reference time from the batch's newest item event to the recent events' scales the batch
-    sums by one factor and adds the new events' decayed weights: the numbers a batch over all
-    events gives. An item first seen in ``recent`` comes in available, with its latest category."""
+    Popularity is a sum of event weights decayed from the newest item event (the batch's
+    ``jobs.matrices.reference_time``: here the newest ``last_seen``), so moving the reference
+    to the recent events' newest scales the batch sums by one factor and adds the new events'
+    decayed weights: the numbers a batch over all events gives. An item first seen in ``recent`` comes in available, with its latest category."""
     if not len(recent):
         return stats
     ts = pd.to_datetime(recent["ts"], utc=True)

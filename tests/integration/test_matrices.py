@@ -94,3 +94,22 @@ def test_folding_recent_events_into_item_stats_is_the_batch_over_all_events(spar
     assert got["n_events"].tolist() == want["n_events"].tolist()
     ranked = lambda stats: [(c, [i for i, _ in pairs]) for c, pairs in popular_lists(stats, 3)]  # noqa: E731
     assert ranked(folded) == ranked(full)
+
+
+def test_popularity_decays_from_the_newest_item_event_in_the_batch_and_the_fold(spark, events):
+    """A search newer than every item event (in the batch's events and in the micro-batch's) moves
+    neither reference: the batch (item_stats) and the micro-batch (fold_popularity) both decay
+    from the newest item event, so folding still gives the numbers of a batch over all events."""
+    old = events.where("ts < '2024-05-30'").unionByName(_events(spark, [("s1", d(20), "u3", "search", None, None, None)]))
+    late_search = _events(spark, [("s2", datetime(2024, 6, 9), "u1", "search", None, None, None)])
+    new_items = events.where("ts >= '2024-05-30'").where("item_id IS NOT NULL")
+    items = new_id_rows(events.where("item_id IS NOT NULL"), None, "item_id")
+    cols = [*POPULAR_COLUMNS, "last_seen"]
+    folded = fold_popularity(item_stats(old, WEIGHTS, 30.0, 7.0, items).select(*cols).toPandas(),
+                             new_items.select("item_id", "event_type", "ts", "category").toPandas(), WEIGHTS, 30.0)
+    full = item_stats(old.unionByName(new_items).unionByName(late_search), WEIGHTS, 30.0, 7.0, items).select(*cols).toPandas()
+    got = folded.set_index("item_id").sort_index()
+    want = full.set_index("item_id").sort_index()
+    assert got["popularity"].to_numpy() == pytest.approx(want["popularity"].to_numpy())
+    # the newest item event (May 31) has its full weight: u2's cart of a
+    assert want.loc["a", "popularity"] == pytest.approx(3.0 + 1.0 * 2 ** (-30 / 30) + 5.0 * 2 ** (-29 / 30))
