@@ -64,10 +64,10 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
         finally:
             result.release()
         Ledger(settings.state_db).record_file_counts(per_file, batch_id, replace_all=True)
-    counts = {k: sum(int(r[k]) for r in per_file) for k in ("read", "clean", "quarantined", "duplicates")}
-    # the newest clean event: train and evaluate read the lake up to here, so micro-batches
-    # appended while they run cannot change the window between the two tasks
-    newest = spark.read.parquet(str(settings.events_path)).agg(F.max(F.unix_micros("ts"))).first()[0] if counts["clean"] else None
+        counts = {k: sum(int(r[k]) for r in per_file) for k in ("read", "clean", "quarantined", "duplicates")}
+        # the newest clean event, read before the lock lets a micro-batch append: train and
+        # evaluate read the lake up to here, so the window is the rebuild's and stays one
+        newest = spark.read.parquet(str(settings.events_path)).agg(F.max(F.unix_micros("ts"))).first()[0] if counts["clean"] else None
     until = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=newest + 1)).isoformat() if newest is not None else None
     log.info("clean %s: %s over %d files", batch_id, counts, len(files))
     return {"batch_id": batch_id, "files": len(files), **counts, "until": until}

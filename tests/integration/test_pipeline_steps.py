@@ -96,3 +96,29 @@ def test_all_rows_quarantined_fails_the_gate_not_spark(spark, settings):
     assert clean_step(settings, "bad")["quarantined"] == 2
     with pytest.raises(QualityGateError, match="all 2 of 2 rows read were quarantined"):
         validate_step(settings, "bad")
+
+
+def test_until_is_the_rebuilds_newest_event_even_if_a_microbatch_appends_right_after(spark, settings, monkeypatch):
+    """``until`` (train and evaluate read the lake up to it) is taken while clean holds the lake
+    lock: a micro-batch appending as soon as the lock is free does not move it."""
+    import contextlib
+
+    import freshrec.lake
+
+    _import(settings, "otto", SAMPLES / "otto_sample_train.jsonl")
+    locked = freshrec.lake.lake_lock
+
+    @contextlib.contextmanager
+    def lock_then_append(s, holder):
+        with locked(s, holder):
+            yield
+        # the micro-batch that was waiting for the lock appends a newer event
+        late = _table(s, "lake", "events").nlargest(1, "ts").assign(event_id="late", ts=pd.Timestamp("2030-01-01"))
+        part = s.events_path / "event_date=2030-01-01"
+        part.mkdir()
+        late.drop(columns=["event_date"]).to_parquet(part / "inc-mb-00000.parquet", index=False)
+
+    monkeypatch.setattr(freshrec.lake, "lake_lock", lock_then_append)
+    out = clean_step(settings, "a")
+    newest = pd.read_parquet(settings.events_path).query("event_id != 'late'")["ts"].max()
+    assert pd.Timestamp(out["until"]) == pd.Timestamp(newest, tz="UTC") + pd.Timedelta(microseconds=1)
