@@ -1,5 +1,11 @@
 """Re-scoring without retraining: the lists of the users who just acted, and the popular lists,
 upserted into the live serving version (the micro-batch path and the publish step's catch-up).
+
+Lists are computed for one version, with the recommender and unavailable items that version
+was scored with, and upserted only while that version is still live (``expected_version``): if a
+batch publish switches the live pointer in between, the store writes nothing and raises
+``LiveVersionChanged``, and the lists are computed again for the version now live. Old lists
+never land in a new version.
 """
 
 from __future__ import annotations
@@ -8,12 +14,15 @@ import json
 import logging
 import pickle
 import time
-from typing import Any
+from typing import Any, Callable
 
 from freshrec.errors import UserError
 from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
+
+#: how many times a re-score starts over because another version went live meanwhile
+ATTEMPTS = 3
 
 
 def catch_up_step(settings: Settings) -> dict[str, Any]:
@@ -30,26 +39,53 @@ def catch_up_step(settings: Settings) -> dict[str, Any]:
     return {"users": refreshed.get("users", 0), "popular_lists": popular.get("lists", 0)}
 
 
+def _into_live(settings: Settings, write: Callable[[Any, str], dict[str, Any]]) -> dict[str, Any] | None:
+    """``write(store, version)``: compute lists for ``version`` and upsert them with
+    ``expected_version=version``. Run for the live version, and again for the next one if a
+    batch publish switched versions before the upsert committed. None when nothing is live."""
+    from freshrec.serving import open_store
+    from freshrec.serving.base import LiveVersionChanged
+
+    with open_store(settings.serving) as store:
+        attempt = 1
+        while True:
+            version = store.live_version()
+            if version is None:
+                return None
+            try:
+                return write(store, version)
+            except LiveVersionChanged as exc:
+                if attempt == ATTEMPTS:
+                    raise
+                attempt += 1
+                log.info("version %s went live while lists were computed for %s: computing them again", exc.live, exc.expected)
+
+
 def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
     """Re-score ``users`` with the live version's recommender, no retraining, and upsert their
-    lists into the live version.
+    lists into that version while it is live.
 
     A user's sequence is their features/sequences row plus their events in features/recent
     (the micro-batches since the last batch), the last FRESHREC_SEQUENCE_LENGTH kept
     (``jobs.history``); a user seen for the first time is scored from the recent events alone.
     Exclusions (FRESHREC_EXCLUDE_SEEN) and unavailable items hold as in the batch."""
-    from freshrec.serving import open_store
-
     started = time.perf_counter()
     users = sorted({str(u) for u in users})
-    with open_store(settings.serving) as store:
-        version = store.live_version()
-        if version is None or not users:
-            return {"version": version, "users": 0, "skipped": "nothing published yet" if version is None else "no users"}
+
+    def write(store, version: str) -> dict[str, Any]:
+        if not users:
+            return {"version": version, "users": 0, "skipped": "no users"}
         scored = _score_users(settings, version, users)
-        result = store.upsert_user_recs(
-            (u, list(zip(items, scores, strict=True)))
-            for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True))
+        return store.upsert_user_recs(
+            ((u, list(zip(items, scores, strict=True)))
+             for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True)),
+            expected_version=version)
+
+    result = _into_live(settings, write)
+    if result is None:
+        return {"version": None, "users": 0, "skipped": "nothing published yet"}
+    if result.get("skipped"):
+        return result
     result["seconds"] = round(time.perf_counter() - started, 3)
     log.info("refreshed %d users in version %s", result["users"], result["version"])
     return result
@@ -112,17 +148,20 @@ def refresh_popular_step(settings: Settings) -> dict[str, Any]:
     from freshrec.features import feature_rows
     from freshrec.jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
     from freshrec.lake import features_lock, has_table, read_recent
-    from freshrec.serving import open_store
 
     if not has_table(settings.features_dir / "item_stats"):
         return {"lists": 0, "skipped": "no item stats yet"}
-    with features_lock(settings, "popular refresh", shared=True):
-        stats = feature_rows(settings, "item_stats", [*POPULAR_COLUMNS, "last_seen"])
-        recent = read_recent(settings)
-    stats = fold_popularity(stats, recent, settings.event_weights, settings.decay_half_life_days)
-    lists = popular_lists(stats, settings.top_n)
-    with open_store(settings.serving) as store:
-        if store.live_version() is None:
-            return {"lists": 0, "skipped": "nothing published yet"}
-        result = store.upsert_lists("popular", lists)
-    return {"version": result["version"], "lists": result["rows"], "recent_events": len(recent)}
+    folded: dict[str, int] = {}
+
+    def write(store, version: str) -> dict[str, Any]:
+        with features_lock(settings, "popular refresh", shared=True):
+            stats = feature_rows(settings, "item_stats", [*POPULAR_COLUMNS, "last_seen"])
+            recent = read_recent(settings)
+        folded["recent_events"] = len(recent)
+        stats = fold_popularity(stats, recent, settings.event_weights, settings.decay_half_life_days)
+        return store.upsert_lists("popular", popular_lists(stats, settings.top_n), expected_version=version)
+
+    result = _into_live(settings, write)
+    if result is None:
+        return {"lists": 0, "skipped": "nothing published yet"}
+    return {"version": result["version"], "lists": result["rows"], **folded}

@@ -172,3 +172,59 @@ def test_refresh_rescores_only_the_users_who_acted(published):
     assert acted != [r["item_id"] for r in before[acting]]
     assert client.recs(bystander, n=20)["items"] == before[bystander], "users who did not act are untouched"
 
+
+def test_a_batch_switch_while_rescoring_never_lands_the_old_versions_lists(published, monkeypatch):
+    """A micro-batch scores its users with the live version's recommender; if a batch publish
+    switches the live pointer before the upsert commits, the old lists are not written into the
+    new version: the users are re-scored with the new version's recommender and unavailable items."""
+    import shutil
+
+    import freshrec.jobs.score
+    from freshrec.lake import write_recent
+    from freshrec.serving.publish import publish_tables
+    from freshrec.rescore import refresh_users_step
+
+    s = published.settings
+    known = _features(s, "user_index")["user_id"].tolist()[2:4]
+    items = _features(s, "item_stats").sort_values("pop_rank")["item_id"].tolist()
+    now = pd.Timestamp(pd.read_parquet(s.features_dir / "sequences")["last_ts"].max(), tz="UTC")
+    rows = [(known[0], items[20], "view"), (known[1], items[21], "purchase"), ("race-newcomer", items[22], "view")]
+    write_recent(s, "mb-race", pd.DataFrame([
+        {"event_id": f"race-{i}", "ts": now + pd.Timedelta(minutes=i + 1), "user_id": u, "item_id": item,
+         "event_type": et, "category": None} for i, (u, item, et) in enumerate(rows)]))
+    users = sorted({u for u, _, _ in rows})
+    with open_store(s.serving) as store:
+        old = store.live_version()
+        old_lists = {u: store.get_user_recs(u, n=s.top_n) for u in users}
+    new = f"{old}-race"
+    original = freshrec.jobs.score.score_frame
+    scored_by_old: dict[str, list[str]] = {}
+
+    def score_then_switch(rec, frame, *args, **kwargs):
+        out = original(rec, frame, *args, **kwargs)
+        if not scored_by_old:  # a batch publishes a new version while these lists are on their way
+            scored_by_old.update(zip(out["user_id"], out["items"], strict=True))
+            shutil.copytree(s.recs_dir / old, s.recs_dir / new)
+            # the new version marks the old lists' top items unavailable: its lists must differ
+            blocked = sorted({i for lst in scored_by_old.values() for i in lst[:3]})
+            (s.recs_dir / new / "unavailable.json").write_text(json.dumps(blocked))
+            with open_store(s.serving) as store:
+                publish_tables(store, new, s.recs_dir / new, {"batch_id": "race"}, keep=10)
+        return out
+
+    monkeypatch.setattr(freshrec.jobs.score, "score_frame", score_then_switch)
+    raced = refresh_users_step(s, users)
+    monkeypatch.setattr(freshrec.jobs.score, "score_frame", original)
+    assert raced["version"] == new and raced["users"] == len(users)
+    blocked = set(json.loads((s.recs_dir / new / "unavailable.json").read_text()))
+    with open_store(s.serving) as store:
+        in_new = {u: [r["item_id"] for r in store.get_user_recs(u, n=s.top_n)["items"]] for u in users}
+        assert {u: store.get_user_recs(u, n=s.top_n, version=old) for u in users} == old_lists, \
+            "nothing is written into the version that is no longer live"
+    for u in users:
+        assert in_new[u] != scored_by_old[u], f"{u}: the old version's list landed in the new version"
+        assert not blocked & set(in_new[u]), f"{u}: the new version's unavailable items must not appear"
+    clean = refresh_users_step(s, users)  # no race: what the new version gives these users
+    assert clean["version"] == new
+    with open_store(s.serving) as store:
+        assert {u: [r["item_id"] for r in store.get_user_recs(u, n=s.top_n)["items"]] for u in users} == in_new
