@@ -45,7 +45,7 @@ BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, cont
 
 
 def _percentiles(values: Any, weights: Any = None) -> tuple[float | None, float | None]:
-    """p50 and p95 of ``values`` (each counted ``weights`` times), rounded to 0.1 s."""
+    """p50 and p95 of ``values`` (each counted ``weights`` times), rounded to 0.01 s."""
     values = np.asarray(values, dtype=float)
     if values.size == 0:
         return None, None

@@ -1,4 +1,4 @@
-"""The canonical event log and the tables derived from it (interface.md is the contract)."""
+"""The canonical event log and the tables derived from it (docs/events.md is the contract)."""
 
 from __future__ import annotations
 

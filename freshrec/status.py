@@ -72,7 +72,7 @@ def freshness(microbatches: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def collect_status(settings: Settings) -> dict[str, Any]:
-    """The ``freshrec status --json`` object (interface.md); never raises for a missing home."""
+    """The ``freshrec status --json`` object (docs/commands.md); never raises for a missing home."""
     status: dict[str, Any] = {
         "live_version": None,
         "model": None,

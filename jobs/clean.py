@@ -5,8 +5,9 @@ file; the incremental path calls it on each micro-batch. It works on a DataFrame
 text lines ``(source_file, raw)``; CSV landing files are turned into such lines first
 (``csv_as_json_lines``), so one set of rules covers both formats.
 
-Everything here is a DataFrame -> DataFrame function: no I/O except in ``read_landing`` and
-``main``.
+Everything here is a DataFrame -> DataFrame function: no I/O except the landing-zone readers
+at the bottom (``landing_files`` lists the files, ``read_landing`` reads them). The pipeline's
+``clean_step`` (freshrec.steps) writes the results.
 """
 
 from __future__ import annotations

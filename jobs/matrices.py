@@ -1,6 +1,6 @@
 """Build the matrices the models read: stable id maps, weighted interactions, recent
-sequences and item statistics (docs/tables.md). Pure DataFrame -> DataFrame functions;
-``write_matrices`` is the only I/O.
+sequences and item statistics (docs/tables.md). Pure DataFrame -> DataFrame functions; the
+pipeline's ``matrices_step`` (freshrec.steps) reads the lake and writes features/.
 
 Every function takes the clean events (lake/events columns). Time decay is measured from the
 newest item event in the data (``reference_time``), not the wall clock, so a rerun on the same

@@ -7,7 +7,8 @@
 - ``popular_lists``: per category, from features/item_stats (one row per item, pandas).
 - ``query_items``: a Spark aggregation over the lake.
 - ``similar_items``: per item, its co-occurrence neighbours, filled up from its category's and
-  then the overall popular items; a batched pass over a sparse matrix on the driver.
+  then the overall popular items; a Python loop over the rows of a sparse matrix on the driver,
+  one item at a time.
 
 Items marked unavailable in the catalogue never appear in any list.
 """

@@ -1,6 +1,6 @@
 """Run any recommender on an EvalSet: metrics overall and for new versus returning users.
 
-Metric names are the MLflow names of interface.md: ``ndcg_at_10``, ``recall_at_20``,
+Metric names are the MLflow names of docs/tables.md: ``ndcg_at_10``, ``recall_at_20``,
 ``coverage_at_10``, ... overall, and the same prefixed with ``new_users/`` or
 ``returning_users/`` for the two segments (a new user has no event before the cutoff).
 """
