@@ -53,6 +53,7 @@ class Settings(BaseSettings):
     spark_shuffle_partitions: AtLeastOne = 8  # spark.sql.shuffle.partitions
     spark_pool_slots: AtLeastZero = 0  # Spark tasks Airflow runs at once (pool freshrec_spark); 0 sizes the pool for the machine
     mlflow_tracking_uri: str = ""  # MLflow tracking store; empty: sqlite:///$FRESHREC_HOME/mlflow.db; MLFLOW_TRACKING_URI wins over both
+    mlflow_artifact_root: str = ""  # artifact location (a URI or an absolute path) of the MLflow experiment freshrec creates; empty: $FRESHREC_HOME/mlartifacts, or the tracking server's own root
     top_n: AtLeastOne = 100  # length of each published list
     keep_versions: AtLeastOne = 5  # published versions kept for rollback, the live one included
     exclude_seen: ExcludeSeen = "purchased"  # items kept out of a user's own list: all they interacted with, the purchased ones, or none (repeat-buy domains)

@@ -164,7 +164,7 @@ def train_step(settings: Settings, batch_id: str, until: str | None = None) -> d
     except ValueError as exc:  # too little history for a held-out window: publish what is there
         log.warning("train %s skipped: %s", batch_id, exc)
         return {"skipped": f"not enough history to train and evaluate: {exc}"}
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         previous = tracking.registered_for_batch(client, batch_id, window)
     if previous is not None:
         log.info("train %s: reusing model version %s registered for this batch and window", batch_id, previous["version"])
@@ -195,7 +195,7 @@ def gate_step(settings: Settings, trained: dict[str, Any], evaluated: dict[str, 
 
     decided_at = datetime.now(timezone.utc).isoformat(timespec="seconds")
     if trained.get("skipped"):
-        with tracking.tracking(settings.tracking_uri) as client:
+        with tracking.tracking(settings) as client:
             champion = tracking.champion_version(client)
         publish = ({"kind": "model", "name": tracking.REGISTERED_MODEL, "version": champion} if champion is not None
                    else {"kind": "baseline", "name": "popularity"})

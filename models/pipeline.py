@@ -150,7 +150,7 @@ def train_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: Tra
     from freshrec.models import tracking
 
     trainer = trainer or train_model
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         run_id = tracking.start_run(client, "model", "seqrec", {**window, **config.model.to_params()},
                                     _run_tags(window, batch_id))
         try:
@@ -173,7 +173,7 @@ def load_trained(settings, trained: dict[str, Any], eval_set: EvalSet) -> SeqRec
 
     if trained.get("version") is None:
         raise ValueError("the trained model was not registered; nothing to evaluate")
-    with tracking.tracking(settings.tracking_uri):
+    with tracking.tracking(settings):
         model = tracking.load_model_version(trained["version"])
     return model.prepare(eval_set.catalogue, eval_set.train)
 
@@ -188,7 +188,7 @@ def evaluate_stage(settings, eval_set: EvalSet, window: dict[str, Any], config: 
     run_id = trained["run_id"]
     results: dict[str, EvalResult] = {}
     baselines: dict[str, dict[str, Any]] = {}
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         try:
             for old in tracking.batch_runs(client, "baseline", batch_id) if batch_id is not None else ():
                 client.delete_run(old.info.run_id)
@@ -229,7 +229,7 @@ def gate_stage(settings, config: TrainingConfig, trained: dict[str, Any], evalua
 
     run_id, version, champion = trained["run_id"], trained.get("version"), evaluated["champion"]
     metric = config.gate_metric
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         try:
             decision = decide(
                 evaluated["metrics"].get(metric),
@@ -275,7 +275,7 @@ def serving_recommender(settings, publish: dict[str, Any], events: pd.DataFrame,
     baselines = {b.name: b for b in make_baselines(config, settings.exclude_seen, len(catalogue), weights,
                                                    settings.trending_window_days)}
     if publish.get("kind") == "model" and publish.get("version") is not None:
-        with tracking.tracking(settings.tracking_uri):
+        with tracking.tracking(settings):
             rec = tracking.load_model_version(str(publish["version"]))
         rec.prepare(catalogue, histories)
     else:

@@ -1,14 +1,17 @@
 """MLflow side effects: runs, metrics, plots, the logged and registered model, aliases.
 
 Everything goes through an explicit tracking URI (Settings.tracking_uri, a sqlite:/// file under
-FRESHREC_HOME by default); the process-wide MLflow URI is set only for the duration of a call
-and restored afterwards. Runs live in experiment ``freshrec`` with the tag ``freshrec.kind`` =
-``model`` or ``baseline``; the model is registered as ``freshrec``.
+FRESHREC_HOME by default); the process-wide MLflow tracking and registry URIs are set only for
+the duration of a call and restored afterwards. Runs live in experiment ``freshrec`` with the tag
+``freshrec.kind`` = ``model`` or ``baseline``; the model is registered as ``freshrec``. The
+experiment keeps its artifacts (plots, logged models, so the registered versions too) under
+``$FRESHREC_HOME/mlartifacts`` unless ``mlflow_artifact_root`` or a tracking server says where.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -21,39 +24,100 @@ from freshrec.models.gate import CHALLENGER, CHAMPION
 from freshrec.models.metrics import per_user_metrics, popularity_rank
 from freshrec.models.split import EvalSet
 
+log = logging.getLogger(__name__)
+
 EXPERIMENT = "freshrec"
 REGISTERED_MODEL = "freshrec"
 KIND_TAG = "freshrec.kind"
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
+CURVES_PLOT = "plots/metric_at_k.png"  # NDCG@K and recall@K of the model and every baseline, on the model's run
+ARTIFACTS_DIR = "mlartifacts"  # under FRESHREC_HOME
+# The MLflow 3 UI opens an experiment on the view its kind names; without the tag it may open
+# on the GenAI overview, which shows none of the training runs.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_DEVELOPMENT = "custom_model_development"
+SERVER_SCHEMES = ("http", "https", "databricks")  # a tracking server chooses its own artifact root
+_URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+def artifact_location(settings) -> str | None:
+    """Where a new ``freshrec`` experiment keeps its artifacts: ``mlflow_artifact_root`` (a URI,
+    or a path made absolute), else ``$FRESHREC_HOME/mlartifacts``; None (the server's root)
+    behind a tracking server. MLflow's own default for a database store is ./mlruns of
+    whatever directory the process runs in."""
+    root = settings.mlflow_artifact_root
+    if root:
+        return root if "://" in root else Path(root).resolve().as_uri()
+    if is_server(settings.tracking_uri):
+        return None
+    return (settings.home / ARTIFACTS_DIR).resolve().as_uri()
+
+
+def is_server(uri: str) -> bool:
+    return uri.split(":", 1)[0].lower() in SERVER_SCHEMES
 
 
 @contextlib.contextmanager
-def tracking(uri: str) -> Iterator[Any]:
-    """An MlflowClient on ``uri`` with the fluent API pointed there too, restored on exit.
+def tracking(settings) -> Iterator[Any]:
+    """An MlflowClient on ``settings.tracking_uri``, with the fluent API's tracking and registry
+    URIs pointed there too, restored on exit; experiment ``freshrec`` exists on entry.
 
-    mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI, which Settings.tracking_uri
-    reads first: the variable is restored too, so one store never leaks into the next call.
+    mlflow.set_tracking_uri and set_registry_uri also export MLFLOW_TRACKING_URI and
+    MLFLOW_REGISTRY_URI (Settings.tracking_uri reads the first): both are restored, so one store
+    never leaks into the next call. The registry is set too so that log_model registers, and
+    models:/ URIs load, in this store even where MLFLOW_REGISTRY_URI names another.
     """
     import mlflow
     from mlflow.tracking import MlflowClient
 
+    uri = settings.tracking_uri
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
-    previous_env = os.environ.get("MLFLOW_TRACKING_URI")
-    mlflow.set_tracking_uri(uri)  # the registry follows the tracking URI
+    previous_env = {name: os.environ.get(name) for name in _URI_VARIABLES}
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
     try:
-        yield MlflowClient(tracking_uri=uri, registry_uri=uri)
+        client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+        ensure_experiment(client, settings)
+        yield client
     finally:
         if previous is not None:
             mlflow.set_tracking_uri(previous)
-        if previous_env is None:
-            os.environ.pop("MLFLOW_TRACKING_URI", None)
-        else:
-            os.environ["MLFLOW_TRACKING_URI"] = previous_env
+        mlflow.set_registry_uri(previous_env["MLFLOW_REGISTRY_URI"] or "")  # "": the variable or the tracking URI again
+        for name, value in previous_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def ensure_experiment(client, settings) -> str:
+    """The id of experiment ``freshrec``, created with :func:`artifact_location` and tagged as
+    model development. An existing experiment keeps its artifact location (MLflow cannot move
+    it); it is only tagged."""
+    from mlflow.exceptions import MlflowException
+
+    wanted = artifact_location(settings)
+    exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp is None:
+        try:
+            return client.create_experiment(EXPERIMENT, artifact_location=wanted,
+                                            tags={EXPERIMENT_KIND_TAG: MODEL_DEVELOPMENT})
+        except MlflowException as exc:  # another task created it between the two calls
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            exp = client.get_experiment_by_name(EXPERIMENT)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) != MODEL_DEVELOPMENT:
+        client.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_DEVELOPMENT)
+    if wanted is not None and exp.artifact_location.rstrip("/") != wanted.rstrip("/"):
+        log.info("MLflow experiment %s (id %s) keeps its artifacts in %s, not %s: it was created before, "
+                 "and an experiment's artifact location cannot change", EXPERIMENT, exp.experiment_id,
+                 exp.artifact_location, wanted)
+    return exp.experiment_id
 
 
 def experiment_id(client) -> str:
-    exp = client.get_experiment_by_name(EXPERIMENT)
-    return exp.experiment_id if exp is not None else client.create_experiment(EXPERIMENT)
+    """The id of experiment ``freshrec`` (:func:`tracking` creates it on entry)."""
+    return client.get_experiment_by_name(EXPERIMENT).experiment_id
 
 
 def start_run(client, kind: str, name: str, params: dict[str, Any], tags: dict[str, str] | None = None) -> str:
@@ -81,30 +145,35 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -
 
 def log_plots(client, run_id: str, eval_set: EvalSet, results: dict[str, EvalResult], focus: str) -> None:
     """metric@K curves of every result, and the popularity of ``focus``'s lists vs consumed items."""
+    folder, name = CURVES_PLOT.split("/")
     with tempfile.TemporaryDirectory() as tmp:
-        curves = Path(tmp) / "metric_at_k.png"
-        plot_metric_curves(eval_set, results, curves)
-        client.log_artifact(run_id, str(curves), "plots")
+        curves = Path(tmp) / name
+        plot_metric_curves(eval_set, results, curves, focus)
+        client.log_artifact(run_id, str(curves), folder)
         if focus in results:
             pop = Path(tmp) / "popularity_recommended_vs_consumed.png"
             plot_popularity(eval_set, results[focus].recs, pop, label=focus)
-            client.log_artifact(run_id, str(pop), "plots")
+            client.log_artifact(run_id, str(pop), folder)
 
 
-def plot_metric_curves(eval_set: EvalSet, results: dict[str, EvalResult], path: Path) -> None:
+def plot_metric_curves(eval_set: EvalSet, results: dict[str, EvalResult], path: Path, focus: str | None = None) -> None:
+    """NDCG@K and recall@K at every K of CURVE_KS a list is long enough for, one line per
+    result; ``focus`` (the model) drawn last, thick and black, so it reads against every baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for name, result in sorted(results.items()):
+    for name, result in sorted(results.items(), key=lambda item: (item[0] == focus, item[0])):
         ks = tuple(k for k in CURVE_KS if k <= result.recs.shape[1])
         per_user = per_user_metrics(result.recs, eval_set.targets, ks)
+        style = {"color": "black", "linewidth": 2.5, "zorder": 3} if name == focus else {}
         for ax, metric in zip(axes, ("ndcg", "recall"), strict=True):
-            ax.plot(ks, [per_user[f"{metric}_at_{k}"].mean() for k in ks], marker="o", label=name)
+            ax.plot(ks, [per_user[f"{metric}_at_{k}"].mean() for k in ks], marker="o", label=name, **style)
     for ax, metric in zip(axes, ("NDCG", "recall"), strict=True):
         ax.set_xscale("log")
+        ax.set_xticks(CURVE_KS, [str(k) for k in CURVE_KS])
         ax.set_xlabel("K")
         ax.set_title(f"{metric}@K")
         ax.grid(alpha=0.3)
@@ -204,3 +273,18 @@ def registered_for_batch(client, batch_id: str, window: dict[str, Any]) -> dict[
 
 def window_tag(window: dict[str, Any]) -> str:
     return f"{window['cutoff']}/{window['window_days']}d/{window['exclude_seen']}"
+
+
+def find_run(settings, run_id: str | None = None, version: str | None = None) -> dict[str, str] | None:
+    """``experiment_id`` and ``run_id`` of ``run_id``, or of the run that logged registered
+    ``version``; None when there is no local store to ask. Read only: no store, experiment or
+    directory is created (unlike :func:`tracking`). MlflowException when the store lacks them."""
+    from mlflow.tracking import MlflowClient
+
+    uri = settings.tracking_uri
+    if uri.startswith("sqlite:///") and not Path(uri[len("sqlite:///"):]).is_file():
+        return None
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    if run_id is None:
+        run_id = client.get_model_version(REGISTERED_MODEL, str(version)).run_id
+    return {"experiment_id": client.get_run(run_id).info.experiment_id, "run_id": run_id}

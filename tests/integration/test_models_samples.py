@@ -37,7 +37,7 @@ def test_gate_decides_consistently_on_a_real_sample(tmp_path, loader, path, wind
         assert report.publish == report.publish | {"kind": "model", "version": report.model["version"]}
     else:
         assert report.publish["kind"] == "baseline" and report.publish["name"] == report.decision.best_baseline
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         runs = client.search_runs([tracking.experiment_id(client)])
         kinds = sorted(r.data.tags[tracking.KIND_TAG] for r in runs)
         assert kinds == ["baseline"] * len(report.baselines) + ["model"]

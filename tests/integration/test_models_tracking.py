@@ -78,7 +78,7 @@ def test_a_good_model_is_tracked_registered_and_promoted(promoted):
     settings, report, capture = promoted
     assert report.decision.promote, report.decision.reason
     assert report.publish == {"kind": "model", "name": "freshrec", "version": "1", "run_id": report.model["run_id"]}
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         exp = client.get_experiment_by_name("freshrec")
         runs = client.search_runs([exp.experiment_id])
         kinds = sorted(r.data.tags["freshrec.kind"] for r in runs)
@@ -112,7 +112,7 @@ def test_a_broken_model_is_never_promoted(promoted, breaker):
     assert report.model["metrics"]["ndcg_at_10"] < first.model["metrics"]["ndcg_at_10"]
     assert report.champion["version"] == "1"
     assert report.publish["kind"] == "model" and report.publish["version"] == "1"
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         assert str(client.get_model_version_by_alias("freshrec", "champion").version) == "1"
         assert str(client.get_model_version_by_alias("freshrec", "challenger").version) == report.model["version"]
         assert client.get_run(report.model["run_id"]).data.tags["freshrec.gate.promoted"] == "false"
@@ -126,7 +126,7 @@ def test_tolerance_decides_between_equal_models(promoted):
     assert not demanding.decision.promote and "tolerance" in demanding.decision.reason
     lenient = train_and_gate(settings, EVENTS, dataclasses.replace(CONFIG, gate_tolerance=0.0))
     assert lenient.decision.promote
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         assert str(client.get_model_version_by_alias("freshrec", "champion").version) == lenient.model["version"]
 
 
@@ -142,5 +142,5 @@ def test_without_any_champion_a_broken_model_falls_back_to_the_best_baseline(tmp
     assert not report.decision.promote, report.decision.reason
     best = max(report.baselines, key=lambda name: report.baselines[name]["metrics"]["ndcg_at_10"])
     assert report.publish == {"kind": "baseline", "name": best, "run_id": report.baselines[best]["run_id"]}
-    with tracking.tracking(settings.tracking_uri) as client:
+    with tracking.tracking(settings) as client:
         assert tracking.champion_version(client) is None
