@@ -1,0 +1,353 @@
+"""The two-stage recommender: candidates from several sources (models/candidates.py), ordered by a
+LightGBM LambdaRank model.
+
+Training labels come from the training data only. The training histories are cut at
+``cutoff - label_window_days`` (``cutoff`` = their ``now``): the sources are fitted on, and the
+candidates drawn from, the events before that cut; a candidate's label is 1 when the user took
+the item (a target event type) in the label window after it. With ``n_label_windows`` > 1 the
+same is repeated one window further back each time, and the groups are stacked. Users whose
+candidates hold no label teach LambdaRank nothing and are left out. Then the sources are refitted
+on every training event for scoring, so the evaluation window is never seen.
+
+Features of a (user, item) candidate (``FEATURES``): every source's score and rank and how many
+sources listed it; what the user did with the item (counts per event type, recency, decayed
+weights, the user's own re-take gap and the time since the last take over it and over the item's
+typical re-take interval, the share of the user's weight in the item's category); the user
+(activity, tenure, recency, repeat share, basket size, mean price); the item (popularity, buyers,
+trend, re-take interval and share, price, category popularity, age) and the item's price over the
+user's mean price.
+
+``recommend`` ranks a user's candidates and fills the rest of the list with overall popularity;
+``score`` gives the same order over the whole catalogue. Scoring one user costs one candidate
+batch of that user and one LightGBM call over a few hundred rows. Deterministic for a seed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from freshrec.models.baselines import Recommender, top_k_shared
+from freshrec.models.candidates import (
+    HISTORY,
+    ITEM_STATS,
+    SOURCES,
+    CandidateConfig,
+    CandidateGenerator,
+    Candidates,
+    top_per_row,
+)
+from freshrec.models.data import (
+    EVENT_CODES,
+    POSITIVE_EVENT_TYPES,
+    SECONDS_PER_DAY,
+    Catalogue,
+    Histories,
+    Ragged,
+    event_weight_array,
+)
+from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES, seen_items
+
+USER_FEATURES = ("user_events", "user_items", "user_days", "user_days_since_last", "user_days_since_first",
+                 "user_repeat_share", "user_events_per_day", "user_mean_price")
+FEATURES = (*(f"score_{s}" for s in SOURCES), *(f"rank_{s}" for s in SOURCES), "n_sources", *HISTORY,
+            *USER_FEATURES, *(f"item_{s}" for s in ITEM_STATS), "price_over_user_mean")
+
+
+@dataclass(frozen=True)
+class RankerConfig:
+    candidates: CandidateConfig = field(default_factory=CandidateConfig)
+    label_window_days: float = 14.0  # use the evaluation window: the ranker learns "what is taken next window"
+    # label windows stacked back from the cutoff: one window teaches the ranker whatever that
+    # fortnight rewarded (Ta-Feng: trending items before the lunar new year); several average it out
+    n_label_windows: int = 4
+    target_event_types: tuple[str, ...] = DEFAULT_TARGET_EVENT_TYPES
+    min_target_users: int = 50  # below this many users with a target in a label window, every positive event counts
+    exclude_seen: str = "none"  # the serving rule: training candidates leave out the same items
+    # "time": labels from the window(s) before the cutoff; "random": a seeded share of each user's
+    # items held out, for logs evaluated by protocols.random_holdout (ratings dumps)
+    label_protocol: str = "time"
+    label_fraction: float = 0.2
+    max_train_users: int | None = 3000  # per label window, a seeded sample
+    validation_share: float = 0.1  # of the label users, for early stopping
+    n_estimators: int = 400
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    min_child_samples: int = 100
+    feature_fraction: float = 0.8
+    bagging_fraction: float = 0.8
+    early_stopping_rounds: int = 40
+    # LightGBM's OpenMP threads spin while they wait: on a CPU shared with other work a second
+    # thread made a fit 10x slower here, so one is the default
+    num_threads: int = 1
+    seed: int = 0
+
+
+@dataclass
+class TrainingSet:
+    """Stacked candidate groups with their features and labels."""
+
+    features: np.ndarray  # float32 (n_rows, len(FEATURES))
+    items: np.ndarray  # int64 catalogue index per row
+    labels: np.ndarray  # int32
+    groups: np.ndarray  # int64 rows per group, in row order
+    users: np.ndarray  # user id per group
+    window_start: np.ndarray  # epoch seconds per group: the start of its label window
+
+
+class TwoStageRanker(Recommender):
+    """Candidates (CandidateGenerator) re-ranked by LightGBM LambdaRank; see the module docstring."""
+
+    name = "two_stage"
+    kind = "model"
+
+    def __init__(self, config: RankerConfig | None = None):
+        self.config = config or RankerConfig()
+        self.timings: dict[str, float] = {}
+
+    def params(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "candidates"}
+        out.update({f"candidates.{k}": v for k, v in dataclasses.asdict(self.config.candidates).items()})
+        return out
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "TwoStageRanker":
+        from lightgbm import LGBMRanker, early_stopping
+
+        cfg = self.config
+        self.timings = {}
+        data = self.training_set(train, catalogue)
+        val = _validation_groups(len(data.groups), cfg.validation_share, cfg.seed)
+        row_val = np.repeat(val, data.groups)
+        self.model = LGBMRanker(
+            objective="lambdarank", n_estimators=cfg.n_estimators, learning_rate=cfg.learning_rate,
+            num_leaves=cfg.num_leaves, min_child_samples=cfg.min_child_samples, colsample_bytree=cfg.feature_fraction,
+            subsample=cfg.bagging_fraction, subsample_freq=1, random_state=cfg.seed, deterministic=True,
+            force_row_wise=True, n_jobs=cfg.num_threads, verbose=-1, lambdarank_truncation_level=20)
+        eval_kw: dict[str, Any] = {}
+        if val.any():
+            eval_kw = {"eval_X": (data.features[row_val],), "eval_y": (data.labels[row_val],), "eval_group": [data.groups[val]],
+                       "eval_at": [10], "callbacks": [early_stopping(cfg.early_stopping_rounds, verbose=False)]}
+        with self._timed("lightgbm_fit"):
+            self.model.fit(data.features[~row_val], data.labels[~row_val], group=data.groups[~val], **eval_kw)
+        self.n_train_groups, self.n_train_rows = int((~val).sum()), int((~row_val).sum())
+        self.best_iteration = int(self.model.best_iteration_ or cfg.n_estimators)
+        with self._timed("sources_fit"):
+            self.bind(train, catalogue)
+        return self
+
+    @contextlib.contextmanager
+    def _timed(self, stage: str):
+        """Add the seconds of the block to ``timings[stage]`` (bench/quality.py reports them)."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
+
+    def bind(self, train: Histories, catalogue: Catalogue) -> "TwoStageRanker":
+        """Fit the candidate sources on ``train`` (every event the scored users may be scored from)."""
+        self.catalogue = catalogue
+        self.generator = CandidateGenerator(self.config.candidates).fit(train, catalogue)
+        return self
+
+    def training_set(self, train: Histories, catalogue: Catalogue) -> TrainingSet:
+        """The stacked groups of every label window (see the module docstring)."""
+        cfg = self.config
+        if cfg.label_protocol == "random":
+            parts = [self._groups(train, catalogue, *_random_labels(train, self._label_codes(train, train.item >= 0),
+                                                                    cfg.label_fraction, cfg.seed), int(train.now.max()))]
+        else:
+            cutoff = int(train.now.max())
+            window = int(round(cfg.label_window_days * SECONDS_PER_DAY))
+            parts = []
+            for w in range(cfg.n_label_windows):
+                start, end = cutoff - (w + 1) * window, cutoff - w * window
+                in_window = (train.t >= start) & (train.t < end) & (train.item >= 0)
+                parts.append(self._groups(train, catalogue, train.t < start, in_window & self._label_codes(train, in_window), start))
+        parts = [p for p in parts if p is not None]
+        if not parts:
+            raise ValueError("no label window has a user whose candidates hold one of their targets")
+        return TrainingSet(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(TrainingSet)))
+
+    def _label_codes(self, train: Histories, eligible: np.ndarray) -> np.ndarray:
+        """Per event: is it of a target type (every positive type when fewer than
+        ``min_target_users`` eligible users have a target event, as split.py does)?"""
+        cfg = self.config
+        is_target = np.isin(train.etype, [EVENT_CODES[e] for e in cfg.target_event_types])
+        if len(np.unique(train.row_of_event[eligible & is_target])) < cfg.min_target_users:
+            is_target = np.isin(train.etype, [EVENT_CODES[e] for e in POSITIVE_EVENT_TYPES])
+        return is_target
+
+    def _groups(self, train: Histories, catalogue: Catalogue, keep: np.ndarray, is_label: np.ndarray,
+                now: int) -> TrainingSet | None:
+        """Groups of one label set: candidates from the events where ``keep`` holds (as of ``now``),
+        labels = the items of the events where ``is_label`` holds."""
+        cfg = self.config
+        users = np.unique(train.row_of_event[is_label])
+        if cfg.max_train_users is not None and len(users) > cfg.max_train_users:
+            users = np.sort(np.random.default_rng([cfg.seed, now]).choice(users, cfg.max_train_users, replace=False))
+        if not len(users):
+            return None
+        earlier = train.filter(keep, now=now)
+        with self._timed("candidates"):
+            generator = CandidateGenerator(cfg.candidates).fit(earlier, catalogue)
+            hist = earlier.subset(users)
+            cands = generator.generate(hist, seen_items(hist, cfg.exclude_seen))
+        row_of = np.full(len(train), -1, dtype=np.int64)
+        row_of[users] = np.arange(len(users))
+        label_rows = row_of[train.row_of_event[is_label]]
+        labels = np.isin(cands.rows * len(catalogue) + cands.item,
+                         label_rows * len(catalogue) + train.item[is_label]).astype(np.int32)
+        with self._timed("features"):
+            features = candidate_features(cands, hist, generator)
+        sizes = np.diff(cands.offsets)
+        has_label = np.bincount(cands.rows, weights=labels, minlength=len(users)) > 0
+        if not has_label.any():
+            return None
+        keep_rows = np.repeat(has_label, sizes)
+        return TrainingSet(features=features[keep_rows], items=cands.item[keep_rows], labels=labels[keep_rows],
+                           groups=sizes[has_label],
+                           users=train.user_ids[users][has_label], window_start=np.full(int(has_label.sum()), now))
+
+    def _ranked(self, histories: Histories) -> tuple[Candidates, np.ndarray]:
+        """Candidates of the users (the items of the serving rule ``exclude_seen`` left out, as in
+        training) and their ranker scores moved into [1, 2]."""
+        with self._timed("score_candidates"):
+            cands = self.generator.generate(histories, seen_items(histories, self.config.exclude_seen))
+        if not len(cands):
+            return cands, np.zeros(0, dtype=np.float32)
+        with self._timed("score_features"):
+            features = candidate_features(cands, histories, self.generator)
+        with self._timed("score_predict"):
+            raw = self.model.predict(features, num_threads=self.config.num_threads)
+        return cands, _row_scaled(raw, cands.rows)
+
+    def _fallback_scores(self) -> np.ndarray:
+        pop = self.generator.items.popularity
+        top = pop.max() if len(pop) else 0.0
+        return (pop / (top + 1.0) if top > 0 else np.zeros_like(pop)).astype(np.float32)
+
+    def score(self, histories: Histories) -> np.ndarray:
+        """(n, n_items): ranked candidates in [1, 2] (best = 2), every other item by popularity in [0, 1)."""
+        out = np.tile(self._fallback_scores(), (len(histories), 1))
+        cands, scaled = self._ranked(histories)
+        out[cands.rows, cands.item] = scaled
+        return out
+
+    def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
+                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        """``score``'s top-k with ``exclude[u]`` removed, without the (n, n_items) matrix: the
+        ranked candidates, then popular items."""
+        items = np.full((len(histories), k), -1, dtype=np.int64)
+        vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        fallback = self._fallback_scores()
+        n_items = len(self.catalogue)
+        for start in range(0, len(histories), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(histories)))
+            ex = exclude.subset(rows) if exclude is not None else Ragged.empty(len(rows))
+            cands, scaled = self._ranked(histories.subset(rows))
+            allowed = ~np.isin(cands.rows * n_items + cands.item, ex.rows * n_items + ex.values)
+            r, i, s, rank = top_per_row(cands.rows[allowed], cands.item[allowed], scaled[allowed], k)
+            items[rows[r], rank - 1], vals[rows[r], rank - 1] = i, s
+            n_ranked = np.bincount(r, minlength=len(rows))
+            taken = Ragged.from_pairs(np.concatenate([ex.rows, r]), np.concatenate([ex.values, i]), len(rows))
+            fill, fill_vals = top_k_shared(fallback, len(rows), k, taken)
+            col = np.arange(k)[None, :] - n_ranked[:, None]  # place j of a row takes fill[j - n_ranked]
+            free = col >= 0
+            fr, fc = np.nonzero(free)
+            items[rows[fr], fc], vals[rows[fr], fc] = fill[fr, col[free]], fill_vals[fr, col[free]]
+        return items, vals
+
+    def feature_importance(self) -> dict[str, float]:
+        gain = self.model.booster_.feature_importance(importance_type="gain")
+        return {name: float(g) for name, g in sorted(zip(FEATURES, gain, strict=True), key=lambda x: -x[1])}
+
+
+def candidate_features(cands: Candidates, hist: Histories, generator: CandidateGenerator) -> np.ndarray:
+    """(n_pairs, len(FEATURES)) float32 in FEATURES order; NaN where a value does not exist."""
+    rows, items = cands.rows, cands.item
+    users = user_features(hist)[rows]
+    price = generator.catalogue.price[items]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        price_ratio = price / users[:, USER_FEATURES.index("user_mean_price")]
+    n_sources = np.isfinite(cands.rank).sum(axis=1)
+    return np.column_stack([cands.score, cands.rank, n_sources, cands.history, users,
+                            generator.items.table[items], price_ratio]).astype(np.float32)
+
+
+def user_features(hist: Histories) -> np.ndarray:
+    """(n_users, len(USER_FEATURES)): activity, tenure, recency, repeat share, basket size, price."""
+    n = len(hist)
+    ok = (hist.item >= 0) & (event_weight_array(None)[hist.etype] > 0)
+    rows, items, t = hist.row_of_event[ok], hist.item[ok], hist.t[ok]
+    events = np.bincount(rows, minlength=n).astype(np.float64)
+    visits = np.unique(np.stack([rows, items, t // SECONDS_PER_DAY]), axis=1)  # (user, item, day), sorted
+    pairs = np.unique(visits[:2], axis=1)[0] if visits.shape[1] else np.zeros(0, dtype=np.int64)
+    n_items = np.bincount(pairs, minlength=n).astype(np.float64)
+    n_visits = np.bincount(visits[0], minlength=n).astype(np.float64)
+    days = np.unique(np.stack([rows, t // SECONDS_PER_DAY]), axis=1)[0] if len(rows) else rows
+    n_days = np.bincount(days, minlength=n).astype(np.float64)
+    first, last = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(first, rows, t)
+    np.maximum.at(last, rows, t)
+    price = np.where(np.isfinite(hist.price[ok]) & (hist.price[ok] > 0), hist.price[ok], 0.0)
+    priced = np.bincount(rows, weights=price > 0, minlength=n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out = np.stack([
+            events, n_items, n_days, (hist.now - last) / SECONDS_PER_DAY, (hist.now - first) / SECONDS_PER_DAY,
+            (n_visits - n_items) / n_visits,  # share of the user's item-days on an item of an earlier day
+            events / n_days, np.bincount(rows, weights=price, minlength=n) / priced,
+        ], axis=1)
+    out[~np.isfinite(out)] = np.nan
+    return out
+
+
+def _row_scaled(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Per row, scores moved into [1, 2] keeping their order (a row's best at 2)."""
+    n = int(rows.max()) + 1 if len(rows) else 0
+    lo, hi = np.full(n, np.inf), np.full(n, -np.inf)
+    np.minimum.at(lo, rows, raw)
+    np.maximum.at(hi, rows, raw)
+    span = hi[rows] - lo[rows]
+    return (1.0 + np.where(span > 0, (raw - lo[rows]) / np.where(span > 0, span, 1.0), 1.0)).astype(np.float32)
+
+
+def _validation_groups(n_groups: int, share: float, seed: int) -> np.ndarray:
+    """A seeded ``share`` of the groups (at least 1 when share > 0 and there are 2+ groups)."""
+    val = np.zeros(n_groups, dtype=bool)
+    n_val = int(round(share * n_groups)) if n_groups >= 2 else 0
+    if share > 0 and n_groups >= 2:
+        n_val = max(n_val, 1)
+    if n_val:
+        val[np.random.default_rng(seed).choice(n_groups, n_val, replace=False)] = True
+    return val
+
+
+def _random_labels(train: Histories, is_target: np.ndarray, fraction: float, seed: int,
+                   min_events: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(keep, is_label) per event: each user with ``min_events`` item events and two or more
+    distinct items holds out round(fraction x n) of their n distinct target items (at least 1,
+    never all their items), drawn with ``seed``, as protocols.random_holdout does."""
+    rows, items = train.row_of_event, train.item
+    valid = items >= 0
+    n_items_total = int(items.max(initial=0)) + 1
+    key = rows * n_items_total + items
+    cand = np.unique(key[valid & is_target])
+    cand_rows = cand // n_items_total
+    n_events = np.bincount(rows[valid], minlength=len(train))
+    n_distinct = np.bincount(np.unique(key[valid]) // n_items_total, minlength=len(train))
+    draw = np.random.default_rng(seed).random(len(cand))
+    order = np.lexsort((draw, cand_rows))
+    rank = np.empty(len(cand), dtype=np.int64)
+    rank[order] = np.arange(len(cand)) - np.searchsorted(cand_rows[order], cand_rows[order])
+    n_cand = np.bincount(cand_rows, minlength=len(train))
+    n_hold = np.minimum(np.maximum(1, np.floor(fraction * n_cand + 0.5)), n_distinct - 1)
+    eligible = (n_events >= min_events) & (n_distinct >= 2)
+    held = cand[eligible[cand_rows] & (rank < n_hold[cand_rows])]
+    is_held = valid & np.isin(key, held)
+    return ~is_held, is_held & is_target
