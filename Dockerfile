@@ -33,7 +33,7 @@ RUN mkdir -p freshrec jobs models \
     && pip install -c requirements.lock -e . \
     && rm -rf freshrec jobs models
 
-# The project itself, editable so freshrec.orchestration.REPO_ROOT is /opt/freshrec
+# The project itself, editable so freshrec.airflow.env.REPO_ROOT is /opt/freshrec
 # (dags/ and expectations/ are found beside the package, as in a checkout).
 COPY . .
 RUN pip install --no-deps -c requirements.lock -e . \

@@ -11,8 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG, CronDataIntervalTimetable, task
 
-from freshrec.assets import FEATURES, LAKE_EVENTS, LAKE_QUARANTINE, MODEL, RECS, SERVING, VALIDATED_EVENTS
-from freshrec.orchestration import (
+from freshrec.airflow.runtime import (
     DEFAULT_RETRIES,
     DEFAULT_RETRY_DELAY,
     SPARK_POOL,
@@ -21,6 +20,7 @@ from freshrec.orchestration import (
     record_task_failure,
     run_step,
 )
+from freshrec.assets import FEATURES, LAKE_EVENTS, LAKE_QUARANTINE, MODEL, RECS, SERVING, VALIDATED_EVENTS
 
 DOC_MD = """
 ### freshrec_batch
@@ -49,8 +49,9 @@ Heavy tasks share the `freshrec_spark` pool (1 slot) so two jobs never compete f
 machine. Data-quality failures are not retried; anything else is retried twice. A failure
 anywhere leaves the last published version serving.
 
-Run it locally with `freshrec run batch` (in-process, `dag.test()`), or
-`airflow dags test freshrec_batch` with the environment from `freshrec.orchestration.airflow_env`.
+Run it locally with `freshrec run batch` (`airflow dags test` with the environment from
+`freshrec.airflow.env.airflow_env`), or `airflow dags test freshrec_batch` in a shell set up by
+`python -m freshrec.airflow.env env`.
 """
 
 with DAG(

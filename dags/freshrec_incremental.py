@@ -11,8 +11,8 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG, DeltaDataIntervalTimetable, task
 
+from freshrec.airflow.runtime import DEFAULT_RETRY_DELAY, record_dag_run, record_task_failure, run_step
 from freshrec.assets import LAKE_EVENTS, LAKE_QUARANTINE, SERVING
-from freshrec.orchestration import DEFAULT_RETRY_DELAY, record_dag_run, record_task_failure, run_step
 from freshrec.settings import Settings
 
 MINUTES = Settings.load().microbatch_minutes

@@ -181,7 +181,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             raise UserError("--every applies with --watch only")
         if args.watch:
             return _watch(args, settings)
-        from freshrec.orchestration import run_dag
+        from freshrec.airflow.local import run_dag
 
         if args.logical_date is not None and args.dag != "batch":
             raise UserError("--logical-date applies to `freshrec run batch` only (a micro-batch takes whatever is new)")
@@ -194,7 +194,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
         return 0
     if args.command == "airflow":
-        from freshrec.orchestration import run_standalone
+        from freshrec.airflow.standalone import run_standalone
 
         return run_standalone(settings, host=args.host, port=args.port, require_login=args.require_login)
     if args.command in ("recs", "similar", "popular", "rollback", "serve"):

@@ -56,9 +56,9 @@ def main() -> int:
     settings.ensure_dirs()
     console = _terminal()
 
+    from freshrec.airflow.local import run_dag
     from freshrec.generate import GenerateOptions, generate_to_landing, generate_window
     from freshrec.landing import atomic_write_jsonl
-    from freshrec.orchestration import run_dag
     from freshrec.status import collect_status
 
     now = datetime.now(timezone.utc)

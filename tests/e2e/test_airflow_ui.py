@@ -139,7 +139,8 @@ def _processes_of(home: Path) -> list:
 
 
 def _stop(proc: subprocess.Popen, home: Path) -> list[str]:
-    """SIGTERM `freshrec airflow` (it stops standalone's own process group), SIGKILL what outlives it.
+    """SIGTERM `freshrec airflow` (it stops standalone and every process standalone started), SIGKILL
+    what outlives it.
 
     Returns the processes that were still alive after the graceful window and had to be killed.
     """

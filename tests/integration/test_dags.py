@@ -1,7 +1,9 @@
 """DAG integrity, parse time, and real runs of freshrec_batch through Airflow on SQLite.
 
 One Airflow metadata DB is migrated per test session and copied into each test's
-FRESHREC_HOME, so every test has its own DB without paying for a migration each time.
+FRESHREC_HOME, so every test has its own DB without paying for a migration each time. Runs go
+through ``run_dag``, which starts ``airflow dags test`` in a child process; only the DagBag
+tests import Airflow here, to inspect the DAG objects.
 """
 
 from __future__ import annotations
@@ -15,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from freshrec.airflow.env import DAGS_DIR, airflow_env, prepare_metadata_db
+from freshrec.airflow.local import run_dag
+from freshrec.airflow.runtime import SPARK_POOL
 from freshrec.ledger import Ledger
-from freshrec.orchestration import (
-    DAGS_DIR,
-    SPARK_POOL,
-    airflow_context,
-    airflow_env,
-    prepare_metadata_db,
-    run_dag,
-    settings_to_env,
-)
-from freshrec.settings import Settings
+from freshrec.settings import Settings, settings_to_env
 from freshrec.status import collect_status
 
 pytestmark = pytest.mark.integration
@@ -84,9 +80,13 @@ def _parquet_rows(path: Path) -> int:
 # integrity
 # --------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def dagbag(tmp_path_factory, migrated_airflow_home):
+def dagbag(migrated_airflow_home):
+    """The dags folder parsed in this process, with airflow_env set while Airflow is first
+    imported (it reads its configuration then) and the DAG files run."""
     settings = Settings(home=migrated_airflow_home.parent)
-    with airflow_context(settings):
+    with pytest.MonkeyPatch.context() as mp:
+        for key, value in airflow_env(settings).items():
+            mp.setenv(key, value)
         from airflow.dag_processing.dagbag import DagBag
 
         # Airflow 3 has no include_examples= any more: AIRFLOW__CORE__LOAD_EXAMPLES=False does it.
@@ -291,9 +291,9 @@ def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd)
 
 
 def test_a_backfilled_interval_runs_and_leaves_the_newer_lists_live(af_settings, capfd):
-    """What a backfill run is: the same DAG for a past data interval (here through ``dag.test``
-    with a past logical date; `airflow backfill create` hands the scheduler the same runs).
-    Each run rebuilds from the whole landing zone, so counts never double, and an older
+    """What a backfill run is: the same DAG for a past data interval (here through ``airflow
+    dags test`` with a past logical date; `airflow backfill create` hands the scheduler the same
+    runs). Each run rebuilds from the whole landing zone, so counts never double, and an older
     interval never takes the live pointer from a newer one."""
     from datetime import datetime, timezone
 
@@ -316,14 +316,17 @@ def test_a_backfilled_interval_runs_and_leaves_the_newer_lists_live(af_settings,
         assert not [v for v in store.versions() if v["version"].startswith("batch-20261128")]
     assert collect_status(af_settings)["counts"] == {"read": 12, "clean": 12, "quarantined": 0, "duplicates": 0}
     assert _parquet_rows(af_settings.events_path) == 12
-    runs = [r["run_key"] for r in Ledger(af_settings.state_db).recent_runs(limit=5)]
-    assert [k.split("__")[1][:10] for k in runs[:2]] == ["2026-11-28", "2026-11-30"], runs
+    # `airflow dags test` names a run after when it ran (manual__<now>); the ledger keeps its
+    # logical date beside it.
+    runs = Ledger(af_settings.state_db).recent_runs(limit=5)
+    assert all(r["run_key"].startswith("freshrec_batch:manual__") for r in runs[:2]), runs
+    assert [r["detail"]["logical_date"][:10] for r in runs[:2]] == ["2026-11-28", "2026-11-30"], runs
 
 
 @pytest.mark.airflow_cli
 def test_airflow_cli_dags_test_runs_the_incremental_dag(af_settings):
     """``airflow dags test freshrec_incremental`` with airflow_env(): the path the Airflow docs
-    show (``run_dag`` above calls the same ``dag.test``). Nothing is published yet, so the
+    show (``run_dag`` above starts the same command). Nothing is published yet, so the
     micro-batch cleans into the lake and skips the re-scoring."""
     _import_retailrocket(af_settings)
     env = {**os.environ, **airflow_env(af_settings)}

@@ -6,18 +6,21 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
-from freshrec.cli import build_parser
-from freshrec.orchestration import (
-    DAGS_DIR,
+from freshrec.airflow.env import DAGS_DIR
+from freshrec.airflow.standalone import (
+    ProcessTree,
     passwords_file,
     standalone_banner,
     standalone_env,
     standalone_url,
 )
+from freshrec.cli import build_parser
 from freshrec.settings import Settings
 
 BIN_DIR = str(Path(sys.executable).parent)
@@ -153,3 +156,47 @@ def test_cli_port_in_use_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert f"127.0.0.1:{port}" in lines[0] and "--port" in lines[0]
+
+
+# A process that starts a grandchild deaf to SIGTERM (as a busy task or a JVM may be), then
+# lives for argv[1] seconds: the shape of standalone and what it starts.
+TREE_ROOT = """
+import subprocess, sys, time
+subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(600)"])
+time.sleep(float(sys.argv[1]))
+"""
+
+
+def _tree(lifetime_s: float):
+
+    tree = ProcessTree(psutil.Popen([sys.executable, "-c", TREE_ROOT, str(lifetime_s)]))
+    deadline = time.monotonic() + 30
+    while len(tree.refresh()) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    procs = tree.refresh()
+    assert len(procs) == 2, procs
+    return tree, procs
+
+
+def _gone(proc) -> bool:
+    try:
+        return not proc.is_running() or proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def test_stop_terminates_the_tree_and_kills_what_ignores_sigterm():
+    tree, procs = _tree(600)
+    started = time.monotonic()
+    tree.stop(timeout=1)
+    assert all(_gone(p) for p in procs), procs
+    assert time.monotonic() - started < 10
+
+
+def test_stop_finds_descendants_orphaned_by_an_exited_parent():
+    tree, procs = _tree(0.5)
+    root, grandchild = tree.root, next(p for p in procs if p.pid != tree.root.pid)
+    root.wait(timeout=30)  # the grandchild's parent is gone; it is no longer below the root
+    assert grandchild.is_running() and grandchild.ppid() != root.pid
+    tree.stop(timeout=1)
+    assert _gone(grandchild)

@@ -16,7 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from freshrec.orchestration import SPARK_POOL, SPARK_POOL_SLOTS
+from freshrec.airflow.runtime import SPARK_POOL, SPARK_POOL_SLOTS
 from freshrec.settings import Settings
 
 REPO = Path(__file__).resolve().parents[2]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from freshrec.orchestration import SPARK_POOL_SLOTS, spark_pool_slots
+from freshrec.airflow.runtime import SPARK_POOL_SLOTS, spark_pool_slots
 from freshrec.settings import Settings
 
 
