@@ -1,8 +1,9 @@
 """``freshrec status``: what is live, how fresh it is, what ran last, and the row counts.
 
-Reads only freshrec's own state under FRESHREC_HOME (the ledger), never the Airflow metadata
-DB, so it answers in milliseconds and works the same for runs started from the UI. On an
-empty or missing FRESHREC_HOME it reports zeros and empty lists and creates nothing.
+Reads freshrec's own state under FRESHREC_HOME (the ledger, gate.json, the serving store), never
+the Airflow metadata DB, so it works the same for runs started from the UI; once something is
+live, one MLflow lookup finds its run and experiment. On an empty or missing FRESHREC_HOME it
+reports zeros and empty lists and creates nothing.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from freshrec.settings import Settings
 
 FRESHNESS_WINDOW = 20
 LAST_RUNS_LIMIT = 10
+LOCAL_MLFLOW_UI = "http://127.0.0.1:5000"  # where `mlflow ui` listens by default
 
 
 def _zero_counts() -> dict[str, int]:
@@ -122,6 +125,7 @@ def _serving_status(settings: Settings, status: dict[str, Any], warnings: list[s
     if isinstance(source, dict):
         model: dict[str, Any] = {"name": source.get("name"), "version": source.get("version"), "alias": source.get("alias"),
                                  "kind": source.get("kind")}
+        model.update(_mlflow_status(settings, source, gate, warnings))
     else:
         model = {}
     if gate:
@@ -132,8 +136,53 @@ def _serving_status(settings: Settings, status: dict[str, Any], warnings: list[s
     status["model"] = model or None
 
 
+def _mlflow_status(settings: Settings, source: dict[str, Any], gate: dict[str, Any] | None,
+                   warnings: list[str]) -> dict[str, Any]:
+    """Where to look in MLflow: the run of what is live (the model version's training run, or
+    the baseline's run), its experiment, the run whose NDCG@K plot draws the model against every
+    baseline (the live model's own run; beside a live baseline, the last gate's candidate), the
+    command that opens the UI on a local store, and the UI's URLs."""
+    from freshrec.models import tracking
+
+    run_id = source.get("run_id")
+    version = source.get("version") if source.get("kind") == "model" else None
+    if run_id is None and version is None:
+        return {}
+    try:
+        found = tracking.find_run(settings, run_id=run_id, version=version)
+    except Exception as exc:  # status never fails on a store: a missing run or an unreachable server is a warning
+        warnings.append(f"MLflow: {exc}")
+        return {}
+    if found is None:
+        return {}
+    uri, exp = settings.tracking_uri, found["experiment_id"]
+    ui = uri if tracking.is_server(uri) else LOCAL_MLFLOW_UI
+    out: dict[str, Any] = {**found, "run_url": tracking.run_url(ui, exp, found["run_id"]),
+                           "mlflow_ui": None if tracking.is_server(uri) else
+                           f"{Path(sys.executable).parent / 'mlflow'} ui --backend-store-uri {uri}"}
+    plot_run = found["run_id"] if source.get("kind") == "model" else ((gate or {}).get("model") or {}).get("run_id")
+    if plot_run:
+        out["plot"] = {"run_id": plot_run, "path": tracking.CURVES_PLOT,
+                       "url": tracking.run_url(ui, exp, plot_run, tracking.CURVES_PLOT)}
+    return out
+
+
 def _or_dash(value: Any) -> str:
     return "-" if value is None or value == "" else str(value)
+
+
+def _mlflow_rows(model: dict[str, Any]) -> tuple[list[tuple[str, str]], list[str]]:
+    """The MLflow rows of the text view (the live run, the plot to look at) and the lines that
+    open them, printed whole: a URL or a command cut at the terminal's width is no use."""
+    if not model.get("run_id"):
+        return [], []
+    rows = [("mlflow run", f"{model['run_id']} (experiment {model.get('experiment_id')})")]
+    links = [f"open MLflow: {model.get('mlflow_ui') or 'the tracking server'}", f"  the run:   {model.get('run_url')}"]
+    plot = model.get("plot")
+    if plot:
+        rows.append(("plot", f"{plot['path']} of run {plot['run_id']}: NDCG@K and recall@K, the model against every baseline"))
+        links.append(f"  the plot:  {plot['url']}")
+    return rows, links
 
 
 def format_status(status: dict[str, Any]) -> str:
@@ -162,6 +211,9 @@ def format_status(status: dict[str, Any]) -> str:
     overview.add_row("home", _or_dash(status.get("home")))
     overview.add_row("live version", _or_dash(status.get("live_version")))
     overview.add_row("model", model_text)
+    mlflow_rows, mlflow_links = _mlflow_rows(model if isinstance(model, dict) else {})
+    for label, text in mlflow_rows:
+        overview.add_row(label, text)
     if gate:
         verdict = "promoted" if gate.get("promoted") else "not promoted"
         overview.add_row("last gate", f"v{_or_dash(gate.get('candidate_version'))} {verdict} at {_or_dash(gate.get('decided_at'))}: "
@@ -172,6 +224,8 @@ def format_status(status: dict[str, Any]) -> str:
                                   f"landing->served p50 {_or_dash(p50 if p50 is None else f'{p50:.1f}s')}  "
                                   f"p95 {_or_dash(p95 if p95 is None else f'{p95:.1f}s')}")
     console.print(overview)
+    for line in mlflow_links:
+        console.print(line, soft_wrap=True)
 
     runs = status.get("last_runs") or []
     if runs:

@@ -32,10 +32,12 @@ KIND_TAG = "freshrec.kind"
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100)
 CURVES_PLOT = "plots/metric_at_k.png"  # NDCG@K and recall@K of the model and every baseline, on the model's run
 ARTIFACTS_DIR = "mlartifacts"  # under FRESHREC_HOME
-# The MLflow 3 UI opens an experiment on the view its kind names; without the tag it may open
-# on the GenAI overview, which shows none of the training runs.
+# The experiment's kind, in the tag MLflow's own kind selector writes. The UI of MLflow 3.17.2
+# opens an experiment on its last used view whatever the tag says, the (empty) GenAI overview at
+# first; UI_TRAINING_VIEW in a URL opens the training runs instead.
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 MODEL_DEVELOPMENT = "custom_model_development"
+UI_TRAINING_VIEW = "workflowType=machine_learning"
 SERVER_SCHEMES = ("http", "https", "databricks")  # a tracking server chooses its own artifact root
 _URI_VARIABLES = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
@@ -55,6 +57,12 @@ def artifact_location(settings) -> str | None:
 
 def is_server(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in SERVER_SCHEMES
+
+
+def run_url(ui: str, experiment: str, run_id: str, artifact: str | None = None) -> str:
+    """The MLflow UI at ``ui`` on a run, or on one of its artifacts, in the training runs view."""
+    page = f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
+    return f"{page}?{UI_TRAINING_VIEW}"
 
 
 @contextlib.contextmanager

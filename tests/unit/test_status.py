@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from freshrec.cli import main
 from freshrec.ledger import Ledger
 from freshrec.settings import Settings
@@ -73,23 +75,90 @@ def test_unreadable_ledger_is_a_warning_not_a_traceback(tmp_path):
     assert "warning:" in format_status(status)
 
 
-def test_live_version_model_and_gate_decision(tmp_path):
+def publish(settings: Settings, source: dict, gate_model: dict | None = None) -> None:
+    """A live serving version scored with ``source``, and a gate decision on ``gate_model``."""
     from freshrec.serving import open_store
 
-    settings = Settings(home=tmp_path / "home")
     settings.ensure_dirs()
-    source = {"kind": "baseline", "name": "popularity", "alias": None}
     with open_store(settings.serving) as store:
         with store.begin_version("batch-1-abc", {"model": source}) as writer:
             writer.write_user_recs([("u1", [("i1", 1.0)])])
             writer.write_popular(None, [("i1", 1.0)])
             writer.commit()
-    gate = {"batch_id": "batch-1", "decided_at": "2026-01-01T00:00:00+00:00", "model": {"version": "4"},
+    gate = {"batch_id": "batch-1", "decided_at": "2026-01-01T00:00:00+00:00", "model": gate_model or {"version": "4"},
             "decision": {"promote": False, "reason": "candidate ndcg_at_10=0.1 does not beat the best baseline"}}
     (settings.reports_dir / "gate.json").write_text(json.dumps(gate))
+
+
+def test_live_version_model_and_gate_decision(tmp_path):
+    settings = Settings(home=tmp_path / "home")
+    publish(settings, {"kind": "baseline", "name": "popularity", "alias": None})
     status = collect_status(settings)
     assert status["live_version"] == "batch-1-abc"
     assert status["model"]["kind"] == "baseline" and status["model"]["name"] == "popularity"
     assert status["model"]["gate"]["promoted"] is False and status["model"]["gate"]["candidate_version"] == "4"
     text = format_status(status)
     assert "baseline popularity" in text and "v4 not promoted" in text and "does not beat" in text
+    assert "mlflow" not in text  # no run to point at, and no MLflow store was opened or created
+    assert not (settings.home / "mlflow.db").exists()
+
+
+@pytest.fixture()
+def mlflow_runs(tmp_path, monkeypatch):
+    """A store with experiment freshrec: a model run whose version 3 is champion, a baseline run."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    settings = Settings(home=tmp_path / "home")
+    settings.home.mkdir()
+    client = MlflowClient(settings.tracking_uri, registry_uri=settings.tracking_uri)
+    exp = client.create_experiment("freshrec", artifact_location=(settings.home / "mlartifacts").as_uri())
+    model_run, baseline_run = (client.create_run(exp).info.run_id for _ in range(2))
+    client.create_registered_model("freshrec")
+    for _ in range(3):
+        client.create_model_version("freshrec", source=(settings.home / "mlartifacts" / "m").as_uri(), run_id=model_run)
+    return settings, exp, model_run, baseline_run
+
+
+def _check_links(model: dict, settings: Settings, exp: str, run: str, plot_run: str) -> None:
+    assert model["run_id"] == run and model["experiment_id"] == exp
+    # the query opens MLflow 3.17's training runs view, not the GenAI overview it opens on by default
+    assert model["run_url"] == f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run}?workflowType=machine_learning"
+    assert model["plot"] == {"run_id": plot_run, "path": "plots/metric_at_k.png",
+                             "url": f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{plot_run}/artifacts/plots/metric_at_k.png"
+                                    "?workflowType=machine_learning"}
+    assert model["mlflow_ui"].endswith(f"mlflow ui --backend-store-uri {settings.tracking_uri}")
+
+
+@pytest.mark.parametrize("with_run_id", [True, False], ids=["promoted-this-batch", "champion-kept"])
+def test_status_names_the_mlflow_run_and_plot_of_the_live_model(mlflow_runs, with_run_id):
+    settings, exp, model_run, _ = mlflow_runs
+    source = {"kind": "model", "name": "freshrec", "version": "3", "alias": "champion"}
+    publish(settings, {**source, "run_id": model_run} if with_run_id else source)
+    status = collect_status(settings)
+    _check_links(status["model"], settings, exp, model_run, model_run)
+    assert "warnings" not in status
+    text = format_status(status)
+    assert f"{model_run} (experiment {exp})" in text
+    assert f"plots/metric_at_k.png of run {model_run}" in text and "every baseline" in text
+    # printed whole, not cut at the terminal's width: they are to be copied
+    for line in (status["model"]["mlflow_ui"], status["model"]["run_url"], status["model"]["plot"]["url"]):
+        assert line in text
+    assert json.loads(json.dumps(status))["model"]["plot"]["path"] == "plots/metric_at_k.png"
+
+
+def test_a_live_baseline_points_at_its_run_and_the_plot_of_the_gates_candidate(mlflow_runs):
+    settings, exp, model_run, baseline_run = mlflow_runs
+    publish(settings, {"kind": "baseline", "name": "popularity", "alias": None, "run_id": baseline_run},
+            gate_model={"version": "3", "run_id": model_run})
+    status = collect_status(settings)
+    _check_links(status["model"], settings, exp, baseline_run, model_run)
+    assert "baseline popularity" in format_status(status)
+
+
+def test_a_run_missing_from_mlflow_is_a_warning(mlflow_runs):
+    settings = mlflow_runs[0]
+    publish(settings, {"kind": "model", "name": "freshrec", "version": "9", "alias": "champion"})
+    status = collect_status(settings)
+    assert status["model"]["version"] == "9" and "run_id" not in status["model"]
+    assert any(w.startswith("MLflow:") for w in status["warnings"])
