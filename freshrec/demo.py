@@ -131,14 +131,18 @@ def main() -> int:
     console.print(f"  status:   FRESHREC_HOME={home} {bin_dir / 'freshrec'} status")
     console.print(f"  a list:   FRESHREC_HOME={home} {bin_dir / 'freshrec'} recs {story.shopper} -n 10")
     console.print(f"  Airflow:  FRESHREC_HOME={home} make airflow     then http://127.0.0.1:8080 (both DAGs, their runs)")
-    live = status.get("model") or {}
-    console.print(f"  MLflow:   {bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri}     then")
-    console.print(f"            {live.get('run_url', 'http://127.0.0.1:5000')}   (the run of the live {live.get('kind') or 'model'})")
-    if live.get("plot"):
-        console.print(f"            {live['plot']['url']}   (NDCG@K and recall@K: the model against every baseline)")
+    _print_mlflow(console, f"{bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri}", status.get("model") or {})
     console.print(f"  Data Docs: {settings.reports_dir / 'data_docs' / 'index.html'}")
     console.print(f"  fresher:  FRESHREC_HOME={home} {bin_dir / 'freshrec'} run incremental --watch   (every 15 s)")
     return 0
+
+
+def _print_mlflow(console, ui_command: str, live: dict[str, Any]) -> None:
+    """How to open MLflow on the run of what is live and on the plot to look at (freshrec status)."""
+    console.print(f"  MLflow:   {ui_command}     then")
+    console.print(f"            {live.get('run_url', 'http://127.0.0.1:5000')}   (the run of the live {live.get('kind') or 'model'})")
+    if live.get("plot"):
+        console.print(f"            {live['plot']['url']}   (NDCG@K and recall@K: the model against every baseline)")
 
 
 class _Story:
