@@ -2,12 +2,13 @@
 
     client = RecsClient(settings.serving)          # or RecsClient(store)
     client.recs("42", n=10)
-    # {"user_id": "42", "version": "...", "source": "personal" | "fallback",
-    #  "updated_at": "...", "items": [{"item_id": "9", "score": 0.87}, ...]}
+    # {"user_id": "42", "version": "...", "source": "personal" | "fallback", "updated_at": "...",
+    #  "items": [{"item_id": "9", "score": 0.87, "category": "shoes", "price": 59.9}, ...]}
 
 A user, item, category or query the live version does not know gets the overall popular list
 with ``source: "fallback"``, never an error. Only "nothing is live yet" raises
-(:class:`~freshrec.serving.NothingPublished`).
+(:class:`~freshrec.serving.NothingPublished`). Each item carries its ``category`` and ``price``
+(null when unknown); ``details=False`` leaves them out and saves a read.
 """
 
 from __future__ import annotations
@@ -23,36 +24,39 @@ class RecsClient:
         self._owns_store = isinstance(store_or_url, str)
         self.store = open_store(store_or_url) if isinstance(store_or_url, str) else store_or_url
 
-    def _fallback(self, n: int) -> tuple[str | None, str | None, list[dict[str, Any]]]:
-        popular = self.store.get_popular(None, n)
+    def _fallback(self, n: int, details: bool) -> tuple[str | None, str | None, list[dict[str, Any]]]:
+        popular = self.store.get_popular(None, n, details=details)
         if popular is None:  # a version committed without an overall list (require_popular=False)
             return self.store.live_version(), None, []
         return popular["version"], popular["updated_at"], popular["items"]
 
-    def recs(self, user_id: str, n: int = 10) -> dict[str, Any]:
-        found = self.store.get_user_recs(user_id, n)
+    def recs(self, user_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        found = self.store.get_user_recs(user_id, n, details=details)
         if found is not None:
             return found
-        version, updated_at, items = self._fallback(n)
+        version, updated_at, items = self._fallback(n, details)
         return {"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
 
     def _or_fallback(self, key_name: str, found: dict[str, Any] | None, source: str, fallback_key: Any,
-                     n: int) -> dict[str, Any]:
+                     n: int, details: bool) -> dict[str, Any]:
         """A keyed list in the recs shape, or the overall popular list marked ``fallback``."""
         if found is not None:
             return {key_name: found[key_name], "version": found["version"], "source": source,
                     "updated_at": found["updated_at"], "items": found["items"]}
-        version, updated_at, items = self._fallback(n)
+        version, updated_at, items = self._fallback(n, details)
         return {key_name: fallback_key, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
 
-    def similar(self, item_id: str, n: int = 10) -> dict[str, Any]:
-        return self._or_fallback("item_id", self.store.get_similar(item_id, n), "similar", str(item_id), n)
+    def similar(self, item_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        found = self.store.get_similar(item_id, n, details=details)
+        return self._or_fallback("item_id", found, "similar", str(item_id), n, details)
 
-    def popular(self, category: str | None = None, n: int = 10) -> dict[str, Any]:
-        return self._or_fallback("category", self.store.get_popular(category, n), "popular", category or None, n)
+    def popular(self, category: str | None = None, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        found = self.store.get_popular(category, n, details=details)
+        return self._or_fallback("category", found, "popular", category or None, n, details)
 
-    def query_items(self, query: str, n: int = 10) -> dict[str, Any]:
-        return self._or_fallback("query", self.store.get_query_items(query, n), "query", normalise_query(query), n)
+    def query_items(self, query: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        found = self.store.get_query_items(query, n, details=details)
+        return self._or_fallback("query", found, "query", normalise_query(query), n, details)
 
     def status(self) -> dict[str, Any]:
         """``{"live_version", "store", "created_at", "committed_at", "live_at", "meta", "counts", "versions"}``;
@@ -73,16 +77,25 @@ class RecsClient:
         self.close()
 
 
+def _price(value: Any) -> str:
+    return "-" if value is None else f"{value:.2f}"
+
+
 def format_list(title: str, result: dict[str, Any]) -> str:
-    """A compact human view of one result (the CLI without --json)."""
+    """A compact human view of one result (the CLI without --json): rank, item, score, and the
+    category and price when the items carry details ("-" where unknown)."""
     head = f"{title}  version {result.get('version') or '-'}  source {result.get('source') or '-'}"
     if result.get("updated_at"):
         head += f"  updated {result['updated_at']}"
     lines = [head]
     items = result.get("items") or []
     width = max((len(str(i["item_id"])) for i in items), default=0)
+    cat_width = max((len(str(i.get("category") or "-")) for i in items), default=0)
     for rank, item in enumerate(items, 1):
-        lines.append(f"{rank:>4}  {str(item['item_id']):<{width}}  {item['score']:.6g}")
+        line = f"{rank:>4}  {str(item['item_id']):<{width}}  {item['score']:<10.6g}"
+        if "category" in item:
+            line += f"  {str(item['category'] or '-'):<{cat_width}}  {_price(item.get('price')):>9}"
+        lines.append(line.rstrip())
     if not items:
         lines.append("   (empty)")
     return "\n".join(lines)

@@ -304,7 +304,8 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
             reason = f"the live version {live['live_version']} comes from a later data interval ({newer})"
             log.info("publish: %s not published: %s", version, reason)
             return {"version": version, "state": "not published", "skipped": True, "reason": reason}
-        result = publish_tables(store, version, scored["recs_dir"], meta, keep=settings.keep_versions)
+        result = publish_tables(store, version, scored["recs_dir"], meta, keep=settings.keep_versions,
+                                details=settings.features_dir / "item_stats")
         kept = {r["version"] for r in store.versions() if r["state"] in ("writing", "complete", "live")}
     for old in settings.recs_dir.iterdir() if settings.recs_dir.is_dir() else ():
         if old.is_dir() and old.name not in kept:  # the Parquet behind pruned versions

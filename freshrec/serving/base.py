@@ -8,11 +8,14 @@ Each read resolves the pointer and reads the value in one statement (SQL) or one
 cache: reads never see a stale pointer.
 
 Every list is stored as ONE value (a compact JSON object, see :func:`encode_list`), so a read
-of a 100-item list is one key lookup plus one ``json.loads``. docs/serving.md documents the
-layout of each backend for people who write their own serving layer.
+of a 100-item list is one key lookup plus one ``json.loads``. A version also holds each item's
+details (category, price), one value per item, which a read asked for them adds to the listed
+items. docs/serving.md documents the layout of each backend for people who write their own
+serving layer.
 
-The backends implement a handful of primitives (``_read``, ``_records``, ``_create_version``,
-``_write_rows``, ``_finish``, ``_switch``, ``_retire``, ``_drop_data``, ``_upsert``); the rules
+The backends implement a handful of primitives (``_read``, ``_read_details``, ``_records``,
+``_create_version``, ``_write_rows``, ``_finish``, ``_switch``, ``_retire``, ``_drop_data``,
+``_upsert``); the rules
 (what may be rolled back to, what prune keeps, completeness checks) live here once, and so do
 the store URL helpers. The two SQL backends share one implementation (sql.py).
 """
@@ -21,11 +24,12 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import time
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
 
 from freshrec.errors import UserError
 
@@ -36,6 +40,8 @@ log = logging.getLogger(__name__)
 
 #: kinds of list; each maps to one table (SQL) or one key segment (Redis)
 KINDS = ("user", "similar", "popular", "query")
+#: the per-version item details (category, price), stored like a kind of list: table or key segment
+DETAILS = "details"
 VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 NOTHING_PUBLISHED = "nothing published yet; run `freshrec run batch`"
 DEFAULT_BATCH_ROWS = 2000
@@ -177,6 +183,33 @@ def decode_list(raw: Any, n: int) -> tuple[list[dict[str, Any]], str | None]:
     return [{"item_id": i, "score": s} for i, s in zip(items, scores, strict=False)], value.get("updated_at")
 
 
+def encode_details(category: Any, price: Any) -> str:
+    """One item's details: ``{"category":"c","price":9.5}``, compact; an unknown one (None, or a
+    price that is not finite) is left out."""
+    value: dict[str, Any] = {}
+    if category is not None:
+        value["category"] = category if type(category) is str else str(category)
+    if price is not None:
+        try:
+            price = float(price)
+        except (TypeError, ValueError):
+            raise PublishError(f"a price must be a number, got {price!r}") from None
+        if math.isfinite(price):
+            value["price"] = price
+    return json.dumps(value, separators=(",", ":"))
+
+
+def add_details(items: list[dict[str, Any]], raws: Sequence[str | bytes | None]) -> None:
+    """Give each item the ``category`` and ``price`` of its stored details (``raws``, one per
+    item, None where the version has none): null when unknown. One ``json.loads`` for all of
+    them: per value, its overhead would cost more than the store's lookup."""
+    text = b",".join(b"null" if r is None else r if isinstance(r, bytes) else r.encode() for r in raws)
+    for item, value in zip(items, json.loads(b"[" + text + b"]"), strict=True):
+        value = value or {}
+        item["category"] = value.get("category")
+        item["price"] = value.get("price")
+
+
 def split_row(row: Sequence[Any]) -> tuple[Any, Sequence[Any], Sequence[Any]]:
     """``(key, [(item, score), ...])`` or ``(key, items, scores)`` -> ``(key, items, scores)``."""
     if len(row) == 3:
@@ -202,37 +235,43 @@ class ServingStore(ABC):
     display_url: str = ""
 
     # ---- reads (hot path) ------------------------------------------------------------
-    def get_user_recs(self, user_id: str, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+    def get_user_recs(self, user_id: str, n: int = 10, version: str | None = None, *,
+                      details: bool = False) -> dict[str, Any] | None:
         """``{"user_id", "version", "source": "personal", "updated_at", "items"}`` or None for an
-        unknown user. Raises NothingPublished when nothing is live."""
+        unknown user. Raises NothingPublished when nothing is live. ``details``: each item also
+        gets its ``category`` and ``price`` (null when unknown), one more read."""
         user_id = str(user_id)
-        v, items, updated_at = self._get("user", user_id, n, version)
+        v, items, updated_at = self._get("user", user_id, n, version, details)
         if items is None:
             return None
         return {"user_id": user_id, "version": v, "source": "personal", "updated_at": updated_at, "items": items}
 
-    def get_similar(self, item_id: str, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+    def get_similar(self, item_id: str, n: int = 10, version: str | None = None, *,
+                    details: bool = False) -> dict[str, Any] | None:
         item_id = str(item_id)
-        v, items, updated_at = self._get("similar", item_id, n, version)
+        v, items, updated_at = self._get("similar", item_id, n, version, details)
         if items is None:
             return None
         return {"item_id": item_id, "version": v, "updated_at": updated_at, "items": items}
 
-    def get_popular(self, category: str | None = None, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+    def get_popular(self, category: str | None = None, n: int = 10, version: str | None = None, *,
+                    details: bool = False) -> dict[str, Any] | None:
         category = category or None
-        v, items, updated_at = self._get("popular", popular_key(category), n, version)
+        v, items, updated_at = self._get("popular", popular_key(category), n, version, details)
         if items is None:
             return None
         return {"category": category, "version": v, "updated_at": updated_at, "items": items}
 
-    def get_query_items(self, query: str, n: int = 10, version: str | None = None) -> dict[str, Any] | None:
+    def get_query_items(self, query: str, n: int = 10, version: str | None = None, *,
+                        details: bool = False) -> dict[str, Any] | None:
         query = normalise_query(query)
-        v, items, updated_at = self._get("query", query, n, version)
+        v, items, updated_at = self._get("query", query, n, version, details)
         if items is None:
             return None
         return {"query": query, "version": v, "updated_at": updated_at, "items": items}
 
-    def _get(self, kind: str, key: str, n: int, version: str | None) -> tuple[str, list | None, str | None]:
+    def _get(self, kind: str, key: str, n: int, version: str | None,
+             details: bool) -> tuple[str, list | None, str | None]:
         n = _check_n(n)
         if version is not None:
             check_version_id(version)
@@ -245,6 +284,10 @@ class ServingStore(ABC):
                     self._check_readable(version)
                 return v, None, None
         items, updated_at = decode_list(raw, n)
+        if details and items:
+            # from the version the list came from, which prune keeps readable for a grace period
+            with self._guard():
+                add_details(items, self._read_details(v, [i["item_id"] for i in items]))
         return v, items, updated_at
 
     def _check_readable(self, version: str) -> None:
@@ -422,6 +465,10 @@ class ServingStore(ABC):
         version is live (and ``version`` is None)."""
 
     @abstractmethod
+    def _read_details(self, version: str, item_ids: list[str]) -> list[Any]:
+        """The stored details of each of ``item_ids`` in ``version`` (JSON text or None), in order."""
+
+    @abstractmethod
     def _live(self) -> str | None: ...
 
     @abstractmethod
@@ -436,7 +483,8 @@ class ServingStore(ABC):
 
     @abstractmethod
     def _write_rows(self, version: str, kind: str, rows: list[tuple[str, str]]) -> None:
-        """Insert rows into a ``writing`` version; a key already there is a PublishError."""
+        """Insert rows (``kind`` is a list kind or DETAILS) into a ``writing`` version; a key
+        already there is a PublishError."""
 
     @abstractmethod
     def _finish(self, version: str, counts: dict[str, int], activate: bool, now: str) -> None:
@@ -502,7 +550,7 @@ def _key(kind: str, key: Any) -> str:
     return key
 
 
-_COUNT_NAMES = {"user": "users", "similar": "similar", "popular": "popular", "query": "queries"}
+_COUNT_NAMES = {"user": "users", "similar": "similar", "popular": "popular", "query": "queries", DETAILS: "items"}
 
 
 class VersionWriter:
@@ -518,7 +566,8 @@ class VersionWriter:
         self.version = version
         self.updated_at = updated_at
         self.batch_rows = max(1, int(batch_rows))
-        self.counts = {name: 0 for name in _COUNT_NAMES.values()}
+        # "items" (the item details) is counted only when a version has them
+        self.counts = {_COUNT_NAMES[kind]: 0 for kind in KINDS}
         self.state = "writing"
         self._has_overall_popular = False
         self._seen_queries: set[str] = set()
@@ -541,11 +590,15 @@ class VersionWriter:
     def write_query_items(self, rows: Iterable[Sequence[Any]]) -> int:
         return self._write("query", rows)
 
+    def write_item_details(self, rows: Iterable[Sequence[Any]]) -> int:
+        """``(item_id, category, price)`` rows, None where unknown: the details reads add to each
+        listed item of this version (counted as ``items``)."""
+        return self._write_pairs(DETAILS, ((_key(DETAILS, r[0]), encode_details(r[1], r[2])) for r in rows))
+
     def _write(self, kind: str, rows: Iterable[Sequence[Any]]) -> int:
-        if self.state != "writing":
-            raise PublishError(f"version {self.version} is {self.state}; nothing more can be written")
-        written = 0
-        batch: list[tuple[str, str]] = []
+        return self._write_pairs(kind, self._encoded(kind, rows))
+
+    def _encoded(self, kind: str, rows: Iterable[Sequence[Any]]) -> Iterator[tuple[str, str]]:
         for row in rows:
             key, items, scores = split_row(row)
             key = _key(kind, key)
@@ -555,7 +608,15 @@ class VersionWriter:
                 self._seen_queries.add(key)
             elif kind == "popular" and key == "":
                 self._has_overall_popular = True
-            batch.append((key, encode_list(items, scores, self.updated_at)))
+            yield key, encode_list(items, scores, self.updated_at)
+
+    def _write_pairs(self, kind: str, pairs: Iterable[tuple[str, str]]) -> int:
+        if self.state != "writing":
+            raise PublishError(f"version {self.version} is {self.state}; nothing more can be written")
+        written = 0
+        batch: list[tuple[str, str]] = []
+        for pair in pairs:
+            batch.append(pair)
             if len(batch) >= self.batch_rows:
                 self._flush(kind, batch)
                 written += len(batch)
@@ -568,7 +629,8 @@ class VersionWriter:
     def _flush(self, kind: str, batch: list[tuple[str, str]]) -> None:
         with self.store._guard():
             self.store._write_rows(self.version, kind, batch)
-        self.counts[_COUNT_NAMES[kind]] += len(batch)
+        name = _COUNT_NAMES[kind]
+        self.counts[name] = self.counts.get(name, 0) + len(batch)
 
     def commit(self, expected_users: int | None = None, *, require_popular: bool = True, activate: bool = True) -> dict[str, Any]:
         """Check completeness, then mark the version complete and (``activate``) switch the

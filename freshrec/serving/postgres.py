@@ -33,6 +33,7 @@ class PostgresStore(SqlStore):
     TYPES = {"seq": "bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY", "time": "timestamptz", "json": "jsonb",
              "key": "PRIMARY KEY"}
     LOCK = {"update": " FOR UPDATE", "share": " FOR SHARE"}
+    IDS_IN = "= ANY(%s)"  # a text[] parameter
     _connection_errors = (psycopg.OperationalError, psycopg.InterfaceError)
     _reconnect_errors = (psycopg.OperationalError,)
     _duplicate_errors = (pg_errors.UniqueViolation,)
@@ -41,6 +42,9 @@ class PostgresStore(SqlStore):
         self.url, self.schema, shown = store_url(url, "schema", schema, "freshrec", SCHEMA_RE,
                                                  "use lower-case letters, digits and '_'")
         super().__init__(shown, schema=self.schema)
+
+    def _ids(self, item_ids: list[str]) -> list[str]:
+        return item_ids
 
     def _connect(self) -> psycopg.Connection:
         return psycopg.connect(self.url, autocommit=True, connect_timeout=5)

@@ -8,6 +8,9 @@ Inputs under ``recs_dir`` (a directory of Parquet files each, as Spark writes th
     similar      item_id string, items, scores                               (optional)
     query_items  query string, items, scores                                 (optional)
 
+and, given as ``details``, a table of item details (item_id, and category and/or price: the
+features' item_stats), stored once per version for the reads to add to each listed item.
+
 Tables are streamed in record batches (never all in memory), written through one
 :class:`~freshrec.serving.base.VersionWriter`, checked for completeness (every user row
 written, an overall popular list present), and only then switched live. Any failure aborts the
@@ -34,6 +37,7 @@ TABLES = {
 }
 REQUIRED = ("user_topn", "popular")
 DEFAULT_KEEP = 5
+DETAIL_COLUMNS = ("category", "price")
 
 
 def _table_path(recs_dir: Path, name: str) -> Path | None:
@@ -56,21 +60,42 @@ def _dataset(path: Path, name: str, key: str):
     return dataset
 
 
-def _rows(dataset, key: str, batch_rows: int) -> Iterator[tuple[Any, list, list]]:
-    for batch in dataset.to_batches(columns=[key, "items", "scores"], batch_size=batch_rows):
-        keys = batch.column(0).to_pylist()
-        items = batch.column(1).to_pylist()
-        scores = batch.column(2).to_pylist()
-        yield from zip(keys, items, scores, strict=True)
+def _rows(dataset, columns: Sequence[str | None], batch_rows: int) -> Iterator[tuple[Any, ...]]:
+    """Rows of ``columns`` in record batches; a None column is None in every row."""
+    present = [c for c in columns if c is not None]
+    for batch in dataset.to_batches(columns=present, batch_size=batch_rows):
+        values = {c: batch.column(c).to_pylist() for c in present}
+        blank = [None] * batch.num_rows
+        yield from zip(*(values[c] if c is not None else blank for c in columns), strict=True)
+
+
+def _details_rows(path: Path, batch_rows: int) -> Iterator[tuple[Any, ...]] | None:
+    """``(item_id, category, price)`` rows of the item-details table at ``path``, or None when
+    there is no such table (a publish without details: reads show them as null)."""
+    import pyarrow.dataset as ds
+
+    if not path.exists():
+        log.warning("no item details at %s; this version's items will have no category or price", path)
+        return None
+    try:
+        dataset = ds.dataset(str(path), format="parquet")
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for unreadable input
+        raise PublishError(f"cannot read the item details at {path}: {exc}") from exc
+    if "item_id" not in dataset.schema.names:
+        raise PublishError(f"the item details at {path} lack column item_id (has: {', '.join(dataset.schema.names)})")
+    columns = ["item_id", *(c if c in dataset.schema.names else None for c in DETAIL_COLUMNS)]
+    return _rows(dataset, columns, batch_rows)
 
 
 def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta: Mapping[str, Any] | None = None, *,
                    keep: int = DEFAULT_KEEP, batch_rows: int = 2000, activate: bool = True,
-                   prune_grace_s: float = DEFAULT_GRACE_S) -> dict[str, Any]:
+                   prune_grace_s: float = DEFAULT_GRACE_S, details: Path | str | None = None) -> dict[str, Any]:
     """Write ``recs_dir``'s tables as ``version``, make it live, prune to ``keep`` versions
     (:meth:`ServingStore.prune`: versions live less than ``prune_grace_s`` ago are kept too).
+    ``details``: the Parquet table of item details to store with it (missing: none, logged).
 
-    Returns ``{"version", "users", "similar", "popular", "queries", "seconds", "pruned"}``, and
+    Returns ``{"version", "users", "similar", "popular", "queries", "seconds", "pruned"}`` (and
+    ``items``, the item details written, when there were some), and
     ``prune_error`` when the store failed while pruning after the switch (logged as an error; the
     next publish prunes again). A ``keep`` below 1 is refused before anything is written, so the
     live version stays. On any other exception the version is aborted and the exception re-raised."""
@@ -84,13 +109,16 @@ def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta
     datasets = {name: _dataset(path, name, TABLES[name][0]) for name, path in paths.items() if path is not None}
     expected_users = datasets["user_topn"].count_rows()
     meta = {**dict(meta or {}), "recs_dir": str(recs_dir.resolve())}
+    details_rows = _details_rows(Path(details), batch_rows) if details is not None else None
 
     writer = store.begin_version(version, meta, batch_rows=batch_rows)
     try:
         for name, dataset in datasets.items():
             key, method = TABLES[name]
-            written = getattr(writer, method)(_rows(dataset, key, batch_rows))
+            written = getattr(writer, method)(_rows(dataset, (key, "items", "scores"), batch_rows))
             log.info("published %s: %d rows into version %s", name, written, version)
+        if details_rows is not None:
+            log.info("published item details: %d items into version %s", writer.write_item_details(details_rows), version)
         writer.commit(expected_users=expected_users, activate=activate)
     except BaseException:
         writer.abort()

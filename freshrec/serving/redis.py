@@ -9,6 +9,7 @@ Keys (``P`` is the prefix, ``freshrec`` by default; ``?prefix=`` in the URL chan
     P:v:{version}:similar:{item_id}
     P:v:{version}:popular:{category}    (the overall list under the empty category: "P:v:V:popular:")
     P:v:{version}:query:{normalised query}
+    P:v:{version}:details:{item_id}     -> {"category": "...", "price": 9.5} (what is known)
 
 A read runs one Lua script that GETs the pointer and then the key of that version, atomically,
 so it cannot mix versions nor miss a version deleted between the two steps. The pointer switch
@@ -27,7 +28,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.exceptions import WatchError
 
-from freshrec.serving.base import PublishError, ServingError, ServingStore, VersionError, _Conflict, check_live, store_url
+from freshrec.serving.base import (
+    DETAILS,
+    PublishError,
+    ServingError,
+    ServingStore,
+    VersionError,
+    _Conflict,
+    check_live,
+    store_url,
+)
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -81,6 +91,9 @@ class RedisStore(ServingStore):
                 return None, None
             return found[0].decode(), found[1]
         return version, self.r.get(self.key(version, kind, key))
+
+    def _read_details(self, version: str, item_ids: list[str]) -> list[Any]:
+        return self.r.mget([self.key(version, DETAILS, i) for i in item_ids])
 
     def _live(self) -> str | None:
         value = self.r.get(self.k_live)

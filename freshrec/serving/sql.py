@@ -23,11 +23,13 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import timezone
 from typing import Any, Iterator
 
-from freshrec.serving.base import PublishError, ServingStore, VersionError, _Conflict, check_live
+from freshrec.serving.base import DETAILS, PublishError, ServingStore, VersionError, _Conflict, check_live
 
+#: kind -> (table, key column); the item details are a table like the lists, never upserted
 TABLES = {"user": ("user_recs", "user_id"), "similar": ("similar_items", "item_id"),
-          "popular": ("popular_items", "category"), "query": ("query_items", "query")}
-SCHEMA_VERSION = 1
+          "popular": ("popular_items", "category"), "query": ("query_items", "query"),
+          DETAILS: ("item_details", "item_id")}
+SCHEMA_VERSION = 2
 RECORD_COLS = "seq, version, state, created_at, committed_at, live_at, replaced_at, meta, counts"
 
 
@@ -60,6 +62,8 @@ class SqlStore(ServingStore):
     #: appended to the SELECT of the pointer ("update": to switch it, "share": to depend on it)
     #: and, "update", of a version row
     LOCK: dict[str, str]
+    #: "item_id IN the list of ids" with one parameter, which :meth:`_ids` makes from the ids
+    IDS_IN: str
     #: a broken read connection: reconnect once and retry
     _reconnect_errors: tuple[type[BaseException], ...] = ()
     #: a key written twice into one version
@@ -103,6 +107,10 @@ class SqlStore(ServingStore):
     def _insert_rows(self, c: Any, kind: str, version: str, rows: list[tuple[str, str]]) -> None:
         c.cursor().executemany(self._sql["insert", kind], [(version, k, v) for k, v in rows])
 
+    @abstractmethod
+    def _ids(self, item_ids: list[str]) -> Any:
+        """The parameter of :attr:`IDS_IN`."""
+
     # -- SQL -----------------------------------------------------------------------------
     def _statements(self) -> dict[Any, str]:
         t, p, j = self._t, self.PARAM, self.JSON_PARAM
@@ -126,6 +134,9 @@ class SqlStore(ServingStore):
             sql["insert", kind] = f"INSERT INTO {t}{table} (version, {col}, value) VALUES ({p}, {p}, {j})"
             sql["upsert", kind] = sql["insert", kind] + f" ON CONFLICT (version, {col}) DO UPDATE SET value = excluded.value"
             sql["drop", kind] = f"DELETE FROM {t}{table} WHERE version = {p}"
+        # as text: decoded all at once (psycopg would decode each jsonb value on its own)
+        sql["details"] = (f"SELECT item_id, CAST(value AS text) FROM {t}item_details "
+                          f"WHERE version = {p} AND item_id {self.IDS_IN}")
         return sql
 
     def _ddl(self) -> list[str]:
@@ -230,6 +241,10 @@ class SqlStore(ServingStore):
             return (rows[0][0], rows[0][1]) if rows else (None, None)
         rows = self._fetch(self._sql["read_at", kind], (version, key))
         return version, rows[0][0] if rows else None
+
+    def _read_details(self, version: str, item_ids: list[str]) -> list[Any]:
+        found = dict(self._fetch(self._sql["details"], (version, self._ids(item_ids))))
+        return [found.get(i) for i in item_ids]
 
     def _live(self) -> str | None:
         rows = self._fetch(self._sql["live"])

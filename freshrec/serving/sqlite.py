@@ -12,6 +12,7 @@ Reading never creates the database file: before the first publish every read ans
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from contextlib import contextmanager
@@ -28,6 +29,7 @@ class SqliteStore(SqlStore):
     PARAM = JSON_PARAM = "?"
     TYPES = {"seq": "INTEGER PRIMARY KEY AUTOINCREMENT", "time": "TEXT", "json": "TEXT", "key": "UNIQUE"}
     LOCK = {"update": "", "share": ""}  # BEGIN IMMEDIATE already holds the whole database
+    IDS_IN = "IN (SELECT value FROM json_each(?))"  # one parameter whatever the number of ids
     _duplicate_errors = (sqlite3.IntegrityError,)
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -42,6 +44,9 @@ class SqliteStore(SqlStore):
         conn.execute("PRAGMA busy_timeout = 30000")
         conn.execute("PRAGMA synchronous = NORMAL")
         return conn
+
+    def _ids(self, item_ids: list[str]) -> str:
+        return json.dumps(item_ids)
 
     def _open_reader(self) -> sqlite3.Connection | None:
         return self._connect() if self.path.exists() else None

@@ -16,6 +16,8 @@ from freshrec.serving import LiveVersionChanged, NothingPublished, PublishError,
 
 pytestmark = pytest.mark.integration
 
+TABLES = ("user_recs", "similar_items", "popular_items", "query_items", "item_details")
+
 REDIS_URL = os.environ.get("FRESHREC_TEST_REDIS_URL")
 POSTGRES_URL = os.environ.get("FRESHREC_TEST_POSTGRES_URL")
 
@@ -53,12 +55,12 @@ def stored_rows(store: ServingStore, version: str) -> int:
 
         with sqlite3.connect(store.path) as conn:
             return sum(conn.execute(f"SELECT count(*) FROM {t} WHERE version = ?", (version,)).fetchone()[0]
-                       for t in ("user_recs", "similar_items", "popular_items", "query_items"))
+                       for t in TABLES)
     import psycopg
 
     with psycopg.connect(store.url) as conn:
         return sum(conn.execute(f"SELECT count(*) FROM {store.schema}.{t} WHERE version = %s", (version,)).fetchone()[0]
-                   for t in ("user_recs", "similar_items", "popular_items", "query_items"))
+                   for t in TABLES)
 
 
 def user_list(version: str, user: str, length: int = 5) -> list[tuple[str, float]]:
@@ -126,7 +128,8 @@ def test_client_fallback_for_unknown_keys(store):
     assert known["source"] == "personal" and len(known["items"]) == 4
     unknown = client.recs("stranger", n=3)
     assert unknown == {"user_id": "stranger", "version": "v1", "source": "fallback", "updated_at": unknown["updated_at"],
-                       "items": [{"item_id": f"v1:top{k}", "score": 100.0 - k} for k in range(3)]}
+                       "items": [{"item_id": f"v1:top{k}", "score": 100.0 - k, "category": None, "price": None}
+                                 for k in range(3)]}
     assert client.similar("unknown-item")["source"] == "fallback"
     assert client.popular("hats")["source"] == "fallback"
     assert client.popular("shoes")["source"] == "popular"
@@ -336,3 +339,96 @@ def test_prune_removes_stale_unfinished_publishes(store):
     assert store.prune(keep=5, stale_writing_s=0.01) == ["v2"]
     assert stored_rows(store, "v2") == 0 and store.live_version() == "v1"
 
+
+
+def test_item_details_are_joined_on_read(store):
+    with store.begin_version("v1", batch_rows=2) as w:
+        w.write_user_recs([("u1", [("i1", 0.9), ("i2", 0.8), ("i3", 0.7), ("i/4", 0.6)])])
+        w.write_similar([("i1", [("i2", 0.5)])])
+        w.write_popular(None, [("i2", 9.0), ("i1", 8.0)])
+        w.write_query_items([("shoes", [("i1", 1.0)])])
+        written = w.write_item_details([("i1", "shoes", 59.9), ("i2", "hats", None), ("i3", None, 4),
+                                        ("i/4", "a b", float("nan"))])
+        record = w.commit()
+    assert written == 4 and record["counts"] == {"users": 1, "similar": 1, "popular": 1, "queries": 1, "items": 4}
+    got = store.get_user_recs("u1", details=True)["items"]
+    assert got == [{"item_id": "i1", "score": 0.9, "category": "shoes", "price": 59.9},
+                   {"item_id": "i2", "score": 0.8, "category": "hats", "price": None},
+                   {"item_id": "i3", "score": 0.7, "category": None, "price": 4.0},
+                   {"item_id": "i/4", "score": 0.6, "category": "a b", "price": None}]  # NaN: unknown
+    assert store.get_user_recs("u1", n=1)["items"] == [{"item_id": "i1", "score": 0.9}]  # the store's default: no details
+    assert store.get_similar("i1", details=True)["items"] == [{"item_id": "i2", "score": 0.5, "category": "hats", "price": None}]
+    assert [i["category"] for i in store.get_popular(None, details=True)["items"]] == ["hats", "shoes"]
+    assert store.get_query_items("Shoes", details=True)["items"][0]["price"] == 59.9
+
+    client = RecsClient(store)
+    assert client.recs("u1", n=1)["items"] == [{"item_id": "i1", "score": 0.9, "category": "shoes", "price": 59.9}]
+    assert client.recs("u1", n=1, details=False)["items"] == [{"item_id": "i1", "score": 0.9}]
+    assert client.recs("stranger", n=1)["items"] == [{"item_id": "i2", "score": 9.0, "category": "hats", "price": None}]
+    assert client.similar("nope", n=1, details=False)["items"] == [{"item_id": "i2", "score": 9.0}]
+    assert client.popular("nope", n=2)["items"][1]["category"] == "shoes"
+    assert client.query_items("shoes")["items"][0]["category"] == "shoes"
+
+
+def test_unknown_items_and_versions_without_details_read_as_null(store):
+    publish(store, "v1", users=2, length=2)  # no details written
+    got = RecsClient(store).recs("u0")
+    assert got["items"] == [{"item_id": "v1:u0:0", "score": 1.0, "category": None, "price": None},
+                            {"item_id": "v1:u0:1", "score": 0.99, "category": None, "price": None}]
+    assert store.version_info("v1")["counts"] == {"users": 2, "similar": 2, "popular": 2, "queries": 1}
+    with store.begin_version("v2") as w:
+        w.write_user_recs([("u0", [("new", 1.0)])])
+        w.write_popular(None, [("new", 1.0)])
+        w.write_item_details([("other", "c", 1.0)])
+        w.commit()
+    store.upsert_user_recs([("u0", [("fresh", 2.0), ("new", 1.0)])])  # a micro-batch's item: no details yet
+    assert [(i["item_id"], i["category"]) for i in RecsClient(store).recs("u0")["items"]] == [("fresh", None), ("new", None)]
+    with pytest.raises(ValueError, match="unknown list kind"):
+        store.upsert_lists("details", [("x", [("y", 1.0)])])
+
+
+def test_details_go_with_their_version(store):
+    publish(store, "v1", users=1, length=1)
+    writer = store.begin_version("v2")
+    writer.write_user_recs([("u0", [("a", 1.0)])])
+    writer.write_item_details([("a", "c", 1.0)])
+    assert stored_rows(store, "v2") == 2
+    writer.abort()
+    assert stored_rows(store, "v2") == 0
+    w = store.begin_version("v3")
+    w.write_item_details([("a", "c3", None)])
+    with pytest.raises(PublishError, match="duplicate"):
+        w.write_item_details([("a", "again", None)])
+    w.abort()
+    with pytest.raises(PublishError, match="price must be a number"):
+        with store.begin_version("v4") as w:
+            w.write_item_details([("a", "c", "cheap")])
+    assert stored_rows(store, "v3") == 0 and stored_rows(store, "v4") == 0 and store.live_version() == "v1"
+
+
+def test_publish_tables_stores_the_item_details(store, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from freshrec.serving.publish import publish_tables, write_recs_tables
+
+    recs = write_recs_tables(tmp_path / "recs", users={"u1": [("i1", 0.9), ("i2", 0.8)]}, popular={None: [("i2", 5.0)]})
+    stats = tmp_path / "item_stats"  # as the features step writes it: more columns than the details
+    stats.mkdir()
+    pq.write_table(pa.table({"item_id": ["i1", "i2"], "item_idx": [0, 1], "category": ["shoes", None],
+                             "price": [59.9, None], "popularity": [1.0, 2.0]}), stats / "part-0.parquet")
+    result = publish_tables(store, "v1", recs, details=stats)
+    assert result["items"] == 2 and store.version_info("v1")["counts"]["items"] == 2
+    assert RecsClient(store).recs("u1")["items"] == [{"item_id": "i1", "score": 0.9, "category": "shoes", "price": 59.9},
+                                                     {"item_id": "i2", "score": 0.8, "category": None, "price": None}]
+    only_category = tmp_path / "categories.parquet"
+    pq.write_table(pa.table({"item_id": ["i2"], "category": ["hats"]}), only_category)
+    publish_tables(store, "v2", recs, details=only_category)
+    assert [(i["category"], i["price"]) for i in RecsClient(store).recs("u1")["items"]] == [(None, None), ("hats", None)]
+    result = publish_tables(store, "v3", recs, details=tmp_path / "missing")  # no features yet: published without
+    assert "items" not in result and store.live_version() == "v3"
+    assert RecsClient(store).recs("u1")["items"][0]["category"] is None
+    pq.write_table(pa.table({"id": ["i1"]}), tmp_path / "bad.parquet")
+    with pytest.raises(PublishError, match="lack column item_id"):
+        publish_tables(store, "v4", recs, details=tmp_path / "bad.parquet")
+    assert store.live_version() == "v3" and store.version_info("v4") is None

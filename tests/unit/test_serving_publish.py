@@ -46,8 +46,8 @@ def test_publish_from_parquet(store, tmp_path):
     assert record["state"] == "live" and record["meta"]["model"]["alias"] == "champion"
     assert record["meta"]["recs_dir"] == str(recs.resolve())
     client = RecsClient(store)
-    assert client.recs("u24", 2)["items"] == [{"item_id": "v1:24:0", "score": 1.0}, {"item_id": "v1:24:1", "score": 0.9}]
-    assert client.popular("shoes")["items"] == [{"item_id": "v1:shoe", "score": 3.0}]
+    assert client.recs("u24", 2, details=False)["items"] == [{"item_id": "v1:24:0", "score": 1.0}, {"item_id": "v1:24:1", "score": 0.9}]
+    assert client.popular("shoes", details=False)["items"] == [{"item_id": "v1:shoe", "score": 3.0}]
     assert client.similar("i1")["items"][0]["item_id"] == "v1:sim"
     assert client.query_items("RED Shoes")["items"][0]["item_id"] == "v1:red"
 
