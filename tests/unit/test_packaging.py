@@ -35,7 +35,9 @@ def test_wheel_holds_only_the_freshrec_package(wheel: Path):
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/", 1)[0] for n in names if not n.split("/", 1)[0].endswith((".dist-info", ".data"))}
     assert tops == {"freshrec"}
-    for module in ("freshrec/jobs/clean.py", "freshrec/jobs/score.py", "freshrec/models/seqrec.py", "freshrec/airflow/runtime.py"):
+    for module in ("freshrec/jobs/clean.py", "freshrec/jobs/score.py", "freshrec/models/seqrec.py", "freshrec/airflow/runtime.py",
+                   "freshrec/static/swagger-ui/swagger-ui-bundle.js", "freshrec/static/data_docs/manifest.json",
+                   "freshrec/static/data_docs/fontawesome-free-6.6.0/webfonts/fa-solid-900.woff2"):
         assert module in names
 
 
