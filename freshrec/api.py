@@ -1,18 +1,22 @@
 """The HTTP read API (``freshrec serve``): read-only views of the live version.
 
-    GET /v1/users/{user_id}/recommendations?n=10
+    GET /v1/users/{user_id}/recommendations?n=10[&details=false]
     GET /v1/items/{item_id}/similar?n=10
     GET /v1/popular?category=C&n=10
     GET /v1/queries/{query}/items?n=10
     GET /healthz        200 when the live version is readable, 503 otherwise
     GET /metrics        Prometheus text format
     GET /openapi.json
+    GET /docs           Swagger UI, from files served here (freshrec/static), so it works offline
+    GET /               the overview page (freshrec/overview.py); /?user=ID previews a list
+    GET /data-docs/     the Great Expectations Data Docs under FRESHREC_HOME
 
 Unknown users, items, categories and queries get the overall popular list with
-``"source": "fallback"``. Bad parameters get ``400 {"error": "..."}``; nothing published yet
+``"source": "fallback"``. Each item carries its ``category`` and ``price`` (null when unknown)
+unless ``details=false``. Bad parameters get ``400 {"error": "..."}``; nothing published yet
 or the store unreachable gets ``503 {"error": "..."}``. Each request is one store read (two
-for a fallback): on the event loop for SQLite, in the thread pool for network stores
-(see ``create_app``).
+for a fallback), plus one for the item details: on the event loop for SQLite, in the thread
+pool for network stores (see ``create_app``).
 
 The routes live on a module-level router; what they use (the store, the read client, the
 metrics, the way reads are run) is per app, on ``app.state``, and reaches them through
@@ -26,24 +30,30 @@ import time
 from contextlib import asynccontextmanager
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any, Callable, Iterator, Literal
+from typing import Annotated, Any, Callable, Iterator, Literal, NamedTuple
 
 from fastapi import APIRouter, Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import PlainTextResponse, Response
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.staticfiles import StaticFiles
 
+from freshrec import overview
 from freshrec.client import RecsClient
 from freshrec.serving import MAX_N, NothingPublished, ServingError, ServingStore, StoreUnavailable, open_store
 from freshrec.serving.sqlite import SqliteStore
 from freshrec.settings import Settings
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+SWAGGER_UI = Path(__file__).resolve().parent / "static" / "swagger-ui"
+SWAGGER_PATH = "/static/swagger-ui"
+DATA_DOCS_PATH = "/data-docs"
 
 
 # -- response shapes (documentation only: handlers return encoded JSON directly) -------------
@@ -51,6 +61,8 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 class Item(BaseModel):
     item_id: str
     score: float
+    category: str | None = None  # the item's details: null when unknown, absent with details=false
+    price: float | None = None
 
 
 class UserRecs(BaseModel):
@@ -204,8 +216,8 @@ class _MetricsMiddleware:
         try:
             await self.app(scope, receive, send_wrapper)
         finally:
-            route = scope.get("route")
-            path = getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+            route = scope.get("route") or scope.get("endpoint")  # a route, or the static files of a mount
+            path = getattr(route, "path_format", None) or getattr(route, "label", None) or "unmatched"
             self.metrics.observe(path, scope.get("method", "GET"), status[0], time.perf_counter() - started)
 
 
@@ -259,8 +271,8 @@ class Reads:
     def __init__(self, inline: bool) -> None:
         self.inline = inline
 
-    async def __call__(self, fn: Callable[..., Any], *args: Any) -> Any:
-        return fn(*args) if self.inline else await run_in_threadpool(fn, *args)
+    async def __call__(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs) if self.inline else await run_in_threadpool(fn, *args, **kwargs)
 
 
 async def _store(request: Request) -> ServingStore:
@@ -284,6 +296,20 @@ ClientDep = Annotated[RecsClient, Depends(_client)]
 MetricsDep = Annotated[Metrics, Depends(_metrics)]
 ReadsDep = Annotated[Reads, Depends(_reads)]
 N = Annotated[int, Query(ge=1, le=MAX_N, description=f"how many items (1..{MAX_N}; lists hold at most FRESHREC_TOP_N)")]
+Details = Annotated[bool, Query(description="each item's category and price (null when unknown); false: one store read less")]
+
+
+class ListQuery(NamedTuple):
+    n: int
+    details: bool
+
+
+async def _list_query(n: N = 10, details: Details = True) -> ListQuery:
+    """The query parameters of every list endpoint."""
+    return ListQuery(n, details)
+
+
+ListDep = Annotated[ListQuery, Depends(_list_query)]
 
 
 # -- routes ----------------------------------------------------------------------------------
@@ -304,30 +330,30 @@ def _answer(result: dict[str, Any], endpoint: str, metrics: Metrics) -> Response
 
 @router.get("/v1/users/{user_id:path}/recommendations", response_model=UserRecs, responses=_ERRORS,
             summary="A user's top-N (the overall popular list for an unknown user)")
-async def user_recommendations(user_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, n: N = 10) -> Response:
+async def user_recommendations(user_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
     _nonempty("user_id", user_id)
-    return _answer(await reads(client.recs, user_id, n), "recommendations", metrics)
+    return _answer(await reads(client.recs, user_id, q.n, details=q.details), "recommendations", metrics)
 
 
 @router.get("/v1/items/{item_id:path}/similar", response_model=SimilarItems, responses=_ERRORS,
             summary="Items similar to an item")
-async def similar_items(item_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, n: N = 10) -> Response:
+async def similar_items(item_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
     _nonempty("item_id", item_id)
-    return _answer(await reads(client.similar, item_id, n), "similar", metrics)
+    return _answer(await reads(client.similar, item_id, q.n, details=q.details), "similar", metrics)
 
 
 @router.get("/v1/popular", response_model=PopularItems, responses=_ERRORS,
             summary="Popular items, overall or in one category")
-async def popular(client: ClientDep, reads: ReadsDep, metrics: MetricsDep, n: N = 10,
+async def popular(client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep,
                   category: Annotated[str | None, Query(description="omit for the overall list")] = None) -> Response:
-    return _answer(await reads(client.popular, category or None, n), "popular", metrics)
+    return _answer(await reads(client.popular, category or None, q.n, details=q.details), "popular", metrics)
 
 
 @router.get("/v1/queries/{query:path}/items", response_model=QueryItems, responses=_ERRORS,
             summary="Items for a frequent search query (matched lower-cased, whitespace collapsed)")
-async def query_items(query: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, n: N = 10) -> Response:
+async def query_items(query: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
     _nonempty("query", query)
-    return _answer(await reads(client.query_items, query, n), "queries", metrics)
+    return _answer(await reads(client.query_items, query, q.n, details=q.details), "queries", metrics)
 
 
 def _health(store: ServingStore) -> Response:
@@ -350,6 +376,43 @@ async def healthz(store: StoreDep, reads: ReadsDep) -> Response:
 @router.get("/metrics", response_class=PlainTextResponse, summary="Prometheus text format")
 async def prometheus(metrics: MetricsDep, reads: ReadsDep) -> Response:
     return Response(await reads(metrics.render), media_type=CONTENT_TYPE_LATEST)
+
+
+# -- pages for people ------------------------------------------------------------------------
+
+@router.get("/docs", include_in_schema=False)
+async def swagger_ui(request: Request) -> HTMLResponse:
+    """Swagger UI from this server's own copies of its script and stylesheet (no CDN)."""
+    root = request.scope.get("root_path", "").rstrip("/")
+    return get_swagger_ui_html(openapi_url=root + request.app.openapi_url, title=f"{request.app.title} - docs",
+                               swagger_js_url=f"{root}{SWAGGER_PATH}/swagger-ui-bundle.js",
+                               swagger_css_url=f"{root}{SWAGGER_PATH}/swagger-ui.css",
+                               swagger_favicon_url=f"{root}{SWAGGER_PATH}/favicon-32x32.png")
+
+
+@router.get("/", response_class=HTMLResponse, include_in_schema=False)
+async def overview_page(request: Request, store: StoreDep, client: ClientDep,
+                        user: Annotated[str | None, Query(max_length=512)] = None) -> HTMLResponse:
+    """The overview page; several small reads (store, ledger, gate.json, quarantine), so never on the event loop."""
+    settings = request.app.state.settings
+    data = await run_in_threadpool(overview.collect, store, client, settings, user)
+    root = request.scope.get("root_path", "").rstrip("/")
+    links = {"API docs": f"{root}/docs", "metrics": f"{root}/metrics", "health": f"{root}/healthz"}
+    if settings is not None:
+        links["Data Docs"] = f"{root}{DATA_DOCS_PATH}/"
+    return HTMLResponse(overview.render(data, links))
+
+
+class _Files(StaticFiles):
+    """Static files under a metrics label of their own, from a folder that may appear later (the
+    Data Docs come with the first batch): until it does, every path is a 404."""
+
+    def __init__(self, directory: Path, label: str) -> None:
+        super().__init__(directory=directory, html=True, check_dir=False)
+        self.label = label
+
+    async def check_config(self) -> None:
+        return None
 
 
 # -- the app ---------------------------------------------------------------------------------
@@ -380,7 +443,7 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
     if store is None:
         settings = settings or Settings.load()
         store = open_store(settings.serving)
-    app = FastAPI(title="freshrec read API", version=_package_version(), lifespan=_lifespan,
+    app = FastAPI(title="freshrec read API", version=_package_version(), lifespan=_lifespan, docs_url=None, redoc_url=None,
                   description="Read-only access to the live version of the published recommendation lists.")
     app.state.settings = settings
     app.state.store = store
@@ -391,7 +454,20 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
     for exc_class, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc_class, handler)
     app.include_router(router)
+    app.mount(SWAGGER_PATH, _Files(SWAGGER_UI, f"{SWAGGER_PATH}/{{path}}"))
+    if settings is not None:
+        docs = settings.reports_dir / "data_docs"
+        app.mount(DATA_DOCS_PATH, _Files(docs, f"{DATA_DOCS_PATH}/{{path}}"))
     return app
+
+
+def urls(host: str, port: int) -> dict[str, str]:
+    """Where ``freshrec serve`` answers (what it prints at start): the overview page, the API,
+    its docs, the metrics and the Data Docs. A wildcard bind is shown as this machine."""
+    shown = {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(host, f"[{host}]" if ":" in host else host)
+    base = f"http://{shown}:{port}"
+    return {"overview": f"{base}/", "API": f"{base}/v1/  (e.g. {base}/v1/popular)", "API docs": f"{base}/docs",
+            "metrics": f"{base}/metrics", "Data Docs": f"{base}{DATA_DOCS_PATH}/"}
 
 
 def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
@@ -402,4 +478,4 @@ def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 
-__all__ = ["create_app", "serve", "router", "Metrics", "MAX_N"]
+__all__ = ["create_app", "serve", "urls", "router", "Metrics", "MAX_N"]
