@@ -72,6 +72,14 @@ def _port(text: str) -> int:
     return value
 
 
+def _list_options(p: argparse.ArgumentParser) -> None:
+    """The options of the commands that print a list (recs, similar, popular)."""
+    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--no-details", dest="details", action="store_false",
+                   help="leave out each item's category and price (one store read less)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="freshrec", description="Batch-plus-incremental recommendations for e-commerce.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
@@ -116,18 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("recs", help="a user's recommendations from the live version (unknown users get popular items)")
     p.add_argument("user_id", nargs="?", default=None, metavar="USER_ID")
     p.add_argument("--users-file", type=Path, default=None, metavar="FILE", help="one user id per line; one JSON object per line out")
-    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
-    p.add_argument("--json", action="store_true")
+    _list_options(p)
 
     p = sub.add_parser("similar", help="items similar to an item, from the live version")
     p.add_argument("item_id", metavar="ITEM_ID")
-    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
-    p.add_argument("--json", action="store_true")
+    _list_options(p)
 
     p = sub.add_parser("popular", help="popular items, overall or in one category, from the live version")
     p.add_argument("--category", default=None, metavar="C")
-    p.add_argument("-n", type=_positive_int, default=10, help="how many items (default 10)")
-    p.add_argument("--json", action="store_true")
+    _list_options(p)
 
     p = sub.add_parser("rollback", help="make the previous (or the given) published version live again")
     p.add_argument("--to", default=None, metavar="VERSION")
@@ -241,10 +246,13 @@ def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
     """recs, similar, popular, rollback, serve. Serving errors (nothing published yet, an
     unreachable store, an unknown version) are UserErrors: one line, exit 2."""
     if args.command == "serve":
-        from freshrec.api import serve
+        from freshrec.api import serve, urls
         from freshrec.serving import redacted
 
         print(f"freshrec: serving {redacted(settings.serving)} on http://{args.host}:{args.port} (Ctrl-C stops)", file=sys.stderr)
+        for name, url in urls(args.host, args.port).items():
+            print(f"  {name:<10} {url}", file=sys.stderr)
+        sys.stderr.flush()
         serve(settings, host=args.host, port=args.port)
         return 0
     from freshrec.client import RecsClient, format_list
@@ -259,20 +267,20 @@ def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
             if (args.user_id is None) == (args.users_file is None):
                 raise UserError("give either USER_ID or --users-file FILE")
             if args.users_file is not None:
-                return _recs_for_file(client, args.users_file, args.n, args.json)
-            result = client.recs(args.user_id, args.n)
+                return _recs_for_file(client, args.users_file, args.n, args.json, args.details)
+            result = client.recs(args.user_id, args.n, details=args.details)
             title = f"user {result['user_id']}"
         elif args.command == "similar":
-            result = client.similar(args.item_id, args.n)
+            result = client.similar(args.item_id, args.n, details=args.details)
             title = f"similar to {result['item_id']}"
         else:
-            result = client.popular(args.category, args.n)
+            result = client.popular(args.category, args.n, details=args.details)
             title = f"popular in {args.category}" if args.category else "popular"
         print(json.dumps(result) if args.json else format_list(title, result))
         return 0
 
 
-def _recs_for_file(client, path: Path, n: int, as_json: bool) -> int:
+def _recs_for_file(client, path: Path, n: int, as_json: bool, details: bool) -> int:
     from freshrec.client import format_list
 
     if not path.is_file():
@@ -283,7 +291,7 @@ def _recs_for_file(client, path: Path, n: int, as_json: bool) -> int:
                 user_id = line.strip()
                 if not user_id:
                     continue
-                result = client.recs(user_id, n)
+                result = client.recs(user_id, n, details=details)
                 print(json.dumps(result) if as_json else format_list(f"user {user_id}", result))
         sys.stdout.flush()
     except BrokenPipeError:  # `... | head`: stop quietly

@@ -44,6 +44,7 @@ def publish(home: Path, version: str) -> None:
         w.write_similar([("i1", [(f"{version}:sim{k}", 0.5) for k in range(3)])])
         w.write_popular(None, [(f"{version}:top{k}", 90.0 - k) for k in range(30)])
         w.write_popular("shoes", [(f"{version}:shoe", 4.0)])
+        w.write_item_details([(f"{version}:shoe", "shoes", 59.9), (f"{version}:u1:0", "socks", None)])
         w.commit(expected_users=5)
     store.close()
 
@@ -71,7 +72,7 @@ def test_recs_json_shape(home):
     assert [i["item_id"] for i in body["items"]] == [f"v2:u3:{k}" for k in range(4)]
     unknown = json.loads(run(["recs", "stranger", "--json"], home).stdout)
     assert unknown["source"] == "fallback" and len(unknown["items"]) == 10
-    assert unknown["items"][0] == {"item_id": "v2:top0", "score": 90.0}
+    assert unknown["items"][0] == {"item_id": "v2:top0", "score": 90.0, "category": None, "price": None}
 
 
 def test_recs_text(home):
@@ -99,9 +100,24 @@ def test_similar_and_popular(home):
     pop = json.loads(run(["popular", "-n", "3", "--json"], home).stdout)
     assert pop["category"] is None and len(pop["items"]) == 3 and pop["source"] == "popular"
     shoes = json.loads(run(["popular", "--category", "shoes", "--json"], home).stdout)
-    assert shoes["items"] == [{"item_id": "v2:shoe", "score": 4.0}]
+    assert shoes["items"] == [{"item_id": "v2:shoe", "score": 4.0, "category": "shoes", "price": 59.9}]
     text = run(["popular", "--category", "shoes"], home)
     assert text.returncode == 0 and "v2:shoe" in text.stdout
+
+
+def test_items_carry_details_unless_no_details(home, tmp_path):
+    text = run(["recs", "u1", "-n", "2"], home).stdout.splitlines()
+    assert text[1].split() == ["1", "v2:u1:0", "1", "socks", "-"] and text[2].split() == ["2", "v2:u1:1", "0.99", "-", "-"]
+    assert run(["popular", "--category", "shoes"], home).stdout.splitlines()[1].split() == ["1", "v2:shoe", "4", "shoes", "59.90"]
+    assert run(["recs", "u1", "-n", "2", "--no-details"], home).stdout.splitlines()[1].split() == ["1", "v2:u1:0", "1"]
+    for args in (["recs", "u1"], ["similar", "i1"], ["popular"], ["popular", "--category", "shoes"]):
+        bare = json.loads(run([*args, "-n", "2", "--json", "--no-details"], home).stdout)["items"]
+        assert bare and all(set(i) == {"item_id", "score"} for i in bare), args
+    users = tmp_path / "users.txt"
+    users.write_text("u1\nstranger\n", encoding="utf-8")
+    lines = run(["recs", "--users-file", str(users), "-n", "1", "--json", "--no-details"], home).stdout.splitlines()
+    assert [json.loads(line)["items"][0] for line in lines] == [{"item_id": "v2:u1:0", "score": 1.0},
+                                                                {"item_id": "v2:top0", "score": 90.0}]
 
 
 def test_rollback(tmp_path):
