@@ -6,18 +6,24 @@ driver. The GX context is ephemeral and rebuilt from the JSON suite on every cal
 pile up datasources, suites or checkpoints. Only two things touch disk: validation results under
 ``<home>/gx/validations`` (they feed the Data Docs index, one entry per batch_id) and the Data
 Docs HTML under ``<home>/reports/data_docs``.
+
+GX's pages load their scripts, stylesheets and fonts from CDNs; after each build they are pointed
+at copies freshrec ships (freshrec/static/data_docs, see its README), so the site renders offline.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from freshrec.errors import QualityGateError
+from freshrec.fileio import atomic_write_bytes, atomic_write_text
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame
@@ -34,6 +40,18 @@ DOCS_INDEX_LIMIT = 200
 # report. BOOLEAN_ONLY skips one example-value scan per rule (1-3 s on 800k rows) but leaves a failure
 # unexplained.
 RESULT_FORMAT = "SUMMARY"
+
+log = logging.getLogger(__name__)
+
+VENDORED = Path(__file__).resolve().parent / "static" / "data_docs"
+#: the folder of the vendored files in the Data Docs site's static/ (beside GX's fonts and images)
+VENDOR = "vendor"
+_ASSET_TAG = re.compile(r"<(?:script|link)\b[^>]*>")
+_ASSET_URL = re.compile(r'\b(?:src|href)="(https?://[^"]+)"')
+# Subresource-integrity attributes ask for a CORS fetch, which a page opened from file:// cannot make.
+_SRI = re.compile(r'\s+(?:integrity|crossorigin)="[^"]*"')
+# The GX logo, linked from GX's S3 bucket, is in the site's own static/images as well.
+_GX_LOGO = re.compile(r"https://great-expectations-web-assets\.s3\.us-east-2\.amazonaws\.com/[\w.-]+\.png(?:\?[^\"')\s]*)?")
 
 
 def quarantine_ratio(counts: dict[str, int]) -> float:
@@ -134,6 +152,7 @@ def _run_suite(df: "DataFrame", settings: "Settings", suite_path: Path, batch_id
         if not was_cached:
             df.unpersist()
     (result,) = checkpoint_result.run_results.values()
+    localize_data_docs(docs_dir)
     return result, docs_dir / "index.html"
 
 
@@ -166,6 +185,43 @@ def _ephemeral_context(results_dir: Path, docs_dir: Path) -> Any:
         progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
     )
     return gx.get_context(mode="ephemeral", project_config=config)
+
+
+def localize_data_docs(docs_dir: Path) -> int:
+    """Point every page of the Data Docs site at ``docs_dir``/static/vendor, where the vendored
+    copies of the CDN files GX links are copied. Idempotent: a file is copied only when it
+    differs, a page written only when it changes. Returns how many pages were rewritten."""
+    manifest = json.loads((VENDORED / "manifest.json").read_text(encoding="utf-8"))
+    for entry in manifest:
+        data = (VENDORED / entry["file"]).read_bytes()
+        target = docs_dir / "static" / VENDOR / entry["file"]
+        if not target.is_file() or target.read_bytes() != data:
+            atomic_write_bytes(target, data)
+    local = {url: entry["file"] for entry in manifest for url in entry["replaces"]}
+    rewritten, unknown = 0, set()
+    for page in docs_dir.rglob("*.html"):
+        text = page.read_text(encoding="utf-8")
+        static = Path(os.path.relpath(docs_dir / "static", page.parent)).as_posix()
+        new = _localized(text, local, static, unknown)
+        if new != text:
+            atomic_write_text(page, new)
+            rewritten += 1
+    if unknown:  # a GX upgrade linked something new: freshrec/static/README.md says how to add it
+        log.warning("Data Docs still load %d file(s) from the network: %s", len(unknown), ", ".join(sorted(unknown)))
+    return rewritten
+
+
+def _localized(text: str, local: dict[str, str], static: str, unknown: set[str]) -> str:
+    def tag(match: re.Match[str]) -> str:
+        found = _ASSET_URL.search(match.group(0))
+        if found is None:
+            return match.group(0)
+        if found.group(1) not in local:
+            unknown.add(found.group(1))
+            return match.group(0)
+        return _SRI.sub("", match.group(0).replace(found.group(1), f"{static}/{VENDOR}/{local[found.group(1)]}"))
+
+    return _GX_LOGO.sub(f"{static}/images/logo-long.png", _ASSET_TAG.sub(tag, text))
 
 
 def _forget_run(context: Any, results_dir: Path, docs_dir: Path, suite_name: str, run_name: str) -> None:
