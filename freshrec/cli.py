@@ -80,11 +80,24 @@ def _list_options(p: argparse.ArgumentParser) -> None:
                    help="leave out each item's category and price (one store read less)")
 
 
+def _import_epilog() -> str:
+    from freshrec.importers import CHECK_ROWS
+    from freshrec.schemas import EVENT_TYPES
+
+    return (f"event types: {', '.join(EVENT_TYPES)} (any letter case; csv: --event-map maps other names onto them)\n"
+            "timestamps: ISO-8601 (2026-02-12, 2026-02-12T16:33:19Z, 2026-02-12 16:33:19+01:00; no offset is UTC)\n"
+            "  or epoch milliseconds; csv: --ts-format '%m/%d/%Y %H:%M:%S' (any strptime format), epoch_s, epoch_ms\n"
+            f"The first {CHECK_ROWS:,} rows of each source are checked against these rules before anything is written:\n"
+            "the reasons rows would be quarantined are listed with one example each, and when more than half\n"
+            "would be, nothing is written (exit 2) unless --force. Rules: docs/events.md")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="freshrec", description="Batch-plus-incremental recommendations for e-commerce.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    p = sub.add_parser("import", help="import a source into the landing zone as canonical events")
+    p = sub.add_parser("import", help="import a source into the landing zone as canonical events",
+                       epilog=_import_epilog(), formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("format", choices=IMPORT_FORMATS)
     p.add_argument("sources", nargs="+", type=Path, metavar="SRC")
     p.add_argument("--rows-per-file", type=_positive_int, default=500_000, help="split large sources into landing files of this many rows")
@@ -96,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--default-event", default=None, help="event type for every row when there is no event column")
     g.add_argument("--ts-format", default=None, help="strptime format of the timestamp column (default: ISO-8601 or epoch ms)")
     g.add_argument("--delimiter", default=",")
+    p.add_argument("--force", action="store_true",
+                   help="import even when most of the first rows would be quarantined (the check still reports them)")
 
     p = sub.add_parser("generate", help="write a realistic synthetic event log into the landing zone")
     p.add_argument("--events", type=_positive_int, required=True)

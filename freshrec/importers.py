@@ -39,7 +39,7 @@ from typing import IO, Callable, Iterator
 from freshrec.errors import UserError
 from freshrec.fileio import atomic_path
 from freshrec.landing import Row, write_parts
-from freshrec.schemas import EVENT_TYPES, LANDING_SUFFIXES
+from freshrec.schemas import EVENT_FIELDS, EVENT_TYPES, LANDING_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -76,6 +76,7 @@ class ImportOptions:
     default_event: str | None = None
     ts_format: str | None = None  # strptime format, or epoch_ms / epoch_s
     delimiter: str = ","
+    force: bool = False  # import even when most of the rows checked up front would be quarantined
 
 
 @dataclass
@@ -85,6 +86,7 @@ class ImportReport:
     files: list[tuple[Path, int]] = field(default_factory=list)
     rows: int = 0
     skipped: dict[str, int] = field(default_factory=dict)  # reason -> rows deliberately left out
+    check: "ImportCheck | None" = None  # the up-front check of the first rows of each source
 
     def skip(self, reason: str, n: int = 1) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + n
@@ -97,7 +99,13 @@ class ImportReport:
 def import_sources(settings, fmt: str, sources: list[Path],
                    options: ImportOptions = ImportOptions()) -> list[tuple[Path, int]]:
     """Import ``sources`` of format ``fmt`` into the landing zone; returns (landing file, rows) per file."""
-    report = run_import(settings, fmt, sources, options)
+    try:
+        report = run_import(settings, fmt, sources, options)
+    except ImportRefused as exc:
+        print(format_check(exc.check, fmt), file=sys.stderr)
+        raise
+    if report.check is not None and report.check.failed:
+        print(format_check(report.check, fmt), file=sys.stderr)
     for reason, n in sorted(report.skipped.items()):
         if n:
             print(f"freshrec: note: left out {n:,} row(s): {reason}", file=sys.stderr)
@@ -122,6 +130,7 @@ def run_import(settings, fmt: str, sources: list[Path], options: ImportOptions =
 
     if fmt == "events":
         prepared = [(src, _events_suffix(src)) for src in sources]  # validate every name before copying any
+        report.check = check_sources(settings, [_canonical_rows(src) for src in sources], options)
         with _progress() as progress:
             for src, suffix in prepared:
                 path, n = _copy_canonical(directory, src, suffix)
@@ -139,6 +148,7 @@ def run_import(settings, fmt: str, sources: list[Path], options: ImportOptions =
             next(gen, None)
         finally:
             gen.close()
+    report.check = check_sources(settings, [reader(src, options, ImportReport()) for src in sources], options)
     report.skipped.clear()
 
     with _progress() as progress:
@@ -749,6 +759,179 @@ _READERS: dict[str, Callable[[Path, ImportOptions, ImportReport], Iterator[Row]]
     "movielens": _read_movielens,
     "csv": _read_csv,
 }
+
+
+# --------------------------------------------------------------------------------------------
+# the up-front check: the first rows of each source through the clean job's rules
+# --------------------------------------------------------------------------------------------
+
+CHECK_ROWS = 1_000  # rows checked per source before anything is written
+# strptime formats tried on timestamps the clean job cannot read, to suggest a --ts-format
+TS_FORMAT_GUESSES = (
+    "%m/%d/%Y %H:%M:%S", "%d/%m/%Y %H:%M:%S", "%m/%d/%Y %H:%M", "%d/%m/%Y %H:%M", "%m/%d/%Y", "%d/%m/%Y",
+    "%d.%m.%Y %H:%M:%S", "%d.%m.%Y", "%Y/%m/%d %H:%M:%S", "%Y/%m/%d", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M",
+    "%Y-%m-%dT%H:%M%z", "%d-%m-%Y %H:%M:%S", "%d-%m-%Y", "%Y%m%d%H%M%S", "%Y%m%d", "%d %b %Y %H:%M:%S", "%b %d %Y %H:%M:%S",
+)
+# source event names a user most likely means by each canonical type, for --event-map suggestions
+EVENT_NAME_GUESSES = {
+    "view": ("click", "clicks", "pageview", "page_view", "detail", "detail_view", "impression", "visit", "views"),
+    "add_to_cart": ("cart", "carts", "addtocart", "add", "add-to-cart", "basket", "add_to_basket", "addtobasket"),
+    "remove_from_cart": ("removefromcart", "remove", "remove-from-cart", "remove_from_basket"),
+    "purchase": ("buy", "order", "orders", "transaction", "checkout", "sale", "purchased", "purchases"),
+    "search": ("query", "searches", "search_query"),
+}
+
+
+@dataclass
+class ImportCheck:
+    """What the clean job would make of the first rows of each source."""
+
+    checked: int = 0
+    failed: int = 0
+    reasons: dict[str, int] = field(default_factory=dict)  # reason code -> rows
+    examples: dict[str, tuple[str, str]] = field(default_factory=dict)  # code -> (reason, row as JSON)
+    unknown_events: dict[str, int] = field(default_factory=dict)  # event type as found -> rows
+    bad_ts: list[str] = field(default_factory=list)  # a few timestamps the clean job cannot read
+    epoch_seconds: int = 0  # rows whose ts looks like epoch seconds read as milliseconds
+
+    @property
+    def refused(self) -> bool:
+        return self.failed * 2 > self.checked
+
+
+class ImportRefused(UserError):
+    """Most rows checked up front would be quarantined; nothing was written."""
+
+    def __init__(self, message: str, check: ImportCheck):
+        super().__init__(message)
+        self.check = check
+
+
+def _canonical_rows(src: Path) -> Iterator[Row]:
+    """The rows of a canonical landing file as the clean job reads them: JSON lines as they
+    are, a CSV row as the object of its canonical columns (empty cells absent)."""
+    suffix = _events_suffix(src)
+    with src.open("rb") as fh:
+        if (fh.read(2) == b"\x1f\x8b") != suffix.endswith(".gz"):
+            return  # the copy refuses it, with the reason
+    with (gzip.open(src, "rt", encoding="utf-8-sig", errors="replace", newline="") if suffix.endswith(".gz")
+          else src.open(encoding="utf-8-sig", errors="replace", newline="")) as text:
+        if suffix.startswith(".csv"):
+            for row in csv.DictReader(text):
+                yield {k: v for k, v in row.items() if k in EVENT_FIELDS and v not in (None, "")}
+            return
+        yield from (line.rstrip("\r\n") for line in text if line.strip())
+
+
+def check_sources(settings, sources: list[Iterator[Row]], options: ImportOptions) -> ImportCheck:
+    """Run the first :data:`CHECK_ROWS` rows of each source through the clean job's rules
+    (:mod:`freshrec.jobs.rules`); raise :class:`ImportRefused` when more than half would be
+    quarantined, unless ``options.force``."""
+    from itertools import islice
+
+    check = ImportCheck()
+    now = datetime.now(timezone.utc)
+    for rows in sources:
+        try:
+            for row in islice(rows, CHECK_ROWS):
+                _check_row(check, row, now, settings)
+        except (OSError, EOFError, zlib.error):
+            pass  # a source that cannot be read is reported, with its name, when it is written
+        finally:
+            getattr(rows, "close", lambda: None)()
+    if check.refused and not options.force:
+        share = check.failed / check.checked
+        raise ImportRefused(f"{check.failed:,} of the {check.checked:,} rows checked ({share:.0%}) would be quarantined; "
+                            "nothing was written to the landing zone. Fix the mapping (see above), or add --force "
+                            "to import anyway", check)
+    return check
+
+
+def _check_row(check: ImportCheck, row: Row, now: datetime, settings) -> None:
+    from freshrec.jobs.rules import parse_line, reason_codes, validate_row
+
+    check.checked += 1
+    _, reasons = validate_row(row, now, settings.min_event_ts, settings.max_future_skew_hours)
+    if not reasons:
+        return
+    check.failed += 1
+    text = row if isinstance(row, str) else json.dumps({k: v for k, v in row.items() if v is not None})
+    for code, reason in zip(reason_codes(reasons), reasons, strict=True):
+        check.reasons[code] = check.reasons.get(code, 0) + 1
+        check.examples.setdefault(code, (reason, text))
+    try:
+        obj = parse_line(text)
+    except ValueError:
+        return
+    if not isinstance(obj, dict):
+        return
+    if any(r.startswith("unknown_event_type") for r in reasons):
+        event = str(obj.get("event_type")).strip()
+        check.unknown_events[event] = check.unknown_events.get(event, 0) + 1
+    if any(r.startswith("invalid_ts") for r in reasons) and len(check.bad_ts) < 20:
+        check.bad_ts.append(str(obj.get("ts")).strip())
+    ts = obj.get("ts")
+    if any(r.startswith("ts_out_of_range") for r in reasons) and str(ts).strip().isdigit() and 9 <= len(str(ts).strip()) <= 10:
+        check.epoch_seconds += 1
+
+
+def guess_event_map(unknown: dict[str, int]) -> str | None:
+    """An --event-map for the unknown event names with an obvious canonical type."""
+    pairs = []
+    for name in sorted(unknown, key=lambda n: -unknown[n]):
+        low = name.lower().replace(" ", "_")
+        target = next((t for t, names in EVENT_NAME_GUESSES.items() if low in names or low == t), None)
+        if target is not None:
+            pairs.append(f"{name}={target}")
+    return ",".join(pairs) or None
+
+
+def guess_ts_format(values: list[str]) -> list[str]:
+    """The strptime formats of :data:`TS_FORMAT_GUESSES` that read every value."""
+    def reads(fmt: str, value: str) -> bool:
+        try:
+            datetime.strptime(value, fmt)
+        except ValueError:
+            return False
+        return True
+
+    return [fmt for fmt in TS_FORMAT_GUESSES if values and all(reads(fmt, v) for v in values)]
+
+
+def suggestions(check: ImportCheck, fmt: str) -> list[str]:
+    """Which flag fixes what the check found, as concrete as the rows allow."""
+    out = []
+    flag_ok = fmt == "csv"  # the mapping flags exist for the generic csv format only
+    if check.unknown_events:
+        found = ", ".join(f"{k!r} ({n:,})" for k, n in sorted(check.unknown_events.items(), key=lambda kv: -kv[1])[:5])
+        guess = guess_event_map(check.unknown_events)
+        fix = (f"--event-map {guess}" if guess else "--event-map SOURCE=TYPE,...") if flag_ok else "map them in the source"
+        out.append(f"unknown event types {found}: {fix} (event types: {', '.join(EVENT_TYPES)})")
+    if check.bad_ts:
+        formats = guess_ts_format(check.bad_ts)
+        example = check.bad_ts[0]
+        if formats and flag_ok:
+            also = f" (or {', '.join(repr(f) for f in formats[1:3])})" if len(formats) > 1 else ""
+            out.append(f"timestamps like {example!r} are not ISO-8601: --ts-format '{formats[0]}'{also}")
+        else:
+            out.append(f"timestamps like {example!r} are not ISO-8601 or epoch milliseconds: "
+                       + ("--ts-format with a strptime format" if flag_ok else "convert them in the source"))
+    if check.epoch_seconds:
+        fix = "--ts-format epoch_s" if flag_ok else "multiply them by 1000 in the source"
+        out.append(f"{check.epoch_seconds:,} timestamp(s) look like epoch seconds (read as milliseconds, they land in 1970): {fix}")
+    return out
+
+
+def format_check(check: ImportCheck, fmt: str) -> str:
+    """The check for people: rows per reason with one example each, then the fixes."""
+    lines = [f"freshrec: checked the first {check.checked:,} row(s): {check.failed:,} would be quarantined"]
+    width = max(len(code) for code in check.reasons)
+    for code, n in sorted(check.reasons.items(), key=lambda kv: -kv[1]):
+        reason, text = check.examples[code]
+        lines.append(f"  {code:<{width}}  {n:>6,}  e.g. {reason}")
+        lines.append(f"  {'':<{width}}          row: {text[:200]}")
+    lines += [f"freshrec: fix: {tip}" for tip in suggestions(check, fmt)]
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------

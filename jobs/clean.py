@@ -17,14 +17,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, LANDING_SUFFIXES
+from freshrec.jobs.rules import BARE_CONSTANT, ID_TYPES_OK, INVALID_TS, MALFORMED_JSON, NOT_AN_OBJECT, TYPE_LIST
+
+from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, ID_FIELDS, ITEM_EVENT_TYPES, LANDING_SUFFIXES
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
 
-# A JSON id may be a string or an integer; anything else (bool, float, object, array) is a type error.
-_ID_TYPES_OK = ("STRING", "BIGINT", "INT", "SMALLINT", "TINYINT")
-ITEM_EVENT_TYPES = tuple(t for t in EVENT_TYPES if t != "search")
 
 
 @dataclass(frozen=True)
@@ -54,6 +53,50 @@ def _field_type(name: str) -> "Column":
     return F.expr(f"schema_of_variant(variant_get(v, '$.{name}'))")
 
 
+def _checks(event_type: "Column", price: "Column", now: datetime, min_event_ts: str,
+            max_future_skew_hours: float) -> list[tuple["Column", "Column"]]:
+    """Each rule of docs/events.md as (broken, reason), in the order a row's reasons are listed;
+    jobs/rules.py holds the same rules for one row at a time."""
+    from pyspark.sql import functions as F
+
+    now_lit = F.lit(now.replace(tzinfo=None) if now.tzinfo is None else now).cast("timestamp")
+    max_ts = now_lit + F.expr(f"make_dt_interval(0, 0, 0, {int(max_future_skew_hours * 3600)})")
+    min_ts = F.lit(min_event_ts).cast("timestamp")
+
+    def bad_id(name: str) -> Column:
+        return F.col(f"t_{name}").isNotNull() & ~F.col(f"t_{name}").isin(*ID_TYPES_OK)
+
+    checks: list[tuple[Column, Column]] = [
+        (F.col("v").isNull(), F.lit(MALFORMED_JSON)),
+        (~F.col("_is_object"), F.lit(NOT_AN_OBJECT)),
+    ]
+    for name in ID_FIELDS:
+        checks.append((bad_id(name), F.concat(F.lit(f"invalid_id_type: {name} must be a string or an integer, got "),
+                                               F.col(f"t_{name}"))))
+    checks += [
+        (F.col("s_user_id").isNull(), F.lit("missing_user_id: user_id is required")),
+        (F.col("s_event_type").isNull(), F.lit("missing_event_type: event_type is required")),
+        (F.col("s_event_type").isNotNull() & ~event_type.isin(*EVENT_TYPES),
+         F.concat(F.lit("unknown_event_type: '"), F.col("s_event_type"), F.lit(f"' is not one of {TYPE_LIST}"))),
+        (F.col("s_ts").isNull(), F.lit("missing_ts: ts is required")),
+        (F.col("s_ts").isNotNull() & F.col("ts").isNull(), F.concat(F.lit("invalid_ts: '"), F.col("s_ts"), F.lit(INVALID_TS))),
+        (F.col("ts").isNotNull() & (F.col("ts") < min_ts),
+         F.concat(F.lit(f"ts_out_of_range: {min_event_ts} is the earliest accepted time, got "), F.col("ts").cast("string"))),
+        (F.col("ts").isNotNull() & (F.col("ts") > max_ts),
+         F.concat(F.lit(f"future_ts: more than {max_future_skew_hours:g}h after processing time, got "), F.col("ts").cast("string"))),
+        (event_type.isin(*ITEM_EVENT_TYPES) & F.col("s_item_id").isNull(),
+         F.concat(F.lit("missing_item_id: item_id is required for "), event_type, F.lit(" events"))),
+        ((event_type == "search") & F.col("s_query").isNull(), F.lit("missing_query: search events need a query")),
+        (F.col("s_price").isNotNull() & (price.isNull() | F.isnan(price) | (F.abs(price) == float("inf")) | (price < 0)),
+         F.concat(F.lit("invalid_price: price must be a finite number >= 0, got "), F.col("s_price"))),
+        (F.col("s_quantity").isNotNull()
+         & (F.col("qty_dec").isNull() | (F.col("qty_dec") != F.floor("qty_dec")) | (F.col("qty_dec") < 1)
+            | (F.col("qty_dec") > 2_147_483_647)),
+         F.concat(F.lit("invalid_quantity: quantity must be an integer >= 1, got "), F.col("s_quantity"))),
+    ]
+    return checks
+
+
 def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_skew_hours: float) -> "DataFrame":
     """Parse ``(source_file, raw)`` JSON lines into typed columns plus a ``reason`` (null when valid)."""
     from pyspark.sql import functions as F
@@ -63,7 +106,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     # (The regex runs only on lines that mention them: applied to every line it triples the parse cost.)
     raw_col = F.col("raw")
     quoted = F.when(raw_col.contains("NaN") | raw_col.contains("Infinity"),
-                    F.regexp_replace(raw_col, r'(:\s*)(-?Infinity|NaN)(\s*[,}])', '$1"$2"$3')).otherwise(raw_col)
+                    F.regexp_replace(raw_col, BARE_CONSTANT, '$1"$2"$3')).otherwise(raw_col)
     df = raw.withColumn("v", F.try_parse_json(quoted))
     df = df.withColumn("_is_object", F.ltrim(F.col("raw")).startswith("{") & F.col("v").isNotNull())
 
@@ -86,44 +129,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     qty_dec = F.expr("try_cast(s_quantity as decimal(38,6))")
     df = df.withColumns({"ts": ts, "event_type": event_type, "price": price, "qty_dec": qty_dec})
 
-    now_lit = F.lit(now.replace(tzinfo=None) if now.tzinfo is None else now).cast("timestamp")
-    max_ts = now_lit + F.expr(f"make_dt_interval(0, 0, 0, {int(max_future_skew_hours * 3600)})")
-    min_ts = F.lit(min_event_ts).cast("timestamp")
-    type_list = ", ".join(EVENT_TYPES)
-
-    def bad_id(name: str) -> Column:
-        return F.col(f"t_{name}").isNotNull() & ~F.col(f"t_{name}").isin(*_ID_TYPES_OK)
-
-    checks: list[tuple[Column, Column]] = [
-        (F.col("v").isNull(), F.lit("malformed_json: line is not valid JSON (truncated or corrupt)")),
-        (~F.col("_is_object"), F.lit("not_an_object: each line must be a JSON object")),
-    ]
-    for name in ("event_id", "user_id", "session_id", "item_id"):
-        checks.append((bad_id(name), F.concat(F.lit(f"invalid_id_type: {name} must be a string or an integer, got "),
-                                               F.col(f"t_{name}"))))
-    checks += [
-        (F.col("s_user_id").isNull(), F.lit("missing_user_id: user_id is required")),
-        (F.col("s_event_type").isNull(), F.lit("missing_event_type: event_type is required")),
-        (F.col("s_event_type").isNotNull() & ~event_type.isin(*EVENT_TYPES),
-         F.concat(F.lit("unknown_event_type: '"), F.col("s_event_type"), F.lit(f"' is not one of {type_list}"))),
-        (F.col("s_ts").isNull(), F.lit("missing_ts: ts is required")),
-        (F.col("s_ts").isNotNull() & F.col("ts").isNull(),
-         F.concat(F.lit("invalid_ts: '"), F.col("s_ts"),
-                  F.lit("' is not an ISO-8601 timestamp or epoch milliseconds, or names an impossible date"))),
-        (F.col("ts").isNotNull() & (F.col("ts") < min_ts),
-         F.concat(F.lit(f"ts_out_of_range: {min_event_ts} is the earliest accepted time, got "), F.col("ts").cast("string"))),
-        (F.col("ts").isNotNull() & (F.col("ts") > max_ts),
-         F.concat(F.lit(f"future_ts: more than {max_future_skew_hours:g}h after processing time, got "), F.col("ts").cast("string"))),
-        (event_type.isin(*ITEM_EVENT_TYPES) & F.col("s_item_id").isNull(),
-         F.concat(F.lit("missing_item_id: item_id is required for "), event_type, F.lit(" events"))),
-        ((event_type == "search") & F.col("s_query").isNull(), F.lit("missing_query: search events need a query")),
-        (F.col("s_price").isNotNull() & (price.isNull() | F.isnan(price) | (F.abs(price) == float("inf")) | (price < 0)),
-         F.concat(F.lit("invalid_price: price must be a finite number >= 0, got "), F.col("s_price"))),
-        (F.col("s_quantity").isNotNull()
-         & (F.col("qty_dec").isNull() | (F.col("qty_dec") != F.floor("qty_dec")) | (F.col("qty_dec") < 1)
-            | (F.col("qty_dec") > 2_147_483_647)),
-         F.concat(F.lit("invalid_quantity: quantity must be an integer >= 1, got "), F.col("s_quantity"))),
-    ]
+    checks = _checks(event_type, price, now, min_event_ts, max_future_skew_hours)
     # Report every broken rule, first the structural ones; a malformed line reports only that.
     reasons = F.concat_ws("; ", *[F.when(cond, msg) for cond, msg in checks])
     reason = F.when(F.col("v").isNull(), checks[0][1]).when(~F.col("_is_object"), checks[1][1]).otherwise(
@@ -150,7 +156,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
         F.when(event_type == "search", F.lower("s_query")).alias("query"),
         F.col("s_category").alias("category"),
         F.col("price"),
-        F.col("qty_dec").cast("int").alias("quantity"),
+        F.expr("try_cast(qty_dec as int)").alias("quantity"),  # a quarantined 2147483648 must not fail the job
     )
 
 

@@ -28,6 +28,9 @@ from freshrec.landing import atomic_write_jsonl
 from freshrec.schemas import EVENT_FIELDS
 from tests.conftest import SAMPLES
 
+# for sources of mostly broken rows on purpose: past the up-front check, which would refuse them
+FORCE = ImportOptions(force=True)
+
 RR_SAMPLE = SAMPLES / "retailrocket_sample_events.csv"
 OTTO_SAMPLE = SAMPLES / "otto_sample_train.jsonl"
 TAFENG_HEADER = '"TRANSACTION_DT","CUSTOMER_ID","AGE_GROUP","PIN_CODE","PRODUCT_SUBCLASS","PRODUCT_ID","AMOUNT","ASSET","SALES_PRICE"'
@@ -72,7 +75,7 @@ def test_retailrocket_keeps_odd_rows_raw(settings, tmp_path):
                    "1433224214164,992329,wishlist,248676,\n"
                    "not-a-time,1,transaction,7,42\n"
                    "1433221332117,2\n", encoding="utf-8")
-    report = run_import(settings, "retailrocket", [src])
+    report = run_import(settings, "retailrocket", [src], FORCE)
     rows = _read(report.files)
     assert len(rows) == 4  # the blank line holds no row; the others all land
     assert report.skipped == {"blank lines": 1}
@@ -187,7 +190,7 @@ def test_otto_bad_lines_land_for_quarantine(settings, tmp_path):
                    '{"session": 6, "events": [{"aid": 1, "ts": 1659304800025, "ty\n'
                    "\n"
                    "[1, 2]\n", encoding="utf-8")
-    rows = _read(import_sources(settings, "otto", [src]))
+    rows = _read(import_sources(settings, "otto", [src], FORCE))
     assert [r["event_type"] for r in rows] == ["view", "purchase", "likes", "<unparseable otto event>",
                                                "<unparseable otto line>", "<unparseable otto line>"]
     assert rows[4][RAW_SOURCE_FIELD].startswith('{"session": 6') and "user_id" not in rows[4]
@@ -214,7 +217,7 @@ def test_tafeng_mapping_and_unit_price(settings, tmp_path):
         '"13/45/2000","02","","","100","78","x","0","12"',
         '"1/6/2001","03","","","100","79","1","0","abc"',
     ])
-    rows = _read(import_sources(settings, "tafeng", [src]))
+    rows = _read(import_sources(settings, "tafeng", [src], FORCE))
     assert len(rows) == 5
     assert rows[0] == {"event_id": derive_event_id("tafeng", "ta_feng_all_months_merged.csv", 1), "ts": "2000-11-01T00:00:00",
                        "user_id": "01104905", "session_id": "01104905-2000-11-01", "event_type": "purchase",
