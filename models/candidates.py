@@ -35,8 +35,8 @@ SOURCES = ("own", "covisit", "ease", "category", "trending", "popular")
 HISTORY = ("n_view", "n_cart", "n_remove", "n_purchase", "n_days", "days_since_last", "days_since_first",
            "decay_short", "decay_long", "own_gap", "since_over_own_gap", "since_over_item_interval", "category_share")
 # item facts as of the fit (ItemStats.table)
-ITEM_STATS = ("popularity", "n_users", "trend", "trend_share", "repeat_interval", "repeat_share", "price",
-              "category_popularity", "days_since_first_seen", "days_since_last_seen")
+ITEM_STATS = ("popularity", "n_users", "trend", "trend_share", "recent_28_days", "peak_week_share", "repeat_interval",
+              "repeat_share", "price", "category_popularity", "days_since_first_seen", "days_since_last_seen")
 
 
 @dataclass(frozen=True)
@@ -126,10 +126,18 @@ class ItemStats:
         cat = catalogue.category_code
         cat_pop = np.bincount(cat[cat >= 0], weights=popularity[cat >= 0], minlength=max(len(catalogue.categories), 1))
         interval = _group_median(gap_items, gaps, n_items)
+        # what sells drifts (promotions, holidays): a smoother horizon than the trend, and how much
+        # of an item's sales fell in its best week (a promoted item sells in bursts)
+        weeks = (now - t) // (7 * SECONDS_PER_DAY)
+        week_keys, week_counts = np.unique(items * (int(weeks.max(initial=0)) + 1) + weeks, return_counts=True)
+        peak = np.zeros(n_items)
+        np.maximum.at(peak, week_keys // (int(weeks.max(initial=0)) + 1), week_counts)
+        count = np.bincount(items, minlength=n_items)
         # shares, not counts: the ranker learns on a log one label window shorter than the one it scores
         table = np.stack([
             _share(popularity), n_users / max(len(np.unique(rows)), 1), _share(trend),
-            trend / np.maximum(popularity, 1e-9), interval,
+            trend / np.maximum(popularity, 1e-9), _share(np.bincount(items[weeks < 4], minlength=n_items).astype(np.float64)),
+            np.where(count > 0, peak / np.maximum(count, 1), np.nan), interval,
             np.bincount(returners, minlength=n_items) / np.maximum(n_users, 1), catalogue.price,
             np.where(cat >= 0, _share(cat_pop)[np.maximum(cat, 0)], np.nan),
             (now - first) / SECONDS_PER_DAY, (now - last) / SECONDS_PER_DAY,
@@ -192,7 +200,7 @@ class CandidateGenerator:
         keep = min(cfg.ease_neighbors, k)
         cols = np.argpartition(-weights, keep - 1, axis=1)[:, :keep] if keep < k else np.tile(np.arange(k), (k, 1))
         vals = np.take_along_axis(weights, cols, axis=1)
-        ok = vals > 0
+        ok = vals > 0 if keep < k else vals != 0  # a full matrix keeps EASE's negative weights too
         rows = np.broadcast_to(np.arange(k)[:, None], cols.shape)
         self.ease_weights = sp.csr_matrix((vals[ok], (rows[ok], cols[ok])), shape=(k, k), dtype=np.float32)
 

@@ -5,17 +5,22 @@ Training labels come from the training data only. The training histories are cut
 ``cutoff - label_window_days`` (``cutoff`` = their ``now``): the sources are fitted on, and the
 candidates drawn from, the events before that cut; a candidate's label is 1 when the user took
 the item (a target event type) in the label window after it. With ``n_label_windows`` > 1 the
-same is repeated one window further back each time, and the groups are stacked. Users whose
+same is repeated one window further back each time, and the groups are stacked: what one
+fortnight rewarded (Ta-Feng: trending items before the lunar new year) is averaged with others.
+For ratings dumps evaluated by protocols.random_holdout, ``label_protocol="random"`` holds out a
+seeded share of each user's items instead (``n_label_windows`` draws). Users whose
 candidates hold no label teach LambdaRank nothing and are left out. Then the sources are refitted
 on every training event for scoring, so the evaluation window is never seen.
 
-Features of a (user, item) candidate (``FEATURES``): every source's score and rank and how many
-sources listed it; what the user did with the item (counts per event type, recency, decayed
-weights, the user's own re-take gap and the time since the last take over it and over the item's
-typical re-take interval, the share of the user's weight in the item's category); the user
+Features of a (user, item) candidate (``FEATURES``): every source's score, that score over the
+user's best from the source, its rank and how many sources listed it; what the user did with the
+item (counts per event type, recency, decayed weights, the user's own re-take gap and the time
+since the last take over it and over the item's typical re-take interval, the share of the
+user's weight in the item's category); the user
 (activity, tenure, recency, repeat share, basket size, mean price); the item (popularity, buyers,
-trend, re-take interval and share, price, category popularity, age) and the item's price over the
-user's mean price.
+trend, 28-day sales, share of its sales in its best week, re-take interval and share, price,
+category popularity, age) and the item's price over the user's mean price. Popularity-like
+values are shares of the log's total, since the ranker learns on a shorter log than it scores.
 
 ``recommend`` ranks a user's candidates and fills the rest of the list with overall popularity;
 ``score`` gives the same order over the whole catalogue. Scoring one user costs one candidate
@@ -55,7 +60,8 @@ from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES, seen_items
 
 USER_FEATURES = ("user_events", "user_items", "user_days", "user_days_since_last", "user_days_since_first",
                  "user_repeat_share", "user_events_per_day", "user_mean_price")
-FEATURES = (*(f"score_{s}" for s in SOURCES), *(f"rank_{s}" for s in SOURCES), "n_sources", *HISTORY,
+FEATURES = (*(f"score_{s}" for s in SOURCES), *(f"relative_{s}" for s in SOURCES), *(f"rank_{s}" for s in SOURCES),
+            "n_sources", *HISTORY,
             *USER_FEATURES, *(f"item_{s}" for s in ITEM_STATS), "price_over_user_mean")
 
 
@@ -63,9 +69,7 @@ FEATURES = (*(f"score_{s}" for s in SOURCES), *(f"rank_{s}" for s in SOURCES), "
 class RankerConfig:
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
     label_window_days: float = 14.0  # use the evaluation window: the ranker learns "what is taken next window"
-    # label windows stacked back from the cutoff: one window teaches the ranker whatever that
-    # fortnight rewarded (Ta-Feng: trending items before the lunar new year); several average it out
-    n_label_windows: int = 4
+    n_label_windows: int = 4  # label windows stacked back from the cutoff (random protocol: draws)
     target_event_types: tuple[str, ...] = DEFAULT_TARGET_EVENT_TYPES
     min_target_users: int = 50  # below this many users with a target in a label window, every positive event counts
     exclude_seen: str = "none"  # the serving rule: training candidates leave out the same items
@@ -159,8 +163,9 @@ class TwoStageRanker(Recommender):
         """The stacked groups of every label window (see the module docstring)."""
         cfg = self.config
         if cfg.label_protocol == "random":
-            parts = [self._groups(train, catalogue, *_random_labels(train, self._label_codes(train, train.item >= 0),
-                                                                    cfg.label_fraction, cfg.seed), int(train.now.max()))]
+            is_target = self._label_codes(train, train.item >= 0)
+            parts = [self._groups(train, catalogue, *_random_labels(train, is_target, cfg.label_fraction, cfg.seed + w),
+                                  int(train.now.max()), draw=w) for w in range(cfg.n_label_windows)]
         else:
             cutoff = int(train.now.max())
             window = int(round(cfg.label_window_days * SECONDS_PER_DAY))
@@ -168,7 +173,8 @@ class TwoStageRanker(Recommender):
             for w in range(cfg.n_label_windows):
                 start, end = cutoff - (w + 1) * window, cutoff - w * window
                 in_window = (train.t >= start) & (train.t < end) & (train.item >= 0)
-                parts.append(self._groups(train, catalogue, train.t < start, in_window & self._label_codes(train, in_window), start))
+                is_label = in_window & self._label_codes(train, in_window)
+                parts.append(self._groups(train, catalogue, train.t < start, is_label, start))
         parts = [p for p in parts if p is not None]
         if not parts:
             raise ValueError("no label window has a user whose candidates hold one of their targets")
@@ -184,13 +190,15 @@ class TwoStageRanker(Recommender):
         return is_target
 
     def _groups(self, train: Histories, catalogue: Catalogue, keep: np.ndarray, is_label: np.ndarray,
-                now: int) -> TrainingSet | None:
+                now: int, draw: int = 0) -> TrainingSet | None:
         """Groups of one label set: candidates from the events where ``keep`` holds (as of ``now``),
         labels = the items of the events where ``is_label`` holds."""
         cfg = self.config
         users = np.unique(train.row_of_event[is_label])
+        if not keep.any():  # a label window at the start of the log has no history to draw candidates from
+            return None
         if cfg.max_train_users is not None and len(users) > cfg.max_train_users:
-            users = np.sort(np.random.default_rng([cfg.seed, now]).choice(users, cfg.max_train_users, replace=False))
+            users = np.sort(np.random.default_rng([cfg.seed, now, draw]).choice(users, cfg.max_train_users, replace=False))
         if not len(users):
             return None
         earlier = train.filter(keep, now=now)
@@ -276,7 +284,7 @@ def candidate_features(cands: Candidates, hist: Histories, generator: CandidateG
     with np.errstate(invalid="ignore", divide="ignore"):
         price_ratio = price / users[:, USER_FEATURES.index("user_mean_price")]
     n_sources = np.isfinite(cands.rank).sum(axis=1)
-    return np.column_stack([cands.score, cands.rank, n_sources, cands.history, users,
+    return np.column_stack([cands.score, _relative_to_row_best(cands.score, rows), cands.rank, n_sources, cands.history, users,
                             generator.items.table[items], price_ratio]).astype(np.float32)
 
 
@@ -305,6 +313,17 @@ def user_features(hist: Histories) -> np.ndarray:
         ], axis=1)
     out[~np.isfinite(out)] = np.nan
     return out
+
+
+def _relative_to_row_best(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """Each source's score over the user's best score from it: a user with a long history has
+    larger co-visitation and EASE sums than one with a short one, and the training histories are
+    shorter than the scored ones."""
+    n = int(rows.max()) + 1 if len(rows) else 0
+    best = np.zeros((n, scores.shape[1]))
+    np.maximum.at(best, rows, np.nan_to_num(scores, nan=0.0))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(best[rows] > 0, scores / best[rows], np.nan)
 
 
 def _row_scaled(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:

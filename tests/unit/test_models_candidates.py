@@ -16,9 +16,8 @@ NOW = int((T0 + pd.Timedelta(days=30)).timestamp())
 
 
 def log(rows):
-    return normalize_events(pd.DataFrame([
-        {"user_id": u, "item_id": i, "event_type": e, "ts": T0 + pd.Timedelta(days=d), "category": c, "price": 2.0}
-        for u, i, e, d, c in rows]))
+    df = pd.DataFrame(rows, columns=["user_id", "item_id", "event_type", "day", "category"])
+    return normalize_events(df.assign(ts=T0 + pd.to_timedelta(df.pop("day"), unit="D"), price=2.0))
 
 
 # u1 buys a every 10 days and viewed b; u2 re-buys a after 4 days; c and d always go with a
