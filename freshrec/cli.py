@@ -136,6 +136,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("status", help="live version, model, freshness, last runs, counts")
     p.add_argument("--json", action="store_true")
 
+    p = sub.add_parser("quarantine", help="the rows the clean job set aside: reason, source file, the line as it landed")
+    p.add_argument("--reason", default=None, metavar="CODE", help="only rows that broke this rule (e.g. invalid_ts)")
+    p.add_argument("--file", default=None, metavar="F", help="only rows from this landing file (its name)")
+    p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="show at most N rows (default 20)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("recs", help="a user's recommendations from the live version (unknown users get popular items)")
     p.add_argument("user_id", nargs="?", default=None, metavar="USER_ID")
     p.add_argument("--users-file", type=Path, default=None, metavar="FILE", help="one user id per line; one JSON object per line out")
@@ -177,7 +183,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _home_hint(settings: Settings) -> str | None:
+    """One line when the home holds nothing yet but a home nearby does (e.g. the demo's
+    .freshrec/demo beside an empty .freshrec): where the data is, and how to point at it."""
+    home = settings.home.resolve()
+    if (home / "state.db").is_file():
+        return None
+    nearby = {p.parent for base in (home, home.parent) for p in base.glob("*/state.db") if p.parent != home}
+    if not nearby:
+        return None
+    found = sorted(nearby, key=lambda p: -(p / "state.db").stat().st_mtime)[0]
+    return (f"freshrec: note: {home} holds no data yet; {found} does: FRESHREC_HOME={found} freshrec {{cmd}}, "
+            f"or home = \"{found}\" in freshrec.toml")
+
+
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    if args.command not in ("import", "generate", "airflow") and (hint := _home_hint(settings)):
+        print(hint.format(cmd=args.command), file=sys.stderr)
     if args.command == "import":
         from dataclasses import fields
 
@@ -212,6 +234,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         status = collect_status(settings)
         print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
+        return 0
+    if args.command == "quarantine":
+        from freshrec.quarantine import format_rows, quarantined
+
+        found = quarantined(settings.quarantine_path, args.reason, args.file, args.limit)
+        print(json.dumps(found, default=str) if args.json else format_rows(found, args.limit))
         return 0
     if args.command == "airflow":
         from freshrec.airflow.standalone import run_standalone

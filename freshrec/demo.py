@@ -7,7 +7,9 @@
    newcomer arrives; a producer re-sends an event and sends some broken rows;
 3. the shopper's list before and after, the measured freshness, and where to look next.
 
-Uses FRESHREC_HOME when set, else ./.freshrec/demo (wiped first, so the demo is repeatable).
+Uses FRESHREC_HOME when set, else ./.freshrec/demo (wiped first, so the demo is repeatable), and
+then leaves a freshrec.toml here naming that home (unless there is one), so that ``freshrec
+status`` and ``freshrec recs`` run here afterwards see the demo's data.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
+from freshrec.fileio import atomic_write_text
 from freshrec.settings import Settings
 
 HISTORY_EVENTS = 200_000
@@ -32,11 +35,10 @@ NEWCOMER = "demo-newcomer"
 
 
 def _terminal():
-    """A rich console on a copy of this process's stdout: run_dag sends fds 1 and 2 to its log
-    file while a DAG runs, and the spinner must still reach the terminal."""
+    """A rich console for the demo's own lines; a DAG run draws its progress on stderr."""
     from rich.console import Console
 
-    return Console(file=os.fdopen(os.dup(sys.stdout.fileno()), "w", buffering=1), highlight=False, soft_wrap=True)
+    return Console(file=sys.stdout, highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -47,44 +49,84 @@ def _step(console, text: str) -> Iterator[None]:
     console.print(f"[green]done[/] {text} ({time.monotonic() - started:.0f}s)")
 
 
+def _point_here(home: Path) -> str | None:
+    """Leave a freshrec.toml in the working directory naming the demo's home, so that
+    ``freshrec status`` and ``recs`` run here afterwards see its data; never replaces a
+    user's file. The line that says what was done, or None when nothing was."""
+    config = Path("freshrec.toml")
+    try:
+        relative = home.relative_to(Path.cwd().resolve())
+    except ValueError:
+        relative = home
+    if config.exists():
+        import tomllib
+
+        try:
+            named = tomllib.loads(config.read_text(encoding="utf-8")).get("home")
+        except (OSError, ValueError):
+            return None
+        return f"{config.resolve()} names this home already" if named and Path(named).resolve() == home else None
+    atomic_write_text(config, f'# written by `make demo`: freshrec commands run here use the demo\'s home\nhome = "{relative}"\n')
+    return f"wrote {config.resolve()} (home = \"{relative}\"): `freshrec status` and `freshrec recs` here use the demo's data"
+
+
 def main() -> int:
+    default_home = "FRESHREC_HOME" not in os.environ
     home = Path(os.environ.get("FRESHREC_HOME") or ".freshrec/demo").resolve()
-    if "FRESHREC_HOME" not in os.environ and home.exists():
+    if default_home and home.exists():
         shutil.rmtree(home)
     os.environ["FRESHREC_HOME"] = str(home)
     settings = Settings.load()
     settings.ensure_dirs()
     console = _terminal()
+    now = datetime.now(timezone.utc)
+    if not _nightly_batch(console, settings, now):
+        return 1
+    story = _Story(settings)
+    before = story.top(story.shopper)
+    console.print(f"\nshopper [bold]{story.shopper}[/] (most purchases) has bought from {', '.join(sorted(story.bought_cats))}; "
+                  f"their list now:")
+    story.show(console, before, set())
+    freshness = _microbatches(console, settings, story, before, now)
+    if freshness is None:
+        return 1
+    _what_changed(console, settings, story, before, freshness)
+    note = _point_here(home) if default_home else None
+    _look_around(console, settings, home, story.shopper, note)
+    return 0
 
+
+def _nightly_batch(console, settings: Settings, now: datetime) -> bool:
+    """Part 1: a synthetic history lands and the batch DAG runs; False when it failed."""
     from freshrec.airflow.local import run_dag
-    from freshrec.generate import GenerateOptions, generate_to_landing, generate_window
-    from freshrec.landing import atomic_write_jsonl
+    from freshrec.generate import GenerateOptions, generate_to_landing
     from freshrec.status import collect_status
 
-    now = datetime.now(timezone.utc)
     console.rule("1. the nightly batch")
     with _step(console, f"generating a synthetic shop: {HISTORY_EVENTS:,} events over {HISTORY_DAYS} days, some malformed"):
         n = generate_to_landing(settings, GenerateOptions(
             events=HISTORY_EVENTS, seed=7, users=HISTORY_USERS, items=HISTORY_ITEMS, days=HISTORY_DAYS,
             start=(now - timedelta(days=HISTORY_DAYS)).isoformat(), dirty=True, rows_per_file=100_000, prefix="demo"))
     console.print(f"    {n:,} rows in {settings.landing_events_dir}")
-    with _step(console, "running freshrec_batch through Airflow (clean -> validate -> matrices -> train -> evaluate -> "
-                        "gate -> score -> publish)"):
-        ok = run_dag(settings, "freshrec_batch")
-    if not ok:
+    console.print("running freshrec_batch through Airflow: clean -> validate -> matrices -> train -> evaluate -> "
+                  "gate -> score -> publish")
+    if not run_dag(settings, "freshrec_batch"):
         console.print("[red]the batch run failed; see the task lines above[/]")
-        return 1
+        return False
     status = collect_status(settings)
-    c = status["counts"]
-    console.print(f"    read {c['read']:,} = clean {c['clean']:,} + quarantined {c['quarantined']:,} + duplicates {c['duplicates']:,}")
     gate = (status.get("model") or {}).get("gate") or {}
     console.print(f"    live version {status['live_version']}; gate: {gate.get('reason', '-')}")
+    return True
 
-    story = _Story(settings)
-    before = story.top(story.shopper)
-    console.print(f"\nshopper [bold]{story.shopper}[/] (most purchases) has bought from {', '.join(sorted(story.bought_cats))}; "
-                  f"their list now:")
-    story.show(console, before, set())
+
+def _microbatches(console, settings: Settings, story: "_Story", before: list[tuple[str, float]],
+                  now: datetime) -> list[dict[str, Any]] | None:
+    """Part 2: three micro-batches land and the incremental DAG runs after each; the freshness
+    of each, or None when a run failed."""
+    from freshrec.airflow.local import run_dag
+    from freshrec.generate import generate_window
+    from freshrec.landing import atomic_write_jsonl
+    from freshrec.status import collect_status
 
     console.rule("2. three micro-batches, minutes apart")
     freshness = []
@@ -93,15 +135,12 @@ def main() -> int:
                                   n_users=HISTORY_USERS, n_items=HISTORY_ITEMS)
         atomic_write_jsonl(settings.landing_events_dir, f"demo-microbatch-{k}.jsonl", traffic + rows)
         console.print(f"[bold]micro-batch {k}[/]: {title} (+ {len(traffic):,} events of other shoppers)")
-        with _step(console, "running freshrec_incremental"):
-            ok = run_dag(settings, "freshrec_incremental")
-        if not ok:
+        if not run_dag(settings, "freshrec_incremental"):
             console.print("[red]the incremental run failed; see the task line above[/]")
-            return 1
+            return None
         mb = collect_status(settings)["freshness"]
         freshness.append(mb)
-        console.print(f"    {mb['rows']:,} rows, {mb['users']:,} shoppers re-scored; landing -> served p50 "
-                      f"{mb['landing_to_served_p50_s']} s, p95 {mb['landing_to_served_p95_s']} s")
+        console.print(f"    landing -> served p50 {mb['landing_to_served_p50_s']} s, p95 {mb['landing_to_served_p95_s']} s")
         if k == 1:
             story.show(console, story.top(story.shopper), {i for i, _ in before}, "    the shopper's list now:")
         if k == 2:
@@ -110,14 +149,20 @@ def main() -> int:
             newcomer = story.client.recs(NEWCOMER, 5)
             console.print(f"    {NEWCOMER} (never seen before) gets a {newcomer['source']} list: "
                           + ", ".join(f"{r['item_id']} ({story.category.get(r['item_id'], '?')})" for r in newcomer["items"]))
+    return freshness
+
+
+def _what_changed(console, settings: Settings, story: "_Story", before: list[tuple[str, float]],
+                  freshness: list[dict[str, Any]]) -> None:
+    """Part 3: the shopper's list before and after, the counts, the freshness."""
+    from freshrec.status import collect_status
 
     console.rule("3. what changed")
     console.print(f"shopper [bold]{story.shopper}[/], before the micro-batches:")
     story.show(console, before, set())
     console.print("after them (new entries marked +):")
     story.show(console, story.top(story.shopper), {i for i, _ in before})
-    status = collect_status(settings)
-    c = status["counts"]
+    c = collect_status(settings)["counts"]
     console.print(f"counts: read {c['read']:,} = clean {c['clean']:,} + quarantined {c['quarantined']:,} + "
                   f"duplicates {c['duplicates']:,}")
     console.print("freshness per micro-batch (landing -> served, p50 / p95): "
@@ -125,16 +170,26 @@ def main() -> int:
                   + f"  (work per micro-batch: {', '.join(str(m['seconds']) + ' s' for m in freshness)})")
     story.client.close()
 
+
+def _look_around(console, settings: Settings, home: Path, shopper: str, note: str | None) -> None:
+    """Part 4: where everything is and the commands to look at it."""
+    from freshrec.status import collect_status
+
     bin_dir = Path(sys.executable).parent
+    # with the freshrec.toml just written, commands run here need no FRESHREC_HOME
+    env = "" if note else f"FRESHREC_HOME={home} "
     console.rule("4. look around")
     console.print(f"Everything lives under {home}.")
-    console.print(f"  status:   FRESHREC_HOME={home} {bin_dir / 'freshrec'} status")
-    console.print(f"  a list:   FRESHREC_HOME={home} {bin_dir / 'freshrec'} recs {story.shopper} -n 10")
-    console.print(f"  Airflow:  FRESHREC_HOME={home} make airflow     then http://127.0.0.1:8080 (both DAGs, their runs)")
-    _print_mlflow(console, f"{bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri}", status.get("model") or {})
+    if note:
+        console.print(note)
+    console.print(f"  status:   {env}{bin_dir / 'freshrec'} status")
+    console.print(f"  a list:   {env}{bin_dir / 'freshrec'} recs {shopper} -n 10")
+    console.print(f"  quarantine: {env}{bin_dir / 'freshrec'} quarantine --limit 5   (the broken rows and why)")
+    console.print(f"  Airflow:  {env}make airflow     then http://127.0.0.1:8080 (both DAGs, their runs)")
+    _print_mlflow(console, f"{bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri}",
+                  collect_status(settings).get("model") or {})
     console.print(f"  Data Docs: {settings.reports_dir / 'data_docs' / 'index.html'}")
-    console.print(f"  fresher:  FRESHREC_HOME={home} {bin_dir / 'freshrec'} run incremental --watch   (every 15 s)")
-    return 0
+    console.print(f"  fresher:  {env}{bin_dir / 'freshrec'} run incremental --watch   (every 15 s)")
 
 
 def _print_mlflow(console, ui_command: str, live: dict[str, Any]) -> None:

@@ -93,10 +93,22 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             status["freshness"] = freshness(ledger.recent_microbatches(FRESHNESS_WINDOW))
         except (sqlite3.Error, ValueError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
+    status["quarantine_reasons"] = _quarantine_reasons(settings, warnings)
     _serving_status(settings, status, warnings)
     if warnings:
         status["warnings"] = warnings
     return status
+
+
+def _quarantine_reasons(settings: Settings, warnings: list[str]) -> dict[str, int]:
+    """Quarantined rows per reason code (``freshrec quarantine`` shows the rows)."""
+    from freshrec.quarantine import reason_counts
+
+    try:
+        return reason_counts(settings.quarantine_path)
+    except (OSError, ValueError) as exc:  # pyarrow's errors are both
+        warnings.append(f"cannot read the quarantine at {settings.quarantine_path}: {exc}")
+        return {}
 
 
 def _serving_status(settings: Settings, status: dict[str, Any], warnings: list[str]) -> None:
@@ -219,6 +231,10 @@ def format_status(status: dict[str, Any]) -> str:
         overview.add_row("last gate", f"v{_or_dash(gate.get('candidate_version'))} {verdict} at {_or_dash(gate.get('decided_at'))}: "
                                       f"{_or_dash(gate.get('reason'))}")
     overview.add_row("counts", "  ".join(f"{key} {int(counts.get(key, 0)):,}" for key in COUNT_KEYS))
+    reasons = status.get("quarantine_reasons") or {}
+    if reasons:
+        overview.add_row("quarantined", ", ".join(f"{code} {n:,}" for code, n in reasons.items())
+                         + "  (freshrec quarantine --reason CODE shows them)")
     p50, p95 = fresh.get("landing_to_served_p50_s"), fresh.get("landing_to_served_p95_s")
     overview.add_row("freshness", f"last micro-batch {_or_dash(fresh.get('last_microbatch_at'))}  "
                                   f"landing->served p50 {_or_dash(p50 if p50 is None else f'{p50:.1f}s')}  "

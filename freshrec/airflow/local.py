@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import IO, Any, Mapping
 
 from freshrec.airflow.env import airflow_bin, airflow_env, prepare_metadata_db
+from freshrec.airflow.progress import Progress, format_rows, quarantine_warning, run_rows
 from freshrec.airflow.runtime import one_line, run_key
 from freshrec.errors import UserError
 from freshrec.settings import Settings
@@ -47,11 +48,11 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # The run, in child processes
 # --------------------------------------------------------------------------------------------
 class _Follower:
-    """Follows ``airflow dags test``'s output: every line to the log, one line per finished
-    task to stderr, and the last line kept for a run that fails before any task."""
+    """Follows ``airflow dags test``'s output: every line to the log, each task's start and
+    end to the progress display, and the last line kept for a run that fails before any task."""
 
-    def __init__(self, dag_id: str, sink: IO[bytes]):
-        self.dag_id, self.sink = dag_id, sink
+    def __init__(self, progress: Progress, sink: IO[bytes]):
+        self.progress, self.sink = progress, sink
         self.task: str | None = None
         self.state: str | None = None
         self.since = 0.0
@@ -64,20 +65,21 @@ class _Follower:
             self.last_line = line
         if match := _TASK_START.search(line):
             self.task, self.state, self.since = match[1], None, time.monotonic()
+            self.progress.task_started(match[1])
         elif match := _TASK_END.search(line):
-            print(f"{self.dag_id}: {match[1]} {self.state or 'finished'} ({time.monotonic() - self.since:.1f}s)",
-                  file=sys.stderr, flush=True)
+            self.progress.task_finished(match[1], self.state, time.monotonic() - self.since)
             self.task = None
         elif self.task is not None and (match := _NEW_STATE.search(line)):
             self.state = match[1]
 
 
-def _dags_test(dag_id: str, logical_date: datetime, env: Mapping[str, str], sink: IO[bytes]) -> tuple[int, str]:
+def _dags_test(dag_id: str, logical_date: datetime, env: Mapping[str, str], sink: IO[bytes],
+               progress: Progress) -> tuple[int, str]:
     """``airflow dags test`` with its output followed; its exit code and last line."""
     # INFO: the [DAG TEST] lines the progress follows, and the tasks' own logs in the log file,
     # the only place they are written for a `dags test` run.
     env = {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-    follower = _Follower(dag_id, sink)
+    follower = _Follower(progress, sink)
     with subprocess.Popen([str(airflow_bin()), "dags", "test", dag_id, logical_date.isoformat()], env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         for raw in proc.stdout:
@@ -100,7 +102,8 @@ def _read_back(reporter: subprocess.Popen) -> dict[str, Any]:
     return json.loads(lines[-1])
 
 
-def _run_in_children(settings: Settings, dag_id: str, logical_date: datetime, log_path: Path) -> dict[str, Any]:
+def _run_in_children(settings: Settings, dag_id: str, logical_date: datetime, log_path: Path,
+                     progress: Progress) -> dict[str, Any]:
     """Metadata DB, run, read-back; ``{run_id, state, tasks, failure}`` (failure: one line
     when the run could not be started or read back, its traceback in the log)."""
     env = {**os.environ, **airflow_env(settings)}
@@ -109,7 +112,7 @@ def _run_in_children(settings: Settings, dag_id: str, logical_date: datetime, lo
         try:
             prepare_metadata_db(settings, sink)
             with _reporter(dag_id, logical_date, env, sink) as reporter:
-                rc, last_line = _dags_test(dag_id, logical_date, env, sink)
+                rc, last_line = _dags_test(dag_id, logical_date, env, sink, progress)
                 run = _read_back(reporter)
         except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback is in the log
             sink.write(traceback.format_exc().encode())
@@ -181,15 +184,23 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
     """
     if dag_id not in KNOWN_DAGS:
         raise UserError(f"unknown DAG {dag_id!r}; expected one of {', '.join(KNOWN_DAGS)}")
+    from freshrec.jobs.clean import landing_files
     from freshrec.ledger import Ledger, utcnow_iso
 
     airflow_bin()  # a missing install is the user's to fix, not a failed run
+    if not landing_files(settings.landing_events_dir):  # seconds, not a run that fails in clean
+        raise UserError(f"no landing files under {settings.landing_events_dir}: "
+                        "run `freshrec import` or `freshrec generate` first")
     settings = settings.replace(home=settings.home.resolve())
     settings.ensure_dirs()
     logical_date = _utc(logical_date)
     log_path = settings.airflow_home / "logs" / "freshrec" / dag_id / f"{logical_date:%Y%m%dT%H%M%SZ}.log"
     started_at, started = utcnow_iso(), time.monotonic()
-    run = _run_in_children(settings, dag_id, logical_date, log_path)
+    progress = Progress(dag_id, log_path)
+    try:
+        run = _run_in_children(settings, dag_id, logical_date, log_path, progress)
+    finally:
+        progress.close()
     elapsed = time.monotonic() - started
     run_id = run["run_id"] or f"manual__{logical_date.isoformat()}"
     key = run_key(dag_id, run_id)
@@ -202,7 +213,18 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
         print(f"{dag_id} failed before any task ran: {run['failure']} (log: {log_path})")
     else:
         print(_format_summary(dag_id, run_id, run["state"], run["tasks"], detail, elapsed, log_path))
+    _print_rows(settings, dag_id, started_at, run["tasks"])
     return run["state"] == "success"
+
+
+def _print_rows(settings: Settings, dag_id: str, started_at: str, tasks: list[dict[str, Any]]) -> None:
+    """The run's rows after its summary, and a warning on stderr when many were quarantined."""
+    rows = run_rows(settings, dag_id, started_at, tasks)
+    if rows is None:
+        return
+    print(format_rows(rows), flush=True)
+    if warning := quarantine_warning(rows):
+        print(warning, file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -90,3 +90,33 @@ def test_min_rating_note(tmp_path):
     assert res.returncode == 0, res.stderr
     assert "imported 1 rows" in res.stdout
     assert "left out 1 row(s): movielens ratings below --min-rating 4" in res.stderr
+
+
+@pytest.mark.parametrize("dag", ["batch", "incremental"])
+def test_run_without_landing_files_fails_in_seconds(tmp_path, dag):
+    import time
+
+    started = time.monotonic()
+    _assert_one_line_error(_run(["run", dag], tmp_path / "home"), "no landing files under", "freshrec import")
+    assert time.monotonic() - started < 30  # Airflow never starts (it took 48 s to fail in the clean task)
+
+
+def test_import_help_lists_event_types_and_timestamp_formats(tmp_path):
+    out = _run(["import", "--help"], tmp_path / "home").stdout
+    assert "view, add_to_cart, remove_from_cart, purchase, search" in out
+    assert "ISO-8601" in out and "epoch milliseconds" in out and "--ts-format '%m/%d/%Y %H:%M:%S'" in out
+    assert "--force" in out
+
+
+def test_import_refusal_exits_2_and_writes_nothing(tmp_path):
+    src = tmp_path / "clicks.csv"
+    src.write_text("user,item,when,action\nu1,i1,02/12/2026 16:33:19,click\nu2,i2,02/12/2026 16:34:19,click\n")
+    flags = ["--user-col", "user", "--item-col", "item", "--ts-col", "when", "--event-col", "action"]
+    refused = _run(["import", "csv", str(src), *flags], tmp_path / "home")
+    assert refused.returncode == 2 and "Traceback" not in refused.stderr
+    assert refused.stderr.strip().splitlines()[-1].startswith("freshrec: error: 2 of the 2 rows checked (100%)")
+    assert "--event-map click=view" in refused.stderr and "--ts-format '%m/%d/%Y %H:%M:%S'" in refused.stderr
+    assert not any((tmp_path / "home" / "landing" / "events").glob("*"))
+    fixed = _run(["import", "csv", str(src), *flags, "--event-map", "click=view", "--ts-format", "%m/%d/%Y %H:%M:%S"],
+                 tmp_path / "home")
+    assert fixed.returncode == 0 and "imported 2 rows" in fixed.stdout and fixed.stderr == ""
