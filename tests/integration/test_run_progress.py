@@ -1,0 +1,38 @@
+"""`freshrec run incremental` through the real `airflow dags test`, on a tiny home: the task's
+lines appear while it runs, then the summary, the run's rows and the quarantine warning."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from freshrec.landing import atomic_write_jsonl
+from freshrec.settings import settings_to_env
+from tests.integration.test_dags import af_settings, migrated_airflow_home  # noqa: F401 - fixtures
+
+pytestmark = pytest.mark.integration
+
+BIN = Path(sys.executable).parent / "freshrec"
+
+
+def test_run_incremental_prints_task_lines_rows_and_the_warning(af_settings):  # noqa: F811
+    atomic_write_jsonl(af_settings.landing_events_dir, "tiny.jsonl", [
+        {"event_id": "p-1", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "event_type": "view", "item_id": "i1"},
+        {"event_id": "p-2", "ts": "2026-11-20T10:01:00Z", "user_id": "u1", "event_type": "purchase", "item_id": "i1"},
+        {"event_id": "p-3", "ts": "02/12/2026 16:33:19", "user_id": "u2", "event_type": "click", "item_id": "i2"}])
+    env = {**os.environ, **settings_to_env(af_settings)}
+    done = subprocess.run([str(BIN), "run", "incremental"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    err = done.stderr.splitlines()
+    assert err[0].startswith("freshrec_incremental: starting `airflow dags test` (its output: ")
+    assert "freshrec_incremental: microbatch running" in err
+    assert any(line.startswith("freshrec_incremental: microbatch success (") for line in err), done.stderr
+    assert "microbatch" in done.stdout and "succeeded" in done.stdout
+    assert "rows: read 3 = clean 2 + quarantined 1 + duplicates 0; users re-scored 0" in done.stdout
+    assert ("freshrec: WARNING: 1 of 3 rows (33%) were quarantined; top reasons: invalid_ts 1, unknown_event_type 1"
+            in done.stderr)
+    assert "Traceback" not in done.stdout + done.stderr
