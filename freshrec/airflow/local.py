@@ -149,7 +149,7 @@ def _run_detail(settings: Settings, key: str, run: Mapping[str, Any], log_path: 
 
 
 def _format_summary(dag_id: str, run_id: str, state: str, tasks: list[dict[str, Any]], detail: Mapping[str, Any],
-                    elapsed: float, log_path: Path) -> str:
+                    elapsed: float, log_path: Path, rows: Mapping[str, Any] | None = None) -> str:
     width = max([len(t["task_id"]) for t in tasks] + [8])
     lines = [f"{dag_id}  {run_id}"]
     for t in tasks:
@@ -160,6 +160,8 @@ def _format_summary(dag_id: str, run_id: str, state: str, tasks: list[dict[str, 
         if t["task_id"] == detail.get("failed_task") and detail.get("error"):
             line += f"  {detail['error']}"
         lines.append(line)
+    if rows is not None:
+        lines.append(format_rows(rows))
     verdict = "succeeded" if state == "success" else f"{state}"
     lines.append(f"{dag_id} {verdict} in {elapsed:.1f}s (log: {log_path})")
     return "\n".join(lines)
@@ -178,7 +180,9 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
     that interval. Airflow names the run after when it ran (``manual__<now>``); the ledger
     keeps the logical date beside it.
 
-    Prints one line per task and a verdict; Airflow's and Spark's own output go to a log file
+    Shows the running task and a line per task as it ends (:mod:`freshrec.airflow.progress`),
+    then one line per task, the run's rows (a warning on stderr when many were quarantined) and
+    a verdict; Airflow's and Spark's own output go to a log file
     under ``$FRESHREC_HOME/airflow/logs/freshrec/``. The run is recorded in the freshrec
     ledger (``runs`` table) for ``freshrec status``.
     """
@@ -211,20 +215,13 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
                                          finished_at=utcnow_iso(), detail=detail)
     if run.get("failure") and not run["tasks"]:
         print(f"{dag_id} failed before any task ran: {run['failure']} (log: {log_path})")
-    else:
-        print(_format_summary(dag_id, run_id, run["state"], run["tasks"], detail, elapsed, log_path))
-    _print_rows(settings, dag_id, started_at, run["tasks"])
-    return run["state"] == "success"
-
-
-def _print_rows(settings: Settings, dag_id: str, started_at: str, tasks: list[dict[str, Any]]) -> None:
-    """The run's rows after its summary, and a warning on stderr when many were quarantined."""
-    rows = run_rows(settings, dag_id, started_at, tasks)
-    if rows is None:
-        return
-    print(format_rows(rows), flush=True)
-    if warning := quarantine_warning(rows):
+        return run["state"] == "success"
+    # the run's rows sit above the verdict, which stays the last line
+    rows = run_rows(settings, dag_id, started_at, run["tasks"])
+    print(_format_summary(dag_id, run_id, run["state"], run["tasks"], detail, elapsed, log_path, rows), flush=True)
+    if rows is not None and (warning := quarantine_warning(rows)):
         print(warning, file=sys.stderr, flush=True)
+    return run["state"] == "success"
 
 
 # --------------------------------------------------------------------------------------------
