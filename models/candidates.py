@@ -287,7 +287,6 @@ class _OwnItems:
         weights = event_weight_array(cfg.event_weights)
         valid = hist.item >= 0
         rows, items, t, etype = hist.row_of_event[valid], hist.item[valid], hist.t[valid], hist.etype[valid]
-        self.events = (rows, items, t, etype)
         age = (hist.now[rows] - t) / SECONDS_PER_DAY
         self.keys, inverse = np.unique(rows * n_items + items, return_inverse=True)
         m = len(self.keys)
@@ -304,9 +303,8 @@ class _OwnItems:
         own_gap = np.where(n_days > 1, (first_age - last_age) / np.maximum(n_days - 1, 1), np.nan)
         self.table = np.stack([*counts, n_days, last_age, first_age, decay_short, decay_long, own_gap,
                                last_age / own_gap], axis=1)
-        self.rows_of_key = self.keys // n_items
         positive = decay_long > 0
-        self.matrix = sp.csr_matrix((decay_long[positive], (self.rows_of_key[positive], self.keys[positive] % n_items)),
+        self.matrix = sp.csr_matrix((decay_long[positive], (self.keys[positive] // n_items, self.keys[positive] % n_items)),
                                     shape=(self.n, n_items))
         self.last_age = last_age
         self.profile = self._category_profile()

@@ -65,6 +65,14 @@ FEATURES = (*(f"score_{s}" for s in SOURCES), *(f"relative_{s}" for s in SOURCES
             *USER_FEATURES, *(f"item_{s}" for s in ITEM_STATS), "price_over_user_mean")
 
 
+# LGBMRanker's parameters; n_estimators is a ceiling, early stopping on held-out label users picks
+# the number of trees
+LIGHTGBM_DEFAULTS: dict[str, Any] = {
+    "n_estimators": 400, "learning_rate": 0.05, "num_leaves": 31, "min_child_samples": 100,
+    "colsample_bytree": 0.8, "subsample": 0.8, "subsample_freq": 1, "lambdarank_truncation_level": 20,
+}
+
+
 @dataclass(frozen=True)
 class RankerConfig:
     candidates: CandidateConfig = field(default_factory=CandidateConfig)
@@ -79,13 +87,8 @@ class RankerConfig:
     label_fraction: float = 0.2
     max_train_users: int | None = 3000  # per label window, a seeded sample
     validation_share: float = 0.1  # of the label users, for early stopping
-    n_estimators: int = 400
-    learning_rate: float = 0.05
-    num_leaves: int = 31
-    min_child_samples: int = 100
-    feature_fraction: float = 0.8
-    bagging_fraction: float = 0.8
     early_stopping_rounds: int = 40
+    lightgbm: dict[str, Any] = field(default_factory=dict)  # overrides of LIGHTGBM_DEFAULTS
     # LightGBM's OpenMP threads spin while they wait: on a CPU shared with other work a second
     # thread made a fit 10x slower here, so one is the default
     num_threads: int = 1
@@ -115,8 +118,9 @@ class TwoStageRanker(Recommender):
         self.timings: dict[str, float] = {}
 
     def params(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self.config).items() if k != "candidates"}
+        out = {k: v for k, v in dataclasses.asdict(self.config).items() if k not in ("candidates", "lightgbm")}
         out.update({f"candidates.{k}": v for k, v in dataclasses.asdict(self.config.candidates).items()})
+        out.update({f"lightgbm.{k}": v for k, v in {**LIGHTGBM_DEFAULTS, **self.config.lightgbm}.items()})
         return out
 
     def fit(self, train: Histories, catalogue: Catalogue) -> "TwoStageRanker":
@@ -127,11 +131,9 @@ class TwoStageRanker(Recommender):
         data = self.training_set(train, catalogue)
         val = _validation_groups(len(data.groups), cfg.validation_share, cfg.seed)
         row_val = np.repeat(val, data.groups)
-        self.model = LGBMRanker(
-            objective="lambdarank", n_estimators=cfg.n_estimators, learning_rate=cfg.learning_rate,
-            num_leaves=cfg.num_leaves, min_child_samples=cfg.min_child_samples, colsample_bytree=cfg.feature_fraction,
-            subsample=cfg.bagging_fraction, subsample_freq=1, random_state=cfg.seed, deterministic=True,
-            force_row_wise=True, n_jobs=cfg.num_threads, verbose=-1, lambdarank_truncation_level=20)
+        params = {**LIGHTGBM_DEFAULTS, **cfg.lightgbm}
+        self.model = LGBMRanker(objective="lambdarank", random_state=cfg.seed, deterministic=True, force_row_wise=True,
+                                n_jobs=cfg.num_threads, verbose=-1, **params)
         eval_kw: dict[str, Any] = {}
         if val.any():
             eval_kw = {"eval_X": (data.features[row_val],), "eval_y": (data.labels[row_val],), "eval_group": [data.groups[val]],
@@ -139,7 +141,7 @@ class TwoStageRanker(Recommender):
         with self._timed("lightgbm_fit"):
             self.model.fit(data.features[~row_val], data.labels[~row_val], group=data.groups[~val], **eval_kw)
         self.n_train_groups, self.n_train_rows = int((~val).sum()), int((~row_val).sum())
-        self.best_iteration = int(self.model.best_iteration_ or cfg.n_estimators)
+        self.best_iteration = int(self.model.best_iteration_ or params["n_estimators"])
         with self._timed("sources_fit"):
             self.bind(train, catalogue)
         return self

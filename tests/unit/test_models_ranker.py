@@ -4,6 +4,7 @@ and one user scored alone getting the batch's list."""
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 
 import numpy as np
@@ -45,7 +46,7 @@ def planted_log(n_users: int = 240, n_noise: int = 30, days: int = 100, seed: in
 
 
 EVENTS = normalize_events(planted_log())
-CONFIG = RankerConfig(label_window_days=WINDOW_DAYS, n_label_windows=2, n_estimators=60, min_child_samples=20,
+CONFIG = RankerConfig(label_window_days=WINDOW_DAYS, n_label_windows=2, lightgbm={"n_estimators": 60, "min_child_samples": 20},
                       min_target_users=10, candidates=CandidateConfig(n_candidates=40, ease_items=30))
 
 
@@ -79,6 +80,9 @@ def test_labels_come_only_from_the_label_windows_before_the_cutoff(fold):
         counts = [before.get((row_user[r], item_ids[r]), 0) for r in rows]
         assert data.features[rows, FEATURES.index("n_purchase")].tolist() == counts  # history only from before the window
     assert data.labels.sum() > 0 and (data.labels == 0).sum() > 0
+    # windows reaching back before the log's first event have no history to draw candidates from
+    many = TwoStageRanker(dataclasses.replace(CONFIG, n_label_windows=20)).training_set(es.train, es.catalogue)
+    assert min(many.window_start) > ev["t"].min() and len(set(many.window_start)) < 20
 
 
 def test_the_ranker_recovers_planted_tastes_and_beats_popularity(fold, ranker):
