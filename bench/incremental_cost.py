@@ -201,11 +201,12 @@ class Stages:
 
 
 def install_stages(settings) -> Stages:
+    import freshrec.jobs.clean
+    import freshrec.jobs.score
+
     import freshrec.incremental
     import freshrec.lake
     import freshrec.rescore
-    import freshrec.jobs.clean
-    import freshrec.jobs.score
     from freshrec.ledger import Ledger
     from freshrec.serving import open_store
 

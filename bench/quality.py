@@ -107,7 +107,6 @@ def recommenders(eval_set, args) -> list:
 def run_fold(eval_set, args) -> dict:
     """Fit and evaluate every recommender on one EvalSet: summary metrics and per-user arrays."""
     import numpy as np
-
     from freshrec.models.evaluate import evaluate
     from freshrec.models.metrics import distinct_items, pairwise_overlap, per_user_metrics, split_recall
     from freshrec.models.split import seen_items

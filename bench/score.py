@@ -64,9 +64,10 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=200_000, help="synthetic events when building a home")
     args = parser.parse_args()
 
+    from freshrec.jobs.score import score_frame, score_users, user_inputs
+
     from freshrec.settings import Settings
     from freshrec.spark import get_spark
-    from freshrec.jobs.score import score_frame, score_users, user_inputs
 
     settings = Settings.load(env={"FRESHREC_HOME": str(args.home)}) if args.home else None
     if settings is None:

@@ -37,11 +37,11 @@ def main() -> int:
 
     import numpy as np
     import torch
-
-    from freshrec.settings import Settings
     from freshrec.models.datasets import load_tafeng
     from freshrec.models.pipeline import TrainingConfig, train_and_gate
     from freshrec.models.seqrec import SeqRec
+
+    from freshrec.settings import Settings
 
     home = args.home or Path(tempfile.mkdtemp(prefix="freshrec-bench-"))
     settings = Settings(home=home, exclude_seen=args.exclude_seen, sequence_length=args.sequence_length)

@@ -75,10 +75,10 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
     """Clean ``files`` (path, landing time as epoch seconds) into the lake and refresh their users."""
     from pyspark.sql import functions as F
 
+    from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
     from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, has_table, lake_lock, write_recent
     from freshrec.rescore import refresh_popular_step, refresh_users_step
     from freshrec.schemas import LANDING_SUFFIXES
-    from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
 
     started = time.time()
     now = now or datetime.now(timezone.utc)

@@ -39,9 +39,9 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
     """
     from pyspark.sql import functions as F
 
+    from freshrec.jobs.clean import clean_raw, landing_files, read_landing
     from freshrec.lake import lake_lock
     from freshrec.spark import get_spark
-    from freshrec.jobs.clean import clean_raw, landing_files, read_landing
 
     spark = get_spark(settings)
     # Micro-batches wait while the lake is rebuilt: every file they have added is in this
@@ -93,9 +93,9 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
     """Id maps (append-only), interactions, recent sequences and item stats under features/;
     folds in (and drops) the micro-batches' features/recent partitions."""
     from freshrec.features import read_catalogue
+    from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
     from freshrec.lake import features_lock, recent_partitions
     from freshrec.spark import get_spark
-    from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
 
     spark = get_spark(settings)
     if not has_table(settings.events_path):
@@ -229,11 +229,11 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     from pyspark.sql import functions as F
 
     from freshrec.features import read_catalogue, read_features, require_features
-    from freshrec.serving.publish import write_list_table
-    from freshrec.spark import get_spark
     from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_items, user_inputs
     from freshrec.models.data import read_lake_events
     from freshrec.models.pipeline import serving_recommender
+    from freshrec.serving.publish import write_list_table
+    from freshrec.spark import get_spark
 
     started = time.perf_counter()
     spark = get_spark(settings)

@@ -87,10 +87,9 @@ def recent_sequences(events: "DataFrame", length: int, item_index: "DataFrame", 
     """The last ``length`` item events of each user, oldest first: the Spark twin of
     ``jobs.history.last_events``, in its order (``EVENT_ORDER``: time, then event id). The
     event ids come along so the micro-batch can merge its own events in the same order."""
+    from freshrec.jobs.history import EVENT_ORDER
     from pyspark.sql import Window
     from pyspark.sql import functions as F
-
-    from freshrec.jobs.history import EVENT_ORDER
 
     newest_first = Window.partitionBy("user_id").orderBy(*[F.col(c).desc() for c in EVENT_ORDER])
     recent = (

@@ -37,9 +37,8 @@ def user_inputs(user_index: "DataFrame", sequences: "DataFrame", interactions: "
     the items FRESHREC_EXCLUDE_SEEN keeps out of their list (``exclude``). Users without item
     events get empty arrays: they are scored as new users. The Spark twin of
     ``jobs.history.scoring_frame``: the same columns, the same rule (SEEN_RULE)."""
-    from pyspark.sql import functions as F
-
     from freshrec.jobs.history import SEEN_RULE
+    from pyspark.sql import functions as F
 
     seq = sequences.select("user_id", "item_ids", "event_types",
                            F.transform("ts", lambda x: F.unix_seconds(x)).alias("t"))

@@ -14,7 +14,6 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-
 from freshrec.models.data import SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
 
 

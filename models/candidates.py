@@ -26,7 +26,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-
 from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Trending, top_k_shared
 from freshrec.models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, concat_ranges, event_weight_array
 

@@ -15,7 +15,6 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import pandas as pd
-
 from freshrec.jobs.history import epoch_seconds, item_events
 
 # 0 is padding in every sequence tensor, so codes start at 1.

@@ -11,7 +11,6 @@ import time
 from dataclasses import dataclass
 
 import numpy as np
-
 from freshrec.models.data import event_weight_array
 from freshrec.models.metrics import popularity_rank, ranking_metrics
 from freshrec.models.split import EvalSet

@@ -24,7 +24,6 @@ that reach any list.
 from __future__ import annotations
 
 import numpy as np
-
 from freshrec.models.data import Ragged
 
 PER_USER_METRICS = ("precision", "recall", "hit_rate", "ndcg", "map")

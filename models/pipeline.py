@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import pandas as pd
-
 from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
 from freshrec.models.data import Catalogue, Histories, normalize_events, read_lake_events
 from freshrec.models.evaluate import DEFAULT_KS, EvalResult, evaluate

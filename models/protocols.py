@@ -18,7 +18,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from freshrec.models.data import POSITIVE_EVENT_TYPES, SECONDS_PER_DAY, Catalogue, Histories, normalize_events
 from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES, EvalSet, TimeSplit, _assemble, build_eval_set
 

@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-
 from freshrec.models.baselines import Recommender, top_k_shared
 from freshrec.models.candidates import (
     HISTORY,

@@ -40,11 +40,10 @@ from typing import Any, Callable
 import numpy as np
 import scipy.sparse as sp
 import torch
-from torch import nn
-
 from freshrec.models.baselines import Recommender
 from freshrec.models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
 from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES
+from torch import nn
 
 N_GAP_BUCKETS = 40
 N_PRICE_BUCKETS = 16

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-
 from freshrec.jobs.history import event_counts, seen_pairs
 from freshrec.models.data import (
     EVENT_CODES,

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import numpy as np
-
 from freshrec.models.evaluate import EvalResult, catalogue_popularity
 from freshrec.models.gate import CHALLENGER, CHAMPION
 from freshrec.models.metrics import per_user_metrics, popularity_rank

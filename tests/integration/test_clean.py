@@ -7,7 +7,6 @@ import json
 from datetime import datetime, timezone
 
 import pytest
-
 from freshrec.jobs.clean import clean_raw
 
 pytestmark = pytest.mark.integration

@@ -11,12 +11,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.jobs.matrices import interactions, new_id_rows, recent_sequences
 from freshrec.jobs.score import user_inputs
-from freshrec.lake import write_recent
 from freshrec.models.data import EVENT_NAMES, Catalogue, Histories, normalize_events
 from freshrec.models.split import seen_items
+
+from freshrec.lake import write_recent
 from freshrec.rescore import scoring_inputs
 
 pytestmark = pytest.mark.integration

@@ -24,8 +24,7 @@ from freshrec.incremental import incremental_step
 from freshrec.lake import read_recent, recent_partitions
 from freshrec.landing import atomic_write_jsonl
 from freshrec.ledger import Ledger
-from freshrec.settings import settings_to_env
-from freshrec.settings import Settings
+from freshrec.settings import Settings, settings_to_env
 from freshrec.status import collect_status
 from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 from datetime import datetime
 
 import pytest
-
 from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
 from freshrec.jobs.score import POPULAR_COLUMNS, fold_popularity, popular_lists
 

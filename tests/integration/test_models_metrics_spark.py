@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.models.data import Ragged
 from freshrec.models.metrics import ranking_metrics
 from freshrec.models.metrics_spark import spark_ranking_metrics

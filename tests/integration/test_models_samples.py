@@ -5,12 +5,12 @@ window, each is its own MLflow run, and the gate's decision is consistent with t
 from __future__ import annotations
 
 import pytest
-
-from freshrec.settings import Settings
 from freshrec.models import tracking
 from freshrec.models.datasets import load_otto, load_retailrocket
 from freshrec.models.pipeline import TrainingConfig, train_and_gate
 from freshrec.models.seqrec import SeqRecConfig
+
+from freshrec.settings import Settings
 from tests.conftest import SAMPLES
 
 pytestmark = pytest.mark.integration

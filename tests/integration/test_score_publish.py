@@ -180,9 +180,10 @@ def test_a_batch_switch_while_rescoring_never_lands_the_old_versions_lists(publi
     import shutil
 
     import freshrec.jobs.score
+
     from freshrec.lake import write_recent
-    from freshrec.serving.publish import publish_tables
     from freshrec.rescore import refresh_users_step
+    from freshrec.serving.publish import publish_tables
 
     s = published.settings
     known = _features(s, "user_index")["user_id"].tolist()[2:4]

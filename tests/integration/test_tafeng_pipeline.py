@@ -23,6 +23,8 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
+from freshrec.models.datasets import load_tafeng
+from freshrec.models.pipeline import TrainingConfig, prepare_window
 
 from freshrec.client import RecsClient
 from freshrec.importers import import_sources
@@ -40,8 +42,6 @@ from freshrec.steps import (
     train_step,
     validate_step,
 )
-from freshrec.models.datasets import load_tafeng
-from freshrec.models.pipeline import TrainingConfig, prepare_window
 
 pytestmark = [pytest.mark.integration, pytest.mark.tafeng]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.jobs.history import event_counts, item_events, last_events, scoring_frame, seen_pairs
 from freshrec.models.data import Catalogue, Histories, normalize_events
 from freshrec.models.split import seen_items

@@ -5,8 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
-from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending, top_k, top_k_shared
+from freshrec.models.baselines import (
+    EASE,
+    CategoryPopularity,
+    CooccurrenceKNN,
+    Popularity,
+    RepeatBuy,
+    Trending,
+    top_k,
+    top_k_shared,
+)
 from freshrec.models.data import Catalogue, Histories, Ragged, normalize_events
 from freshrec.models.split import seen_items
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.models.candidates import HISTORY, SOURCES, CandidateConfig, CandidateGenerator
 from freshrec.models.data import Catalogue, Histories, Ragged, normalize_events
 from freshrec.models.datasets import synthetic_sequential

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.models.data import Catalogue, Histories, Ragged, normalize_events, read_lake_events
 
 EVENTS = pd.DataFrame({

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-
 from freshrec.models.gate import decide
 
 BASELINES = {"popularity": 0.05, "repeat_buy": 0.10}

@@ -6,7 +6,6 @@ import math
 
 import numpy as np
 import pytest
-
 from freshrec.models.data import Ragged
 from freshrec.models.metrics import (
     coverage,

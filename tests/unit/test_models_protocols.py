@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.models.data import SECONDS_PER_DAY, Catalogue, normalize_events
 from freshrec.models.datasets import synthetic_latent, synthetic_sequential
 from freshrec.models.protocols import choose_protocol, random_holdout, rolling_cutoffs, thin_evidence

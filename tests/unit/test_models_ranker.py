@@ -10,7 +10,6 @@ import pickle
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.models.baselines import Popularity, top_k
 from freshrec.models.candidates import HISTORY, CandidateConfig
 from freshrec.models.data import SECONDS_PER_DAY, normalize_events

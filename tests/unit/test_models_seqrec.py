@@ -9,7 +9,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from freshrec.models.data import Catalogue, Histories
 from freshrec.models.datasets import synthetic_sequential
 from freshrec.models.seqrec import SeqRec, SeqRecConfig

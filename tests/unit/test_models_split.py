@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
-
 from freshrec.models.data import Catalogue, Histories, normalize_events
 from freshrec.models.split import build_eval_set, holdout_window, seen_items, time_split
 

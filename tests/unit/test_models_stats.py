@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-
 from freshrec.models import stats
 from freshrec.models.stats import mean_over_cutoffs, paired_bootstrap
 

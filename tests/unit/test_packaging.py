@@ -9,10 +9,9 @@ import venv
 import zipfile
 from pathlib import Path
 
-import pytest
-
 import freshrec.jobs
 import freshrec.models
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-
 from freshrec.jobs.score import popular_lists, score_frame, similar_items
 from freshrec.models.baselines import Popularity, RepeatBuy
 from freshrec.models.data import Catalogue, Histories

@@ -7,9 +7,9 @@ import pickle
 from pathlib import Path
 
 import pytest
-
 from freshrec.models.pipeline import TrainingConfig
 from freshrec.models.seqrec import SeqRecConfig
+
 from freshrec.settings import Settings, SettingsError, settings_to_env
 
 DEFAULT_WEIGHTS = {"view": 1.0, "search": 0.0, "add_to_cart": 3.0, "remove_from_cart": -1.0, "purchase": 5.0}
@@ -105,7 +105,7 @@ def test_bad_values_are_one_clear_line(env, message):
 
 def test_settings_are_immutable_and_replace_validates(tmp_path):
     settings = Settings(home=tmp_path / "h", top_n=7)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="frozen"):
         settings.top_n = 8
     assert settings.replace(top_n=8).top_n == 8 and settings.top_n == 7
     with pytest.raises(SettingsError, match="FRESHREC_KEEP_VERSIONS must be >= 1"):
