@@ -8,12 +8,12 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
-
-from freshrec.settings import Settings
 from freshrec.models import tracking
 from freshrec.models.datasets import synthetic_latent, synthetic_sequential
 from freshrec.models.pipeline import TrainingConfig, train_and_gate, train_model
 from freshrec.models.seqrec import SeqRec, SeqRecConfig
+
+from freshrec.settings import Settings
 
 pytestmark = pytest.mark.integration
 
@@ -144,3 +144,56 @@ def test_without_any_champion_a_broken_model_falls_back_to_the_best_baseline(tmp
     assert report.publish == {"kind": "baseline", "name": best, "run_id": report.baselines[best]["run_id"]}
     with tracking.tracking(settings) as client:
         assert tracking.champion_version(client) is None
+
+
+def test_artifacts_land_under_freshrec_home_not_the_working_directory(tmp_path, monkeypatch):
+    # MLflow's default artifact root for a database store is ./mlruns of the working directory,
+    # and the fluent registry follows MLFLOW_REGISTRY_URI: neither may pull anything out of the home
+    cwd, stray = tmp_path / "cwd", tmp_path / "elsewhere"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("MLFLOW_REGISTRY_URI", f"sqlite:///{stray / 'registry.db'}")
+    settings = make_settings(tmp_path, "home")
+    config = dataclasses.replace(CONFIG, model=dataclasses.replace(CONFIG.model, epochs=1))
+    report = train_and_gate(settings, EVENTS, config)
+
+    assert sorted(p.name for p in cwd.iterdir()) == []
+    assert not stray.exists()
+    artifacts = settings.home / "mlartifacts"
+    with tracking.tracking(settings) as client:
+        exp = client.get_experiment_by_name("freshrec")
+        assert exp.artifact_location == artifacts.as_uri()
+        assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+        download_uri = client.get_model_version_download_uri("freshrec", report.model["version"])
+        assert download_uri.startswith(artifacts.as_uri() + "/models/")
+        assert tracking.load_model_version(report.model["version"]) is not None
+        for name, baseline in report.baselines.items():
+            assert client.get_run(baseline["run_id"]).info.artifact_uri.startswith(artifacts.as_uri()), name
+    assert (artifacts / report.model["run_id"] / "artifacts" / tracking.CURVES_PLOT).is_file()
+    assert len(list(artifacts.glob("models/m-*/artifacts/MLmodel"))) == 1
+    assert tracking.find_run(settings, version=report.model["version"]) == {
+        "experiment_id": exp.experiment_id, "run_id": report.model["run_id"]}
+
+
+def test_an_existing_experiment_keeps_its_artifact_location_and_is_tagged(tmp_path, caplog):
+    from mlflow.tracking import MlflowClient
+
+    settings = make_settings(tmp_path, "home")
+    elsewhere = (tmp_path / "old-artifacts").as_uri()
+    MlflowClient(settings.tracking_uri).create_experiment("freshrec", artifact_location=elsewhere)
+    with caplog.at_level("INFO", logger="freshrec.models.tracking"), tracking.tracking(settings) as client:
+        exp = client.get_experiment_by_name("freshrec")
+    assert exp.artifact_location == elsewhere
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert elsewhere in caplog.text and "cannot change" in caplog.text
+
+
+def test_where_a_new_experiment_keeps_its_artifacts(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    home = tmp_path / "home"
+    assert tracking.artifact_location(Settings(home=home)) == (home / "mlartifacts").as_uri()
+    assert tracking.artifact_location(Settings(home=home, mlflow_tracking_uri="postgresql://u@db/mlflow")) == \
+        (home / "mlartifacts").as_uri()
+    assert tracking.artifact_location(Settings(home=home, mlflow_tracking_uri="http://mlflow:5000")) is None
+    assert tracking.artifact_location(Settings(home=home, mlflow_artifact_root="s3://bucket/freshrec")) == "s3://bucket/freshrec"
+    assert tracking.artifact_location(Settings(home=home, mlflow_artifact_root=str(tmp_path / "a"))) == (tmp_path / "a").as_uri()
