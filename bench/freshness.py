@@ -47,9 +47,11 @@ from incremental_cost import (  # noqa: E402
     BUILT_MARKER,
     MICROBATCH_WINDOW_S,
     REPO,
+    bench_root,
     bench_settings,
     load_avg,
     log,
+    print_report,
     run_worker,
     snapshot,
 )
@@ -257,12 +259,10 @@ def main() -> None:
 
     started = time.perf_counter()
     rng = random.Random(args.seed)
-    root = args.home_root or Path(tempfile.mkdtemp(prefix="freshrec-bench-fresh-"))
-    root.mkdir(parents=True, exist_ok=True)
-    base = root / f"history-{args.history_events}"
-    out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
-    out["config"].update({"cpus": os.cpu_count(), "load_avg_start": load_avg()})
-    try:
+    with bench_root(args.home_root, "freshrec-bench-fresh-") as root:
+        base = root / f"history-{args.history_events}"
+        out: dict[str, Any] = {"config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+        out["config"].update({"cpus": os.cpu_count(), "load_avg_start": load_avg()})
         if not (base / BUILT_MARKER).is_file():
             shutil.rmtree(base, ignore_errors=True)
             log(f"building a {args.history_events:,}-event published history under {base}")
@@ -278,12 +278,7 @@ def main() -> None:
         if "watch" in out:
             out["target"] = "watch landing_to_served p95 <= 60 s"
             out["target_met"] = (out["watch"]["landing_to_served"]["p95_s"] or 1e9) <= 60
-    finally:
-        if args.home_root is None:
-            shutil.rmtree(root, ignore_errors=True)
-    out["config"]["wall_s"] = round(time.perf_counter() - started, 1)
-    out["config"]["load_avg_end"] = load_avg()
-    print(json.dumps(out, indent=2))
+    print_report(out, started)
 
 
 if __name__ == "__main__":

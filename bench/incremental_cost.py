@@ -56,6 +56,25 @@ def load_avg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+@contextlib.contextmanager
+def bench_root(home_root: Path | None, prefix: str):
+    """The folder the benchmark builds its homes in: --home-root, kept, or a temporary one removed at the end."""
+    root = home_root or Path(tempfile.mkdtemp(prefix=prefix))
+    root.mkdir(parents=True, exist_ok=True)
+    try:
+        yield root
+    finally:
+        if home_root is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def print_report(out: dict, started: float) -> None:
+    """The benchmark's JSON on stdout, with its wall time and the load average at the end."""
+    out["config"]["wall_s"] = round(time.perf_counter() - started, 1)
+    out["config"]["load_avg_end"] = load_avg()
+    print(json.dumps(out, indent=2))
+
+
 def bench_settings(home: Path):
     from freshrec.settings import Settings
 
@@ -380,16 +399,14 @@ def main() -> None:
 
     sizes = [int(s) for s in args.sizes.split(",") if s.strip()]
     started = time.perf_counter()
-    root = args.home_root or Path(tempfile.mkdtemp(prefix="freshrec-bench-inc-"))
-    root.mkdir(parents=True, exist_ok=True)
-    out: dict[str, Any] = {
-        "config": {"sizes": sizes, "batch_events": args.batch_events, "repeats": args.repeats,
-                   "warmup_events": args.warmup_events, "new_users": args.new_users, "publish": args.publish,
-                   "spark_master": "local[2]", "spark_shuffle_partitions": 4, "cpus": os.cpu_count(),
-                   "home_root": str(root), "kept": args.home_root is not None, "load_avg_start": load_avg()},
-        "sizes": {}, "notes": [],
-    }
-    try:
+    with bench_root(args.home_root, "freshrec-bench-inc-") as root:
+        out: dict[str, Any] = {
+            "config": {"sizes": sizes, "batch_events": args.batch_events, "repeats": args.repeats,
+                       "warmup_events": args.warmup_events, "new_users": args.new_users, "publish": args.publish,
+                       "spark_master": "local[2]", "spark_shuffle_partitions": 4, "cpus": os.cpu_count(),
+                       "home_root": str(root), "kept": args.home_root is not None, "load_avg_start": load_avg()},
+            "sizes": {}, "notes": [],
+        }
         for size in sizes:
             label = size_label(size)
             base = root / f"history-{label}"
@@ -428,12 +445,7 @@ def main() -> None:
             out[key] = round(hi["microbatch_s"] / lo["microbatch_s"], 3)
             out[f"{key}_process_microbatch"] = round(hi["process_microbatch_s"] / lo["process_microbatch_s"], 3)
             out["target"] = f"{key} <= 1.5"
-    finally:
-        if args.home_root is None:
-            shutil.rmtree(root, ignore_errors=True)
-    out["config"]["wall_s"] = round(time.perf_counter() - started, 1)
-    out["config"]["load_avg_end"] = load_avg()
-    print(json.dumps(out, indent=2))
+    print_report(out, started)
 
 
 if __name__ == "__main__":

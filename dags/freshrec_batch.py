@@ -16,8 +16,7 @@ from freshrec.airflow.runtime import (
     DEFAULT_RETRY_DELAY,
     SPARK_POOL,
     batch_id_from_context,
-    record_dag_run,
-    record_task_failure,
+    dag_defaults,
     run_step,
 )
 from freshrec.assets import FEATURES, LAKE_EVENTS, LAKE_QUARANTINE, MODEL, RECS, SERVING, VALIDATED_EVENTS
@@ -62,15 +61,7 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(hours=6),
-    default_args={
-        "owner": "freshrec",
-        "retries": DEFAULT_RETRIES,
-        "retry_delay": DEFAULT_RETRY_DELAY,
-        "execution_timeout": timedelta(hours=3),
-        "on_failure_callback": record_task_failure,
-    },
-    on_success_callback=record_dag_run,
-    on_failure_callback=record_dag_run,
+    **dag_defaults(retries=DEFAULT_RETRIES, retry_delay=DEFAULT_RETRY_DELAY, execution_timeout=timedelta(hours=3)),
     tags=["freshrec", "batch", "spark"],
     doc_md=DOC_MD,
 ) as dag:

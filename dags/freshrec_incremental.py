@@ -11,7 +11,7 @@ from datetime import datetime, timedelta, timezone
 
 from airflow.sdk import DAG, DeltaDataIntervalTimetable, task
 
-from freshrec.airflow.runtime import DEFAULT_RETRY_DELAY, record_dag_run, record_task_failure, run_step
+from freshrec.airflow.runtime import DEFAULT_RETRY_DELAY, dag_defaults, run_step
 from freshrec.assets import LAKE_EVENTS, LAKE_QUARANTINE, SERVING
 from freshrec.settings import Settings
 
@@ -43,15 +43,8 @@ with DAG(
     catchup=False,
     max_active_runs=1,
     dagrun_timeout=timedelta(minutes=max(30, 3 * MINUTES)),
-    default_args={
-        "owner": "freshrec",
-        "retries": 3,
-        "retry_delay": min(DEFAULT_RETRY_DELAY, timedelta(seconds=15)),
-        "execution_timeout": timedelta(minutes=max(20, 2 * MINUTES)),
-        "on_failure_callback": record_task_failure,
-    },
-    on_success_callback=record_dag_run,
-    on_failure_callback=record_dag_run,
+    **dag_defaults(retries=3, retry_delay=min(DEFAULT_RETRY_DELAY, timedelta(seconds=15)),
+                   execution_timeout=timedelta(minutes=max(20, 2 * MINUTES))),
     tags=["freshrec", "incremental", "spark"],
     doc_md=DOC_MD,
 ) as dag:

@@ -295,6 +295,17 @@ def _header_index(src: Path, header: list[str] | None, wanted: dict[str, str | N
     return out
 
 
+def _numbered_rows(reader: Iterator[list[str]], report: ImportReport) -> Iterator[tuple[int, list[str]]]:
+    """The non-blank rows, numbered from 1 (the number names the row's event id); blank ones are counted as skipped."""
+    n = 0
+    for row in reader:
+        if not row or not any(cell.strip() for cell in row):
+            report.skip("blank lines")
+            continue
+        n += 1
+        yield n, row
+
+
 def _first_row(reader: Iterator[list[str]]) -> list[str] | None:
     for row in reader:
         if row and any(cell.strip() for cell in row):
@@ -303,29 +314,21 @@ def _first_row(reader: Iterator[list[str]]) -> list[str] | None:
 
 
 def _int_or_raw(text: str | None):
-    if text is None:
-        return None
-    s = text.strip()
-    if s == "":
-        return None
+    """An int where the cell holds one (or a whole float), a float or the raw text otherwise: the clean job judges."""
+    value = _float_or_raw(text)
+    if not isinstance(value, float):
+        return value
     try:
-        return int(s)
+        return int(text.strip())
     except ValueError:
-        try:
-            f = float(s)
-        except ValueError:
-            return text
-        return int(f) if f.is_integer() and abs(f) < 2**63 else f
+        return int(value) if value.is_integer() and abs(value) < 2**63 else value
 
 
 def _float_or_raw(text: str | None):
-    if text is None:
-        return None
-    s = text.strip()
-    if s == "":
+    if _none_if_empty(text) is None:
         return None
     try:
-        return float(s)
+        return float(text.strip())
     except ValueError:
         return text
 
@@ -404,12 +407,7 @@ def _read_retailrocket(src: Path, options: ImportOptions, report: ImportReport) 
         its, iu, ie, ii = idx["ts"], idx["user_id"], idx["event"], idx["item_id"]
         width = max(its, iu, ie, ii) + 1
         mapping = RETAILROCKET_EVENTS
-        n = 0
-        for row in reader:
-            if not row or not any(c.strip() for c in row):
-                report.skip("blank lines")
-                continue
-            n += 1
+        for n, row in _numbered_rows(reader, report):
             eid = make_id(n)
             if len(row) < width:
                 row = row + [""] * (width - len(row))
@@ -724,12 +722,7 @@ def _read_csv(src: Path, options: ImportOptions, report: ImportReport) -> Iterat
         i_user, i_ts, i_ev, i_item, i_sess, i_cat, i_price, i_qty, i_query, i_id = (
             idx["user_id"], idx["ts"], idx["event_type"], idx["item_id"], idx["session_id"], idx["category"],
             idx["price"], idx["quantity"], idx["query"], idx["event_id"])
-        n = 0
-        for row in reader:
-            if not row or not any(c.strip() for c in row):
-                report.skip("blank lines")
-                continue
-            n += 1
+        for n, row in _numbered_rows(reader, report):
             if i_ev is not None:
                 raw_ev = _cell(row, i_ev)
                 ev = event_map.get(raw_ev.strip(), raw_ev.strip()) if raw_ev is not None else None

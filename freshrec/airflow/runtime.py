@@ -176,3 +176,18 @@ def record_dag_run(context: Mapping[str, Any]) -> None:
     ``run_dag`` records its own runs too (same key, so one row per run). Never raises.
     """
     _record(_finished_run, context, "DAG run")
+
+
+def dag_defaults(*, retries: int, retry_delay: timedelta, execution_timeout: timedelta) -> dict[str, Any]:
+    """What every freshrec DAG passes to DAG(): its tasks' defaults and the callbacks that fill the run ledger."""
+    return {
+        "default_args": {
+            "owner": "freshrec",
+            "retries": retries,
+            "retry_delay": retry_delay,
+            "execution_timeout": execution_timeout,
+            "on_failure_callback": record_task_failure,
+        },
+        "on_success_callback": record_dag_run,
+        "on_failure_callback": record_dag_run,
+    }
