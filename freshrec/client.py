@@ -1,4 +1,4 @@
-"""Python read client: the published lists in the shapes of the interface (docs/serving.md).
+"""Python read client: the published lists in the shapes the HTTP API returns (docs/api.md, docs/serving.md).
 
     client = RecsClient(settings.serving)          # or RecsClient(store)
     client.recs("42", n=10)

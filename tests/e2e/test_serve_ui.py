@@ -31,7 +31,7 @@ import httpx
 import pytest
 
 from freshrec.settings import Settings
-from tests.e2e.test_airflow_ui import _free_port, browser, chromium_path  # noqa: F401 - browser and chromium_path are fixtures
+from tests.e2e.test_airflow_ui import _free_port
 from tests.integration.test_quality import CLEAN_COUNTS, GOOD_ROWS, SCHEMA
 from tests.unit.test_serving_api import GATE, pipeline_state
 
@@ -133,7 +133,7 @@ class Offline:
 
 
 @pytest.fixture
-def offline(browser) -> Iterator[Offline]:  # noqa: F811 - the imported fixture
+def offline(browser) -> Iterator[Offline]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     context.set_default_timeout(UI_TIMEOUT_MS)
     seen = Offline(context.new_page())
