@@ -30,7 +30,7 @@ from typing import IO, Any, Mapping
 
 from freshrec.airflow.env import airflow_bin, airflow_env, prepare_metadata_db
 from freshrec.airflow.progress import Progress, format_rows, quarantine_warning, run_rows
-from freshrec.airflow.runtime import one_line, run_key
+from freshrec.airflow.runtime import TASK_LOGS_ENV, one_line, run_key
 from freshrec.errors import UserError
 from freshrec.settings import Settings
 
@@ -106,7 +106,7 @@ def _run_in_children(settings: Settings, dag_id: str, logical_date: datetime, lo
                      progress: Progress) -> dict[str, Any]:
     """Metadata DB, run, read-back; ``{run_id, state, tasks, failure}`` (failure: one line
     when the run could not be started or read back, its traceback in the log)."""
-    env = {**os.environ, **airflow_env(settings)}
+    env = {**os.environ, **airflow_env(settings), TASK_LOGS_ENV: "1"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab", buffering=0) as sink:
         try:

@@ -8,12 +8,15 @@ functions that need them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import re
+import traceback
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping
 
 from freshrec.errors import QualityGateError, UserError
 
@@ -76,11 +79,72 @@ def run_step(step: Callable[..., Any], **kwargs: Any) -> Any:
     from freshrec.settings import Settings
 
     settings = Settings.load()
-    try:
-        result = step(settings, **kwargs)
-    except (QualityGateError, UserError) as exc:
-        raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
+    with _task_log_file(step.__name__):
+        try:
+            result = step(settings, **kwargs)
+        except (QualityGateError, UserError) as exc:
+            raise AirflowFailException(f"{type(exc).__name__}: {exc}") from exc
     return _json_safe(result)
+
+
+# `freshrec run` sets this in the environment of its `airflow dags test` child (freshrec.airflow.local)
+TASK_LOGS_ENV = "FRESHREC_WRITE_TASK_LOGS"
+
+
+class _JsonLines(logging.Handler):
+    """Records as the JSON lines Airflow 3 writes to its task log files (and its UI reads)."""
+
+    def __init__(self, fh) -> None:
+        super().__init__(logging.INFO)
+        self.fh = fh
+
+    def emit(self, record: logging.LogRecord) -> None:
+        line = {"timestamp": datetime.fromtimestamp(record.created, timezone.utc).isoformat(),
+                "level": record.levelname.lower(), "logger": record.name, "event": record.getMessage()}
+        if record.exc_info:
+            line["event"] += "\n" + "".join(traceback.format_exception(*record.exc_info)).rstrip()
+        self.fh.write(json.dumps(line, default=str) + "\n")
+        self.fh.flush()
+
+
+def task_log_path(base_log_folder: str | Path, template: str, ti: Any) -> Path:
+    """Where Airflow's UI looks for the log of task instance ``ti`` (logging.log_filename_template)."""
+    import jinja2
+
+    return Path(base_log_folder) / jinja2.Template(template).render(ti=ti, try_number=ti.try_number)
+
+
+@contextlib.contextmanager
+def _task_log_file(step_name: str) -> Iterator[None]:
+    """Under `airflow dags test` no supervisor writes the task's log file, so the UI's Logs tab
+    says "Log file not found" for runs of `freshrec run`. There (TASK_LOGS_ENV set), the freshrec
+    loggers' records of the step go to that file. A worker's run writes its own file, untouched."""
+    if os.environ.get(TASK_LOGS_ENV) != "1":
+        yield
+        return
+    from airflow.configuration import conf
+    from airflow.sdk import get_current_context
+
+    ti = get_current_context()["ti"]
+    path = task_log_path(conf.get("logging", "base_log_folder"), conf.get("logging", "log_filename_template"), ti)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    logger = logging.getLogger("freshrec")
+    level = logger.level
+    with path.open("a", encoding="utf-8") as fh:
+        handler = _JsonLines(fh)
+        logger.addHandler(handler)
+        logger.setLevel(min(level or logging.INFO, logging.INFO))
+        logger.info("%s: %s starting (freshrec run, through airflow dags test)", ti.task_id, step_name)
+        try:
+            yield
+        except BaseException:
+            logger.exception("%s: %s failed", ti.task_id, step_name)
+            raise
+        else:
+            logger.info("%s: %s finished", ti.task_id, step_name)
+        finally:
+            logger.removeHandler(handler)
+            logger.setLevel(level)
 
 
 def _safe_id(text: str) -> str:

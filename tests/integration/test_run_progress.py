@@ -36,3 +36,38 @@ def test_run_incremental_prints_task_lines_rows_and_the_warning(af_settings):  #
     assert ("freshrec: WARNING: 1 of 3 rows (33%) were quarantined; top reasons: invalid_ts 1, unknown_event_type 1"
             in done.stderr)
     assert "Traceback" not in done.stdout + done.stderr
+
+
+READ_TASK_LOG = """
+import sys
+from airflow.models import TaskInstance
+from airflow.utils.log.log_reader import TaskLogReader
+from airflow.utils.session import create_session
+
+with create_session() as session:
+    ti = session.query(TaskInstance).filter_by(dag_id="freshrec_incremental", task_id="microbatch").one()
+    ti.dag_run  # loaded while the session is open
+    for line in TaskLogReader().read_log_stream(ti, ti.try_number, {}):
+        sys.stdout.write(line + "\\n")
+"""
+
+
+def test_a_run_from_the_cli_has_task_logs_that_airflow_reads(af_settings):  # noqa: F811
+    # `airflow dags test` runs tasks with no supervisor to write their log files: without ours the
+    # UI's Logs tab says "Log file not found on worker". Airflow's own reader (the one behind the
+    # UI's Logs tab) must find the step's lines.
+    from freshrec.airflow.env import airflow_env
+
+    atomic_write_jsonl(af_settings.landing_events_dir, "tiny.jsonl", [
+        {"event_id": "l-1", "ts": "2026-11-20T10:00:00Z", "user_id": "u1", "event_type": "view", "item_id": "i1"}])
+    env = {**os.environ, **settings_to_env(af_settings)}
+    done = subprocess.run([str(BIN), "run", "incremental"], capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    files = list((af_settings.airflow_home / "logs").glob("dag_id=freshrec_incremental/run_id=*/task_id=microbatch/attempt=1.log"))
+    assert len(files) == 1, files
+    read = subprocess.run([sys.executable, "-c", READ_TASK_LOG], capture_output=True, text=True,
+                          env={**os.environ, **airflow_env(af_settings)}, timeout=300)
+    assert read.returncode == 0, read.stderr[-3000:]
+    assert "microbatch: incremental_step starting" in read.stdout, read.stdout[-3000:]
+    assert "microbatch: incremental_step finished" in read.stdout
+    assert "Log file not found" not in read.stdout
