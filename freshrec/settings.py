@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     eval_window_days: Positive = 14.0  # training: the held-out test window (and the model's validation window before it)
     gate_tolerance: Annotated[float, Field(allow_inf_nan=False)] = 0.01  # training: fraction of the champion's metric a new model may trail it by; negative demands a gain
     ease_max_items: AtLeastZero = 10_000  # training: the EASE baseline runs only on catalogues up to this many items (dense items x items inverse)
+    model_kind: Literal["two_stage", "seqrec"] = "two_stage"  # training: the candidate model: candidates + LightGBM ranker, or the sequence model alone
+    eval_protocol: Literal["auto", "time", "random"] = "auto"  # training: time = rolling origin, random = per-user holdout (ratings data), auto = chosen from the log
+    eval_cutoffs: AtLeastOne = 3  # training: rolling-origin windows the gate averages over (time protocol)
+    min_test_users: AtLeastOne = 200  # training: test users each window needs before the gate may promote
     model_epochs: AtLeastZero = 4  # training: epochs of the sequence model
     model_seed: int = 0  # training: random seed of the split sampling and the sequence model
     model_dim: AtLeastOne = 64  # training: embedding size of the sequence model

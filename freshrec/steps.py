@@ -146,8 +146,8 @@ def _training(settings: Settings, until: str | None):
     config = TrainingConfig.from_settings(settings)
     if not has_table(settings.events_path):
         raise UserError(f"no clean events at {settings.events_path}: run the clean step first")
-    eval_set, window = training_window(settings, config, until=until)
-    return config, eval_set, window
+    folds, window = training_window(settings, config, until=until)
+    return config, folds, window
 
 
 def train_step(settings: Settings, batch_id: str, until: str | None = None) -> dict[str, Any]:
@@ -160,7 +160,7 @@ def train_step(settings: Settings, batch_id: str, until: str | None = None) -> d
     from freshrec.models.pipeline import train_stage
 
     try:
-        config, eval_set, window = _training(settings, until)
+        config, folds, window = _training(settings, until)
     except ValueError as exc:  # too little history for a held-out window: publish what is there
         log.warning("train %s skipped: %s", batch_id, exc)
         return {"skipped": f"not enough history to train and evaluate: {exc}"}
@@ -169,7 +169,11 @@ def train_step(settings: Settings, batch_id: str, until: str | None = None) -> d
     if previous is not None:
         log.info("train %s: reusing model version %s registered for this batch and window", batch_id, previous["version"])
         return previous
-    _, trained = train_stage(settings, eval_set, window, config, batch_id=batch_id)
+    try:
+        _, trained = train_stage(settings, folds[-1], window, config, batch_id=batch_id)
+    except ValueError as exc:  # e.g. no user of the training log has a label the ranker could learn from
+        log.warning("train %s failed: %s", batch_id, exc)
+        return {"skipped": f"the {config.model_kind} model could not be trained: {exc}"}
     log.info("train %s: version %s, %.0f s", batch_id, trained["version"], trained["train_seconds"])
     return trained
 
@@ -180,9 +184,9 @@ def evaluate_step(settings: Settings, trained: dict[str, Any], batch_id: str, un
 
     if trained.get("skipped"):
         return {"skipped": trained["skipped"]}
-    config, eval_set, window = _training(settings, until)
-    model = load_trained(settings, trained, eval_set)
-    evaluated = evaluate_stage(settings, eval_set, window, config, model, trained, batch_id=batch_id)
+    config, folds, window = _training(settings, until)
+    model = load_trained(settings, trained, folds[-1])
+    evaluated = evaluate_stage(settings, folds, window, config, model, trained, batch_id=batch_id)
     log.info("evaluate %s: %s=%.5f; baselines %s", batch_id, config.gate_metric, evaluated["metrics"][config.gate_metric],
              {k: round(v["metrics"][config.gate_metric], 5) for k, v in evaluated["baselines"].items()})
     return evaluated

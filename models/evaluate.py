@@ -2,7 +2,9 @@
 
 Metric names are the MLflow names of docs/tables.md: ``ndcg_at_10``, ``recall_at_20``,
 ``coverage_at_10``, ... overall, and the same prefixed with ``new_users/`` or
-``returning_users/`` for the two segments (a new user has no event before the cutoff).
+``returning_users/`` for the two segments (a new user has no event before the cutoff); overall
+also ``recall_repeat_at_k`` / ``recall_new_at_k`` (targets the user had before the cutoff, and
+the others), ``distinct_items_at_10`` and ``pairwise_overlap_at_10`` (metrics.py).
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 from freshrec.models.data import event_weight_array
-from freshrec.models.metrics import popularity_rank, ranking_metrics
-from freshrec.models.split import EvalSet
+from freshrec.models.metrics import distinct_items, pairwise_overlap, popularity_rank, ranking_metrics, split_recall
+from freshrec.models.split import EvalSet, seen_items
 
 DEFAULT_KS = (10, 20, 100)
 SEGMENTS = ("new_users", "returning_users")
@@ -48,6 +50,14 @@ def metrics_of(recs: np.ndarray, eval_set: EvalSet, ks: tuple[int, ...] = DEFAUL
     ranks = popularity_rank(catalogue_popularity(eval_set))
     out = ranking_metrics(recs, eval_set.targets, ks, n_items, ranks)
     out["n_users"] = float(len(eval_set))
+    # what is new against what the user had before (the targets a repeat-buy list cannot hit), and
+    # how personal the lists are: distinct items shown and the mean overlap of two users' lists
+    for name, values in split_recall(recs, eval_set.targets, seen_items(eval_set.histories, "all"), ks).items():
+        if np.isfinite(values).any():
+            out[name] = float(np.nanmean(values))
+    out["distinct_items_at_10"] = float(distinct_items(recs, 10))
+    if len(recs) >= 2:
+        out["pairwise_overlap_at_10"] = pairwise_overlap(recs, 10)
     for segment, mask in (("new_users", eval_set.is_new), ("returning_users", ~eval_set.is_new)):
         rows = np.flatnonzero(mask)
         out[f"{segment}/n_users"] = float(len(rows))

@@ -14,6 +14,7 @@ flags and seen-item exclusion follow the rules of split.py's docstring in all of
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,8 +133,9 @@ def random_holdout(events: pd.DataFrame, fraction: float = 0.2, min_events: int 
     cutoff = int(ev["t"].max()) + 1
     catalogue = Catalogue.from_events(train, items)
     histories = Histories.from_events(train, catalogue, now=cutoff)
-    return _assemble(catalogue, histories, held["user_id"].to_numpy(dtype=object),
-                     catalogue.lookup(held["item_id"].to_numpy()), exclude_seen, cutoff, types, max_users, seed)
+    eval_set = _assemble(catalogue, histories, held["user_id"].to_numpy(dtype=object),
+                         catalogue.lookup(held["item_id"].to_numpy()), exclude_seen, cutoff, types, max_users, seed)
+    return dataclasses.replace(eval_set, protocol="random")
 
 
 def _held_out_pairs(ev: pd.DataFrame, types: tuple[str, ...], fraction: float, min_events: int, seed: int) -> pd.DataFrame:

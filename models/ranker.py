@@ -127,6 +127,7 @@ class TwoStageRanker(Recommender):
 
         cfg = self.config
         self.timings = {}
+        started = time.perf_counter()
         data = self.training_set(train, catalogue)
         val = _validation_groups(len(data.groups), cfg.validation_share, cfg.seed)
         row_val = np.repeat(val, data.groups)
@@ -143,7 +144,20 @@ class TwoStageRanker(Recommender):
         self.best_iteration = int(self.model.best_iteration_ or params["n_estimators"])
         with self._timed("sources_fit"):
             self.bind(train, catalogue)
+        self.train_seconds = time.perf_counter() - started
         return self
+
+    def learning_curve(self) -> list[dict[str, float]]:
+        """Per boosting iteration, LambdaRank's NDCG@10 on the held-out label users (empty without them)."""
+        curves = getattr(self.model, "evals_result_", None) or {}
+        values = next(iter(curves.values()), {}).get("ndcg@10", [])
+        return [{"validation_ndcg_at_10": float(v)} for v in values]
+
+    def training_summary(self) -> dict[str, float]:
+        """What the training run logs to MLflow beside the learning curve."""
+        return {"train_seconds": self.train_seconds, "n_examples": self.n_train_rows, "n_train_groups": self.n_train_groups,
+                "examples_per_second": self.n_train_rows / max(self.timings.get("lightgbm_fit", 0.0), 1e-9),
+                "best_epoch": self.best_iteration, **{f"seconds_{k}": v for k, v in self.timings.items()}}
 
     @contextlib.contextmanager
     def _timed(self, stage: str):
@@ -159,6 +173,11 @@ class TwoStageRanker(Recommender):
         self.catalogue = catalogue
         self.generator = CandidateGenerator(self.config.candidates).fit(train, catalogue)
         return self
+
+    def prepare(self, catalogue: Catalogue, train: Histories) -> "TwoStageRanker":
+        """SeqRec's binding call: the trained ranker over sources refitted on ``train`` (a later log,
+        a newer catalogue) without retraining the ranker."""
+        return self.bind(train, catalogue)
 
     def training_set(self, train: Histories, catalogue: Catalogue) -> TrainingSet:
         """The stacked groups of every label window (see the module docstring)."""

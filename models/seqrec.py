@@ -226,6 +226,11 @@ class SeqRec(nn.Module, Recommender):
         vocab = self.cat_vocab
         return np.array([vocab.get(c, UNK) if c else PAD for c in categories], dtype=np.int64)
 
+    def training_summary(self) -> dict[str, float]:
+        """What the training run logs to MLflow beside the per-epoch metrics."""
+        return {"train_seconds": self.train_seconds, "examples_per_second": self.examples_per_second,
+                "n_examples": self.n_examples, "best_epoch": self.best_epoch, "explore_offset": self.explore_offset}
+
     def prepare(self, catalogue: Catalogue, train: Histories) -> "SeqRec":
         """Bind the catalogue to score and the log that item popularity and trend are read from.
 

@@ -102,6 +102,7 @@ class EvalSet:
     exclude_seen: str
     cutoff: int
     target_event_types: tuple[str, ...]
+    protocol: str = "time"  # "time" (split.py, protocols.rolling_cutoffs) or "random" (protocols.random_holdout)
 
     @property
     def users(self) -> np.ndarray:

@@ -150,6 +150,19 @@ def log_metrics(client, run_id: str, metrics: dict[str, float], step: int = 0) -
         client.log_batch(run_id, metrics=rows[start:start + 500])
 
 
+def log_curve(client, run_id: str, rows: list[dict[str, float]]) -> None:
+    """A learning curve (one dict of metrics per step) in batches."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    metrics = [Metric(k, float(v), now, step) for step, row in enumerate(rows) for k, v in sorted(row.items())
+               if v is not None and np.isfinite(v)]
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start:start + 500])
+
+
 def log_plots(client, run_id: str, eval_set: EvalSet, results: dict[str, EvalResult], focus: str) -> None:
     """metric@K curves of every result, and the popularity of ``focus``'s lists vs consumed items."""
     folder, name = CURVES_PLOT.split("/")
@@ -214,22 +227,40 @@ def plot_popularity(eval_set: EvalSet, recs: np.ndarray, path: Path, label: str,
 
 
 def log_and_register_model(client, run_id: str, model) -> str:
-    """mlflow.pytorch.log_model into the run, registered as ``freshrec``; alias ``challenger``.
+    """Log ``model`` into the run, registered as ``freshrec``; alias ``challenger``.
 
-    Pickle serialization: the model is a Python object with its vocabulary and item statistics
-    beside the weights; a pt2 export would keep only a traced graph.
+    The sequence model (a torch module) goes through ``mlflow.pytorch`` with pickle
+    serialization: a Python object with its vocabulary and item statistics beside the weights,
+    which a pt2 export would reduce to a traced graph. Any other recommender (the two-stage
+    ranker) is a pyfunc model, ``RecommenderModel``, whose ``predict`` takes events and returns
+    top-k lists; ``load_model_version`` returns the recommender inside either.
     """
     import mlflow
-    import torch
 
+    requirements = [f"mlflow=={mlflow.__version__}", "numpy", "scipy", "pandas"]
     with mlflow.start_run(run_id=run_id):
-        info = mlflow.pytorch.log_model(
-            model, name="model", serialization_format="pickle", registered_model_name=REGISTERED_MODEL,
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy", "scipy"],
-        )
+        if _is_torch(model):
+            import torch
+
+            info = mlflow.pytorch.log_model(
+                model, name="model", serialization_format="pickle", registered_model_name=REGISTERED_MODEL,
+                pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", *requirements])
+        else:
+            import lightgbm
+            from freshrec.models.pyfunc import RecommenderModel
+
+            info = mlflow.pyfunc.log_model(
+                name="model", python_model=RecommenderModel(model), registered_model_name=REGISTERED_MODEL,
+                pip_requirements=[f"lightgbm=={lightgbm.__version__}", *requirements])
     version = str(info.registered_model_version)
     client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, version)
     return version
+
+
+def _is_torch(model) -> bool:
+    import torch
+
+    return isinstance(model, torch.nn.Module)
 
 
 def champion_version(client) -> str | None:
@@ -242,10 +273,13 @@ def champion_version(client) -> str | None:
 
 
 def load_model_version(version: str, map_location: str = "cpu"):
-    """The logged model of a registered version (call inside ``tracking``)."""
+    """The recommender of a registered version, whichever flavor logged it (call inside ``tracking``)."""
     import mlflow
 
-    return mlflow.pytorch.load_model(f"models:/{REGISTERED_MODEL}/{version}", map_location=map_location)
+    uri = f"models:/{REGISTERED_MODEL}/{version}"
+    if "pytorch" in mlflow.models.get_model_info(uri).flavors:
+        return mlflow.pytorch.load_model(uri, map_location=map_location)
+    return mlflow.pyfunc.load_model(uri).unwrap_python_model().recommender
 
 
 BATCH_TAG = "freshrec.batch_id"

@@ -53,3 +53,29 @@ def test_a_missing_candidate_metric_is_a_decision_not_a_crash():
     assert not d.promote and d.publish == "champion"
     assert "ndcg_at_10" in d.reason and "missing" in d.reason
     assert d.candidate is None
+
+
+INTERVAL = {"estimate": 0.02, "lo": 0.005, "hi": 0.035, "p_value": 0.01, "confidence": 0.95}
+
+
+def test_a_win_the_bootstrap_interval_does_not_separate_from_zero_is_not_promoted():
+    d = decide(0.12, BASELINES, champion=None, difference={**INTERVAL, "lo": -0.001})
+    assert not d.promote and d.publish == "baseline"
+    assert "does not exclude 0" in d.reason and "[-0.00100, +0.03500]" in d.reason
+    promoted = decide(0.12, BASELINES, champion=None, difference=INTERVAL)
+    assert promoted.promote and "95% interval" in promoted.reason and promoted.difference == INTERVAL
+
+
+def test_thin_evidence_blocks_promotion_whatever_the_numbers():
+    thin = "thin evidence: 87 test users (3 new, 84 returning) at the cutoff 1998-04-08 UTC, fewer than the 200 needed"
+    d = decide(0.5, BASELINES, champion=None, difference=INTERVAL, thin=thin)
+    assert not d.promote and d.publish == "baseline" and "too thin" in d.reason and "87 test users" in d.reason
+    assert d.evidence == thin
+    assert not decide(0.5, BASELINES, champion=0.1, difference=INTERVAL, thin=thin).promote
+
+
+def test_the_champion_is_compared_on_the_newest_window():
+    # the mean over cutoffs beats the baselines, but on the newest window the candidate trails the champion
+    d = decide(0.15, BASELINES, champion=0.2, tolerance=0.01, difference=INTERVAL, latest=0.18)
+    assert not d.promote and d.publish == "champion" and "newest window" in d.reason
+    assert decide(0.15, BASELINES, champion=0.2, tolerance=0.01, difference=INTERVAL, latest=0.199).promote
