@@ -3,6 +3,9 @@
     .venv/bin/python bench/quality.py [--dataset tafeng|movielens|synthetic] [--cutoffs 3] [--window-days 14]
                                       [--exclude-seen none,purchased] [--quick]
 
+Folds, baselines and the ranker are the pipeline's own (pipeline.evaluation_folds, make_baselines,
+ranker_config): what `freshrec run batch` gates on, with every number kept.
+
 - tafeng (default): ../shared/data/ta_feng.csv.zip (or FRESHREC_TAFENG_ZIP), rolling origin
   (protocols.rolling_cutoffs): ``--cutoffs`` cutoffs ``--window-days`` apart, each exclusion mode.
 - movielens: MovieLens-100k read from the recbole 1.2.1 wheel (fetched once with
@@ -37,6 +40,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 KS = (10, 20)
+ROW_METRICS = ("ndcg_at_10", "recall_at_10", "recall_at_20", "recall_repeat_at_10", "recall_new_at_10", "recall_repeat_at_20",
+               "recall_new_at_20", "distinct_items_at_10", "pairwise_overlap_at_10")
 RECBOLE_WHEEL_DIR = Path("/tmp/recbole")
 ML_MEMBER = "recbole/dataset_example/ml-100k/ml-100k.{}"
 
@@ -73,45 +78,43 @@ def load_events(args):
     return normalize_events(synthetic_sequential(n_users=3000, n_items=400, days=120, events_per_user=40, seed=0))
 
 
-def make_folds(events, args, exclude_seen: str) -> list:
-    """(cutoff label, EvalSet) per fold."""
-    from freshrec.models.protocols import random_holdout, rolling_cutoffs
+def training_config(args):
+    """The pipeline's TrainingConfig for the bench's arguments: the same protocols, baselines and
+    ranker as `freshrec run batch` (random holdout of 25% on MovieLens, the anchors' 75/25 split)."""
+    from freshrec.models.pipeline import TrainingConfig
+    from freshrec.models.ranker import RankerConfig
 
-    max_users = 2000 if args.quick else None
+    return TrainingConfig(window_days=args.window_days, n_cutoffs=args.cutoffs, holdout_fraction=0.25,
+                          protocol="random" if args.dataset == "movielens" else "time",
+                          max_test_users=2000 if args.quick else None,
+                          ranker=RankerConfig(max_train_users=1500 if args.quick else RankerConfig.max_train_users))
+
+
+def make_folds(events, args, exclude_seen: str) -> list:
+    """(cutoff label, EvalSet) per fold, as pipeline.evaluation_folds draws them."""
+    from freshrec.models.pipeline import evaluation_folds
+
+    folds, _ = evaluation_folds(events, training_config(args), exclude_seen)
     if args.dataset == "movielens":
-        es = random_holdout(events, fraction=0.25, exclude_seen=exclude_seen, max_users=max_users)
-        return [("random_holdout", es)]
-    folds = rolling_cutoffs(events, args.cutoffs, args.window_days, exclude_seen=exclude_seen, max_users=max_users)
-    return [(time.strftime("%Y-%m-%d", time.gmtime(f.cutoff)), f.eval_set) for f in folds]
+        return [("random_holdout", folds[0])]
+    return [(time.strftime("%Y-%m-%d", time.gmtime(f.cutoff)), f) for f in folds]
 
 
 def recommenders(eval_set, args) -> list:
-    """Every baseline the pipeline evaluates (RepeatBuy where seen items may be shown, EASE where the
-    catalogue fits its dense inverse), then the ranker trained under the fold's own rules."""
-    from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, RepeatBuy, Trending
-    from freshrec.models.ranker import RankerConfig, TwoStageRanker
+    """Every baseline the pipeline evaluates, then the ranker under the fold's own rules."""
+    from freshrec.models.pipeline import make_baselines, ranker_config
+    from freshrec.models.ranker import TwoStageRanker
 
-    out = [Popularity(), CategoryPopularity(), Trending(), CooccurrenceKNN()]
-    if eval_set.exclude_seen == "none":
-        out.append(RepeatBuy())
-    if len(eval_set.catalogue) <= EASE.max_items:
-        out.append(EASE())
-    config = RankerConfig(exclude_seen=eval_set.exclude_seen, label_window_days=args.window_days,
-                          target_event_types=eval_set.target_event_types,
-                          label_protocol="random" if args.dataset == "movielens" else "time", label_fraction=0.25,
-                          max_train_users=1500 if args.quick else RankerConfig.max_train_users)
-    out.append(TwoStageRanker(config))
-    return out
+    config = training_config(args)
+    return [*make_baselines(config, eval_set.exclude_seen, len(eval_set.catalogue), None),
+            TwoStageRanker(ranker_config(eval_set, config))]
 
 
 def run_fold(eval_set, args) -> dict:
     """Fit and evaluate every recommender on one EvalSet: summary metrics and per-user arrays."""
-    import numpy as np
     from freshrec.models.evaluate import evaluate
-    from freshrec.models.metrics import distinct_items, pairwise_overlap, per_user_metrics, split_recall
-    from freshrec.models.split import seen_items
+    from freshrec.models.metrics import per_user_metrics
 
-    history = seen_items(eval_set.histories, "all")
     out = {}
     for rec in recommenders(eval_set, args):
         started = time.perf_counter()
@@ -119,11 +122,8 @@ def run_fold(eval_set, args) -> dict:
         fit_seconds = time.perf_counter() - started
         result = evaluate(rec, eval_set, ks=KS)
         per_user = per_user_metrics(result.recs, eval_set.targets, KS)
-        split = split_recall(result.recs, eval_set.targets, history, KS)
-        row = {k: result.metrics[k] for k in ("ndcg_at_10", "recall_at_10", "recall_at_20")}
-        row.update({k: float(np.nanmean(v)) if np.isfinite(v).any() else None for k, v in split.items()})
-        row.update(distinct_items_at_10=distinct_items(result.recs, 10), pairwise_overlap_at_10=pairwise_overlap(result.recs, 10),
-                   fit_seconds=fit_seconds, recommend_seconds=result.seconds)
+        row = {k: result.metrics.get(k) for k in ROW_METRICS}
+        row.update(fit_seconds=fit_seconds, recommend_seconds=result.seconds)
         if rec.kind == "model":
             row["timings"] = {**rec.timings, "score_all_users": result.seconds}
             row["train_groups"], row["best_iteration"] = rec.n_train_groups, rec.best_iteration
@@ -153,6 +153,7 @@ def compare(folds: list[dict], ranker: str = "two_stage") -> dict:
     out["ranker_at_least_best_baseline_per_cutoff"] = [
         bool(f[ranker]["row"]["ndcg_at_10"] >= max(f[n]["row"]["ndcg_at_10"] for n in baselines)) for f in folds]
     out["best_baseline_per_cutoff"] = [max(baselines, key=lambda n: f[n]["row"]["ndcg_at_10"]) for f in folds]
+    out["ranker_ndcg_at_10_over_popularity"] = mean[ranker]["ndcg_at_10"] / mean["popularity"]["ndcg_at_10"]
     return out
 
 

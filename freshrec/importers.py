@@ -591,8 +591,8 @@ def _read_movielens(src: Path, options: ImportOptions, report: ImportReport) -> 
             if not started:
                 started = True
                 sep = _movielens_separator(s)
-                if s.split(sep)[0].strip().lower() in ("userid", "user_id", "user"):
-                    continue  # a header line
+                if s.split(sep)[0].strip().lower().split(":")[0] in ("userid", "user_id", "user"):
+                    continue  # a header line (RecBole's atomic files name types too: user_id:token)
             eid = make_id(line_no)
             parts = s.split(sep)
             if len(parts) < 4:

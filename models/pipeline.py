@@ -1,9 +1,11 @@
-"""The training step as one call: split, baselines, model, tracking, promotion gate.
+"""The training step as one call: windows, baselines, model, tracking, promotion gate.
 
 A pipeline task calls ``train_and_gate(settings)`` (events read from lake/events) or passes the
-events DataFrame itself. Each baseline and the model get their own MLflow run on the same
-window; the model is registered as ``freshrec`` (alias ``challenger``) and the gate moves
-``champion``. The returned report says what to publish: the model version that holds
+events DataFrame itself. The model (``model_kind``: the two-stage ranker or SeqRec) is trained on
+the newest window and registered as ``freshrec`` (alias ``challenger``); each baseline and the
+model get their own MLflow run with their metrics on every evaluation window (rolling origin or
+a random holdout) and the mean over them; the gate moves ``champion`` (models/README.md says how
+it decides). The returned report says what to publish: the model version that holds
 ``champion`` or, when no model ever passed, the best baseline.
 """
 
@@ -125,7 +127,7 @@ def evaluation_folds(events: pd.DataFrame, config: TrainingConfig, exclude_seen:
     Time protocol: ``config.n_cutoffs`` rolling-origin folds (protocols.rolling_cutoffs), fewer
     when the log is too short for them. Random protocol (ratings dumps): one per-user holdout.
     ``config.protocol="auto"`` lets protocols.choose_protocol read the log and say why."""
-    ev = normalize_events(events)
+    ev = events if "t" in events else normalize_events(events)
     if config.protocol == "auto":
         protocol, reason = choose_protocol(ev, config.window_days)
     else:
@@ -162,12 +164,17 @@ def train_model(eval_set: EvalSet, config: TrainingConfig, on_epoch=None) -> Rec
     return train_seqrec(eval_set, config, on_epoch)
 
 
+def ranker_config(eval_set: EvalSet, config: TrainingConfig) -> RankerConfig:
+    """``config.ranker`` under the window's rules: its exclusion, target types and protocol (the
+    labels are drawn inside the training data the way the window itself was drawn)."""
+    return dataclasses.replace(config.ranker, exclude_seen=eval_set.exclude_seen, label_window_days=config.window_days,
+                               target_event_types=eval_set.target_event_types, min_target_users=config.min_target_users,
+                               label_protocol=eval_set.protocol, label_fraction=config.holdout_fraction)
+
+
 def train_ranker(eval_set: EvalSet, config: TrainingConfig) -> TwoStageRanker:
-    """The two-stage ranker, its labels drawn inside the training data by the window's own protocol."""
-    cfg = dataclasses.replace(config.ranker, exclude_seen=eval_set.exclude_seen, label_window_days=config.window_days,
-                              target_event_types=eval_set.target_event_types, min_target_users=config.min_target_users,
-                              label_protocol=eval_set.protocol, label_fraction=config.holdout_fraction)
-    return TwoStageRanker(cfg).fit(eval_set.train, eval_set.catalogue)
+    """The two-stage ranker fitted on the window's training data and bound to it."""
+    return TwoStageRanker(ranker_config(eval_set, config)).fit(eval_set.train, eval_set.catalogue)
 
 
 def train_seqrec(eval_set: EvalSet, config: TrainingConfig, on_epoch=None) -> SeqRec:

@@ -159,9 +159,11 @@ def choose_protocol(events: pd.DataFrame, window_days: float = 14.0) -> tuple[st
        window of history to learn from;
     2. at least 80% of the users with two or more item events have them all at one timestamp
        -> random: the order of their events is unknown (a ratings dump stamped per user);
-    3. fewer than 2% of all users have an item event in the last window -> random: the log is
+    3. the log has one event type and no user has any item twice -> random: a ratings dump
+       (MovieLens), where what a user rated next is no more "next" than any other rating;
+    4. fewer than 2% of all users have an item event in the last window -> random: the log is
        not time-dense (a historical dump whose last fortnight is a sliver of its users);
-    4. otherwise time.
+    5. otherwise time.
 
     Day-stamped logs pass rule 2 as long as users come back on other days (Ta-Feng: 34% of its
     users have one timestamp, 37% act in the last 14 days). The reason also gives the median
@@ -188,6 +190,8 @@ def choose_protocol(events: pd.DataFrame, window_days: float = 14.0) -> tuple[st
         return "random", f"the log spans {span_days:.1f} days, less than two {window_days:g}-day windows; {facts}"
     if single_ts >= MAX_SINGLE_TIMESTAMP_SHARE:
         return "random", f"event order within users is unknown: {facts}"
+    if ev["event_type"].nunique() == 1 and not ev.duplicated(["user_id", "item_id"]).any():
+        return "random", f"a ratings-style log: one event type ({ev['event_type'].iloc[0]}) and no user has an item twice; {facts}"
     if active_share < MIN_ACTIVE_SHARE:
         return "random", f"the log is not time-dense: {facts}"
     return "time", f"the log is time-dense: {facts}"

@@ -298,6 +298,14 @@ def test_movielens_100k_and_1m(settings, tmp_path):
     assert b[2]["event_type"] == "<unparseable movielens line>" and b[2][RAW_SOURCE_FIELD] == "broken line"
 
 
+def test_movielens_recbole_atomic_file_header_is_skipped(settings, tmp_path):
+    # RecBole's dataset_example/ml-100k/ml-100k.inter: u.data with a typed header line
+    inter = tmp_path / "ml-100k.inter"
+    inter.write_text("user_id:token\titem_id:token\trating:float\ttimestamp:float\n196\t242\t3\t881250949\n", encoding="utf-8")
+    rows = _read(import_sources(settings, "movielens", [inter]))
+    assert [(r["user_id"], r["item_id"], r["ts"]) for r in rows] == [("196", "242", 881250949000)]
+
+
 def test_movielens_min_rating_is_counted(settings, tmp_path):
     src = tmp_path / "ratings.dat"
     src.write_text("1::10::5::978300760\n1::11::3::978300761\n2::10::4::978300762\n2::12::1::978300763\n", encoding="utf-8")

@@ -177,6 +177,9 @@ def test_choose_protocol():
     assert name == "random" and "less than two 14-day windows" in reason
     raw = synthetic_sequential(n_users=300, days=90, seed=3)
     assert choose_protocol(raw.sample(frac=1.0, random_state=0)) == choose_protocol(raw) == choose_protocol(SEQ)
+    # MovieLens-100k: ratings spread over months, 9.7% of users in the last fortnight, no repeats
+    name, reason = choose_protocol(synthetic_latent(n_users=300, days=90, seed=3))
+    assert name == "random" and reason.startswith("a ratings-style log: one event type (purchase) and no user has an item twice")
 
 
 def test_thin_evidence():
