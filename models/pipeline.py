@@ -300,10 +300,14 @@ def evaluate_stage(settings, folds: list[EvalSet], window: dict[str, Any], confi
     params: dict[str, dict[str, Any]] = {}
     with tracking.tracking(settings) as client:
         try:
-            candidates = [*(_train_on_earlier_window(trainer, f, config) for f in folds[:-1]), model]
-            dropped = [i for i, c in enumerate(candidates) if c is None]
-            folds = [f for f, c in zip(folds, candidates, strict=True) if c is not None]
-            for i, (eval_set, candidate) in enumerate(zip(folds, [c for c in candidates if c is not None], strict=True)):
+            kept, dropped = [], 0
+            for i, eval_set in enumerate(folds):
+                is_newest = i == len(folds) - 1
+                candidate = model if is_newest else _train_on_earlier_window(trainer, eval_set, config)
+                if candidate is None:
+                    dropped += 1
+                    continue
+                kept.append(eval_set)
                 recs = make_baselines(config, eval_set.exclude_seen, len(eval_set.catalogue), dict(settings.event_weights),
                                       settings.trending_window_days)
                 for rec in [*recs, candidate]:
@@ -311,12 +315,14 @@ def evaluate_stage(settings, folds: list[EvalSet], window: dict[str, Any], confi
                     started = time.perf_counter()
                     if rec is not candidate:
                         rec.fit(eval_set.train, eval_set.catalogue)
+                    fitted = time.perf_counter() - started
                     result = evaluate(rec, eval_set, config.ks)
-                    fold_metrics = {**result.metrics, "fit_seconds": time.perf_counter() - started - result.seconds}
-                    per_fold.setdefault(name, []).append(fold_metrics)
+                    per_fold.setdefault(name, []).append(result.metrics if rec is candidate
+                                                         else {**result.metrics, "fit_seconds": fitted})
                     per_user.setdefault(name, []).append(per_user_metrics(result.recs, eval_set.targets, (k,))[metric])
-                    if i == len(folds) - 1:
+                    if is_newest:
                         newest[rec.name], params[rec.name] = result, rec.params()
+            folds = kept
             for old in tracking.batch_runs(client, "baseline", batch_id) if batch_id is not None else ():
                 client.delete_run(old.info.run_id)
             baselines: dict[str, dict[str, Any]] = {}
@@ -343,7 +349,7 @@ def evaluate_stage(settings, folds: list[EvalSet], window: dict[str, Any], confi
             thin = "; ".join(reason for is_thin, reason in checks if is_thin) or None
             evidence = "; ".join(reason for _, reason in checks)
             if dropped:
-                evidence += f"; {len(dropped)} earlier window(s) left out: too little history before them to train on"
+                evidence += f"; {dropped} earlier window(s) left out: too little history before them to train on"
 
             champion = None
             champion_version = tracking.champion_version(client) if config.register else None

@@ -143,7 +143,7 @@ class TwoStageRanker(Recommender):
         self.n_train_groups, self.n_train_rows = int((~val).sum()), int((~row_val).sum())
         self.best_iteration = int(self.model.best_iteration_ or params["n_estimators"])
         with self._timed("sources_fit"):
-            self.bind(train, catalogue)
+            self.prepare(catalogue, train)
         self.train_seconds = time.perf_counter() - started
         return self
 
@@ -168,16 +168,12 @@ class TwoStageRanker(Recommender):
         finally:
             self.timings[stage] = self.timings.get(stage, 0.0) + time.perf_counter() - started
 
-    def bind(self, train: Histories, catalogue: Catalogue) -> "TwoStageRanker":
-        """Fit the candidate sources on ``train`` (every event the scored users may be scored from)."""
+    def prepare(self, catalogue: Catalogue, train: Histories) -> "TwoStageRanker":
+        """Fit the candidate sources on ``train`` (every event the scored users may be scored from),
+        as SeqRec.prepare binds a later log or a newer catalogue without retraining."""
         self.catalogue = catalogue
         self.generator = CandidateGenerator(self.config.candidates).fit(train, catalogue)
         return self
-
-    def prepare(self, catalogue: Catalogue, train: Histories) -> "TwoStageRanker":
-        """SeqRec's binding call: the trained ranker over sources refitted on ``train`` (a later log,
-        a newer catalogue) without retraining the ranker."""
-        return self.bind(train, catalogue)
 
     def training_set(self, train: Histories, catalogue: Catalogue) -> TrainingSet:
         """The stacked groups of every label window (see the module docstring)."""
