@@ -151,7 +151,7 @@ def run_freshrec(settings: Settings) -> dict:
 
 
 def bench_dataset(name: str, settings: Settings, skip_duckdb: bool) -> dict:
-    from freshrec.jobs.clean import landing_files
+    from freshrec.intake import landing_files
 
     files = landing_files(settings.landing_events_dir)
     result = {"dataset": name, "files": len(files), "landing_mb": round(sum(f.stat().st_size for f in files) / 2**20, 1),

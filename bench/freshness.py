@@ -12,7 +12,7 @@ latency is that moment minus the moment the file appeared in the landing zone (a
   seconds lands ``--files-per-run`` files at uniformly random moments, then starts one run of
   ``freshrec_incremental`` at the interval's end as the scheduler would: a fresh process running
   the DAG (``freshrec run incremental``, ``dag.test`` on the SQLite metadata DB), which pays for
-  Airflow's start, Spark's start and the streaming query's start every time. One run with nothing
+  Airflow's start and Spark's start every time. One run with nothing
   to do goes first, so the metadata DB migration is not counted. ``projected_default_schedule``
   adds the measured run time to a uniform wait over FRESHREC_MICROBATCH_MINUTES (5 by default).
 - ``watch``: ``freshrec run incremental --watch --every W`` in one long-lived process. After a
@@ -152,7 +152,7 @@ def cli(settings, *args: str, **popen: Any):
 def measure_airflow(settings, info: dict[str, Any], args: argparse.Namespace, rng: random.Random) -> dict[str, Any]:
     from freshrec.ledger import utcnow_iso
 
-    log("airflow: a first run with nothing to do (metadata DB, checkpoint)")
+    log("airflow: a first run with nothing to do (metadata DB)")
     t = time.time()
     if cli(settings, "run", "incremental", stdout=subprocess.DEVNULL).wait() != 0:
         raise RuntimeError("the first `freshrec run incremental` failed")

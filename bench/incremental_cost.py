@@ -13,7 +13,7 @@ Then, in a fresh process, on a copy of that home (data files hard-linked, databa
 every run starts from the same published state):
 
 - cold: Spark start, then ``incremental_step(settings)`` over a tiny first landing file (the
-  streaming checkpoint is created, the live recommender loaded): what every Airflow run of
+  live recommender loaded): what every Airflow run of
   ``freshrec_incremental`` pays, since each task is a fresh process;
 - warm: ``--repeats`` more runs of ``incremental_step(settings)`` in the same process, each over
   a new landing file of ``--batch-events`` events from the same generator and universe (new
@@ -224,6 +224,7 @@ def install_stages(settings) -> Stages:
     import freshrec.jobs.score
 
     import freshrec.incremental
+    import freshrec.intake
     import freshrec.lake
     import freshrec.rescore
     from freshrec.ledger import Ledger
@@ -241,7 +242,8 @@ def install_stages(settings) -> Stages:
         stages.wrap(freshrec.rescore, name)
     stages.wrap(freshrec.jobs.score, "score_frame")
     stages.wrap(freshrec.jobs.score, "popular_lists")
-    for name in ("file_batches", "record_file_counts", "record_microbatch"):
+    stages.wrap(freshrec.intake, "take_files")
+    for name in ("record_file_counts", "record_microbatch"):
         stages.wrap(Ledger, name)
     with open_store(settings.serving) as store:
         store_cls = type(store)
@@ -264,10 +266,10 @@ def split(spans: list[tuple[str, float, float]], total: float) -> dict[str, floa
         return b[0] - a[1] if a and b else None
 
     out: dict[str, float | None] = {
-        "stream_overhead (query start/stop, file listing, offsets/commits)": total - dur("process_microbatch"),
+        "loop overhead (run lock, the last look for new files)": total - dur("process_microbatch"),
         "process_microbatch": dur("process_microbatch"),
         "  lake lock held (clean + append + recent)": dur("lake_lock[micro-batch]"),
-        "    ledger.file_batches": dur("file_batches"),
+        "    take_files (list, settle, check new files, claim)": dur("take_files"),
         "    read_landing": dur("read_landing"),
         "    known ids: dates of the batch (parse + collect)": gap("read_landing", "clean_raw"),
         "    clean_raw (plan)": dur("clean_raw"),

@@ -1,7 +1,7 @@
 """freshrec_incremental: the micro-batch DAG (wiring only; the work is in freshrec.incremental).
 
 Every FRESHREC_MICROBATCH_MINUTES it processes the landing files that arrived since the last
-run, exactly once (a Spark Structured Streaming checkpoint remembers them), and refreshes the
+run, exactly once (the ledger records which micro-batch took each file), and refreshes the
 lists of the users who just acted.
 """
 
@@ -26,10 +26,12 @@ are re-scored with the live version's recommender (no retraining) and their list
 
 | task | what |
 |---|---|
-| `microbatch` | Spark Structured Streaming over `landing/events` (`availableNow`, checkpoint under `$FRESHREC_HOME/checkpoints/incremental`); per micro-batch: clean + quarantine + counts, append to the lake keyed on the batch id, keep the users' recent events, re-score exactly those users, refresh the popular lists, record freshness |
+| `microbatch` | the complete landing files no run has taken (unreadable ones quarantined by name, see `freshrec quarantine --files`); per micro-batch: clean + quarantine + counts, append to the lake keyed on the batch id, keep the users' recent events, re-score exactly those users, refresh the popular lists, record freshness |
 
-Exactly once: a killed or failed run leaves its micro-batch uncommitted in the checkpoint, and
-the next run replays it with the same batch id, replacing whatever the first attempt wrote.
+Exactly once: a killed or failed run leaves its micro-batch's claim open in the ledger, and
+the next run replays it with the same batch id and files, replacing whatever the first attempt
+wrote. A run started while another runs (the DAG, `freshrec run incremental`, `--watch`) returns
+at once, successfully.
 `max_active_runs=1`, so runs never overlap; a run that finds nothing new succeeds at once.
 Freshness (landing -> served, newest event -> served, p50 and p95) is in `freshrec status`.
 Continuous mode: `freshrec run incremental --watch` runs the same code every 15 s.

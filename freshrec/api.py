@@ -41,6 +41,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
@@ -314,6 +315,14 @@ ListDep = Annotated[ListQuery, Depends(_list_query)]
 
 # -- routes ----------------------------------------------------------------------------------
 
+class _KeyConvertor(PathConvertor):
+    """A path segment that may hold anything, slashes and newlines included (``path`` stops at
+    a newline, which would turn an id the rules refuse into a 404 instead of their 400)."""
+
+    regex = r"[\s\S]*"
+
+
+register_url_convertor("key", _KeyConvertor())
 router = APIRouter()
 
 
@@ -328,14 +337,14 @@ def _answer(result: dict[str, Any], endpoint: str, metrics: Metrics) -> Response
     return _json(result)
 
 
-@router.get("/v1/users/{user_id:path}/recommendations", response_model=UserRecs, responses=_ERRORS,
+@router.get("/v1/users/{user_id:key}/recommendations", response_model=UserRecs, responses=_ERRORS,
             summary="A user's top-N (the overall popular list for an unknown user)")
 async def user_recommendations(user_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
     _nonempty("user_id", user_id)
     return _answer(await reads(client.recs, user_id, q.n, details=q.details), "recommendations", metrics)
 
 
-@router.get("/v1/items/{item_id:path}/similar", response_model=SimilarItems, responses=_ERRORS,
+@router.get("/v1/items/{item_id:key}/similar", response_model=SimilarItems, responses=_ERRORS,
             summary="Items similar to an item")
 async def similar_items(item_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
     _nonempty("item_id", item_id)
@@ -349,7 +358,7 @@ async def popular(client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: Li
     return _answer(await reads(client.popular, category or None, q.n, details=q.details), "popular", metrics)
 
 
-@router.get("/v1/queries/{query:path}/items", response_model=QueryItems, responses=_ERRORS,
+@router.get("/v1/queries/{query:key}/items", response_model=QueryItems, responses=_ERRORS,
             summary="Items for a frequent search query (matched lower-cased, whitespace collapsed)")
 async def query_items(query: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
     _nonempty("query", query)
@@ -447,7 +456,7 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
                   description="Read-only access to the live version of the published recommendation lists.")
     app.state.settings = settings
     app.state.store = store
-    app.state.client = RecsClient(store)
+    app.state.client = RecsClient(store, (settings or Settings()).max_id_length)
     app.state.reads = Reads(isinstance(store, SqliteStore) if inline_reads is None else inline_reads)
     app.state.metrics = Metrics(store, settings.state_db if settings is not None else None)
     app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)

@@ -128,6 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reason", default=None, metavar="CODE", help="only rows that broke this rule (e.g. invalid_ts)")
     p.add_argument("--file", default=None, metavar="F", help="only rows from this landing file (its name)")
     p.add_argument("--limit", type=_positive_int, default=20, metavar="N", help="show at most N rows (default 20)")
+    p.add_argument("--files", action="store_true",
+                   help="the landing files set aside whole (corrupt gzip, not UTF-8, a bad header, ...) instead of rows")
     p.add_argument("--json", action="store_true")
 
     p = sub.add_parser("recs", help="a user's recommendations from the live version (unknown users get popular items)")
@@ -224,8 +226,12 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         print(json.dumps(status, indent=2, default=str) if args.json else format_status(status))
         return 0
     if args.command == "quarantine":
-        from freshrec.quarantine import format_rows, quarantined
+        from freshrec.quarantine import format_files, format_rows, quarantined, quarantined_files
 
+        if args.files:
+            files = quarantined_files(settings, args.reason, args.file)
+            print(json.dumps(files, default=str) if args.json else format_files(files))
+            return 0
         found = quarantined(settings.quarantine_path, args.reason, args.file, args.limit)
         print(json.dumps(found, default=str) if args.json else format_rows(found, args.limit))
         return 0
@@ -252,6 +258,8 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     stop = threading.Event()
 
     def line(mb: dict) -> None:
+        for q in mb.get("quarantined_files", []):
+            print(f"{mb['batch_id']}: landing file {q['name']} quarantined ({q['code']}): {q['message']}", flush=True)
         if not mb.get("files"):
             return
         print(f"{mb['batch_id']}: {mb['files']} file(s), {mb['rows']:,} rows ({mb.get('quarantined', 0):,} quarantined, "
@@ -288,7 +296,7 @@ def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from freshrec.client import RecsClient, format_list
 
-    with RecsClient(settings.serving) as client:
+    with RecsClient(settings.serving, settings.max_id_length) as client:
         if args.command == "rollback":
             before = client.store.live_version()
             after = client.store.rollback(args.to)

@@ -7,7 +7,9 @@
 
 A user, item, category or query the live version does not know gets the overall popular list
 with ``source: "fallback"``, never an error. Only "nothing is live yet" raises
-(:class:`~freshrec.serving.NothingPublished`). Each item carries its ``category`` and ``price``
+(:class:`~freshrec.serving.NothingPublished`), and a key no event could have carried (a control
+character, an id over ``max_id_length`` characters: the clean job's own rules) raises
+:class:`~freshrec.serving.ServingError` before any store is asked (the API's 400). Each item carries its ``category`` and ``price``
 (null when unknown); ``details=False`` leaves them out and saves a read.
 """
 
@@ -15,14 +17,25 @@ from __future__ import annotations
 
 from typing import Any
 
+from freshrec.jobs.rules import DEFAULT_MAX_ID_LENGTH, id_problems
 from freshrec.serving import ServingStore, open_store
-from freshrec.serving.base import normalise_query
+from freshrec.serving.base import ServingError, normalise_query
+
+MAX_QUERY_LENGTH = 1000
 
 
 class RecsClient:
-    def __init__(self, store_or_url: ServingStore | str) -> None:
+    def __init__(self, store_or_url: ServingStore | str, max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> None:
         self._owns_store = isinstance(store_or_url, str)
         self.store = open_store(store_or_url) if isinstance(store_or_url, str) else store_or_url
+        self.max_id_length = max_id_length
+
+    def _check(self, name: str, value: str | None, limit: int | None = None) -> None:
+        if value is None:
+            return
+        problems = id_problems(name, str(value), limit or self.max_id_length)
+        if problems:
+            raise ServingError(problems[0].split(": ", 1)[1])
 
     def _fallback(self, n: int, details: bool) -> tuple[str | None, str | None, list[dict[str, Any]]]:
         popular = self.store.get_popular(None, n, details=details)
@@ -31,6 +44,7 @@ class RecsClient:
         return popular["version"], popular["updated_at"], popular["items"]
 
     def recs(self, user_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        self._check("user_id", user_id)
         found = self.store.get_user_recs(user_id, n, details=details)
         if found is not None:
             return found
@@ -47,14 +61,17 @@ class RecsClient:
         return {key_name: fallback_key, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
 
     def similar(self, item_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        self._check("item_id", item_id)
         found = self.store.get_similar(item_id, n, details=details)
         return self._or_fallback("item_id", found, "similar", str(item_id), n, details)
 
     def popular(self, category: str | None = None, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        self._check("category", category)
         found = self.store.get_popular(category, n, details=details)
         return self._or_fallback("category", found, "popular", category or None, n, details)
 
     def query_items(self, query: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
+        self._check("query", query, MAX_QUERY_LENGTH)
         found = self.store.get_query_items(query, n, details=details)
         return self._or_fallback("query", found, "query", normalise_query(query), n, details)
 

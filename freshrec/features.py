@@ -47,7 +47,7 @@ def feature_rows(settings: Settings, name: str, columns: list[str], users: Seque
 
 def read_catalogue(settings: Settings) -> "DataFrame | None":
     """The optional item catalogue from landing/items (Spark), or None."""
-    from freshrec.jobs.clean import landing_files
+    from freshrec.intake import landing_files
     from freshrec.jobs.matrices import normalise_catalogue
     from freshrec.spark import get_spark
 

@@ -1,24 +1,34 @@
 """The micro-batch path: new landing files -> the lake -> the lists of the users who just acted.
 
-:func:`incremental_step` runs a Spark Structured Streaming query over the landing folder. Its
-checkpoint (``$FRESHREC_HOME/checkpoints/incremental``) is what remembers which files were
-processed, exactly once: a file is handed to :func:`process_microbatch` in one epoch, and an
-epoch that did not finish (a crash, a SIGKILL, a failed task) is replayed with the same files
-and the same batch id on the next start. Everything an epoch writes is keyed on that batch id
-and replaced on a replay, so a replay adds nothing twice.
+:func:`incremental_step` takes the landing files no run has taken yet, through the same
+:func:`freshrec.intake.take_files` as the batch ``clean``: only complete files (settled for
+``landing_settle_seconds``), never one for its age, and an unreadable file is moved aside by
+name instead of failing the others. The ledger remembers, per file, which micro-batch claimed it
+and when it was done: a micro-batch that did not finish (a crash, a SIGKILL, a failed task) is
+replayed with the same files and the same batch id on the next start. Everything a micro-batch
+writes is keyed on that batch id and replaced on a replay, so a replay adds nothing twice.
 
-One epoch, :func:`process_microbatch`:
+(Spark's streaming file source was used here before; it marks a file as seen the first time it
+lists it, so a file still being written, a zero-byte file filled in later, or a file copied in
+with an mtime older than seven days was skipped silently.)
 
-1. under the lake lock, the same ``clean_raw`` as the batch (quarantine and per-file counts),
-   with the lake's event ids of the same dates as known duplicates; append to the lake;
+One micro-batch, :func:`process_microbatch`:
+
+1. under the lake lock, take the files; the same ``clean_raw`` as the batch (quarantine and
+   per-file counts), with the lake's event ids of the same dates as known duplicates; append
+   to the lake;
 2. keep the micro-batch's item events in ``features/recent`` (the users' sequences since the
    last batch);
 3. re-score exactly the users of the micro-batch with the live version's recommender and
    upsert their lists; refresh the popular lists;
-4. record counts and freshness (landing -> served, newest event -> served) in the ledger.
+4. record counts and freshness (landing -> served, newest event -> served) in the ledger, and
+   mark the files taken.
 
-``availableNow`` (the Airflow task, ``freshrec run incremental``) takes whatever is new and
-stops; ``--watch`` keeps the same query running with a processing-time trigger.
+One run at a time: a second ``freshrec run incremental`` (or DAG run) while one is running
+returns at once, successfully, saying so; the next run takes whatever is new. A batch and a
+micro-batch still run side by side (the lake lock orders their writes).
+``freshrec run incremental`` takes whatever is new and stops; ``--watch`` repeats that every
+``watch_seconds``.
 """
 
 from __future__ import annotations
@@ -28,9 +38,7 @@ import logging
 import threading
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, Callable
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
@@ -39,9 +47,8 @@ from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_NAME = "incremental"
 STOP_GRACE_S = 120.0
-BINARY_FILE_SCHEMA = "path string, modificationTime timestamp, length long, content binary"
+BUSY = "another run is in progress"
 
 
 def _percentiles(values: Any, weights: Any = None) -> tuple[float | None, float | None]:
@@ -57,51 +64,60 @@ def _percentiles(values: Any, weights: Any = None) -> tuple[float | None, float 
     return round(float(p50), 2), round(float(p95), 2)
 
 
-def _landing_path(uri: str) -> Path:
-    return Path(unquote(urlparse(uri).path))
+def _claim(settings: Settings, ledger: Ledger) -> tuple[str, Any]:
+    """The batch id and the intake of the next micro-batch: an unfinished one replayed with its
+    own files, else the new files (call under the lake lock)."""
+    from freshrec.intake import Intake, take_files
+
+    claims = ledger.open_claims()
+    if claims:
+        batch_id, names = next(iter(claims.items()))
+        paths = [p for p in (settings.landing_events_dir / n for n in names) if p.is_file()]
+        if paths:
+            log.info("micro-batch %s did not finish: replaying it with its %d file(s)", batch_id, len(paths))
+            return batch_id, Intake(files=[(p, p.stat().st_mtime) for p in paths])
+        ledger.finish_claim(batch_id)  # its files are gone from the landing zone: nothing to replay
+    batch_id = ledger.next_microbatch_id()
+    intake = take_files(settings, batch_id, "micro")
+    if intake.files or intake.quarantined:
+        ledger.use_microbatch_id(batch_id)
+    return batch_id, intake
 
 
-def _stream_tag(checkpoint: Path) -> str:
-    """A short id of the streaming query (kept in its checkpoint): batch ids stay unique even if
-    the checkpoint is ever deleted and epochs count from 0 again."""
-    try:
-        return json.loads((checkpoint / "metadata").read_text().splitlines()[0])["id"][:8]
-    except (OSError, ValueError, KeyError, IndexError):
-        return "stream"
-
-
-def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tuple[Path, float]],
-                       now: datetime | None = None) -> dict[str, Any]:
-    """Clean ``files`` (path, landing time as epoch seconds) into the lake and refresh their users."""
+def process_microbatch(settings: Settings, spark, now: datetime | None = None) -> dict[str, Any]:
+    """Take the new landing files, clean them into the lake and refresh their users' lists.
+    The summary has ``files`` 0 when there was nothing new to read."""
     from pyspark.sql import functions as F
 
     from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
     from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, has_table, lake_lock, write_recent
     from freshrec.rescore import refresh_popular_step, refresh_users_step
-    from freshrec.schemas import LANDING_SUFFIXES
 
     started = time.time()
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(settings.state_db)
-    with lake_lock(settings, f"micro-batch {batch_id}"):
-        counted = ledger.file_batches()
-        # a file the batch clean already counted is in the lake: the stream only saw it late
-        todo = [(p, t) for p, t in files if p.name.lower().endswith(LANDING_SUFFIXES)
-                and not p.name.startswith((".", "_")) and counted.get(p.name, batch_id) == batch_id]
-        drop_increment(settings, batch_id)
+    with lake_lock(settings, "micro-batch"):
+        batch_id, intake = _claim(settings, ledger)
+        todo = intake.files
         if not todo:
-            summary = {"batch_id": batch_id, "files": 0, "skipped_files": len(files), "rows": 0, "users": 0}
-            log.info("micro-batch %s: nothing new (%d file(s) already in the lake)", batch_id, len(files))
+            summary = {"batch_id": None, "files": 0, "rows": 0, "users": 0, **intake.summary()}
+            if intake.quarantined:
+                summary.update(batch_id=batch_id, **_counts(intake.counts))
+                ledger.record_microbatch(batch_id, summary)
+            log.info("micro-batch: nothing new to read %s", intake.summary() or "")
             return summary
+        drop_increment(settings, batch_id)
         raw = read_landing(spark, [p for p, _ in todo])
         known = None
         if has_table(settings.events_path):
-            valid = parse_raw(raw, now, settings.min_event_ts, settings.max_future_skew_hours).where("reason IS NULL")
+            valid = parse_raw(raw, now, settings.min_event_ts, settings.max_future_skew_hours,
+                              settings.max_id_length).where("reason IS NULL")
             dates = [r[0] for r in valid.select(F.to_date("ts")).distinct().collect()]
             # a re-sent event has the same time, so only the partitions of these dates can hold it
             known = spark.read.parquet(str(settings.events_path)).where(F.col("event_date").isin(dates)).select("event_id")
         result = clean_raw(raw, now=now, min_event_ts=settings.min_event_ts,
-                           max_future_skew_hours=settings.max_future_skew_hours, known_event_ids=known)
+                           max_future_skew_hours=settings.max_future_skew_hours, known_event_ids=known,
+                           max_id_length=settings.max_id_length)
         try:
             lake_files = append_increment(settings, batch_id, result.clean, result.quarantine)
             per_file = [r.asDict() for r in result.per_file.collect()]
@@ -116,7 +132,7 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
     served = time.time()  # the users' new lists are readable from here on
     popular = refresh_popular_step(settings) if refreshed.get("version") else {"skipped": "nothing published yet"}
 
-    counts = {k: sum(int(r[k]) for r in per_file) for k in ("read", "clean", "quarantined", "duplicates")}
+    counts = _counts(per_file + intake.counts)
     landing = {p.name: t for p, t in todo}
     l50, l95 = _percentiles([served - landing.get(r["source_file"], started) for r in per_file],
                             [int(r["read"]) for r in per_file])
@@ -124,7 +140,7 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
     newest_s = [served - ts.timestamp() for ts in _as_utc(newest)]
     e50, e95 = _percentiles(newest_s)
     summary = {
-        "batch_id": batch_id, "files": len(todo), "skipped_files": len(files) - len(todo), "lake_files": lake_files,
+        "batch_id": batch_id, "files": len(todo), **intake.summary(), "lake_files": lake_files,
         **counts, "rows": counts["read"], "users": refreshed.get("users", 0), "version": refreshed.get("version"),
         "refresh": refreshed.get("skipped") or "ok", "popular_lists": popular.get("lists", 0),
         "landing_to_served_p50_s": l50, "landing_to_served_p95_s": l95,
@@ -132,8 +148,13 @@ def process_microbatch(settings: Settings, spark, batch_id: str, files: list[tup
         "seconds": round(time.time() - started, 2),
     }
     ledger.record_microbatch(batch_id, summary)
+    ledger.finish_claim(batch_id)
     log.info("micro-batch %s: %s", batch_id, summary)
     return summary
+
+
+def _counts(per_file: list[dict[str, Any]]) -> dict[str, int]:
+    return {k: sum(int(r[k]) for r in per_file) for k in ("read", "clean", "quarantined", "duplicates")}
 
 
 def _as_utc(series) -> list[datetime]:
@@ -147,49 +168,37 @@ def _as_utc(series) -> list[datetime]:
 def incremental_step(settings: Settings, watch_seconds: float | None = None,
                      on_batch: Callable[[dict[str, Any]], None] | None = None,
                      stop: threading.Event | None = None) -> dict[str, Any]:
-    """Process the new landing files: once and stop (``watch_seconds`` None, the DAG task), or
-    every ``watch_seconds`` until ``stop`` is set (``freshrec run incremental --watch``).
+    """Process the new landing files: until nothing is left, then stop (``watch_seconds`` None,
+    the DAG task), or every ``watch_seconds`` until ``stop`` is set (``freshrec run incremental
+    --watch``). While another run holds the home, returns at once with ``skipped``.
 
-    A stop waits for the micro-batch in progress to finish (up to ``STOP_GRACE_S``), so a
-    Ctrl-C does not throw away work; one cut short anyway is replayed on the next start."""
+    A stop waits for the micro-batch in progress to finish, so a Ctrl-C does not throw away
+    work; one cut short anyway (a SIGKILL) is replayed on the next start."""
+    from freshrec.lake import run_lock
     from freshrec.spark import get_spark
 
     settings.ensure_dirs()
-    spark = get_spark(settings)
-    checkpoint = settings.checkpoints_dir / CHECKPOINT_NAME
-    done: list[dict[str, Any]] = []
-
-    def each(df, epoch_id: int) -> None:
-        files = [(_landing_path(r["path"]), r["modificationTime"].timestamp())
-                 for r in df.select("path", "modificationTime").collect()]
-        summary = process_microbatch(settings, spark, f"{_stream_tag(checkpoint)}-{epoch_id:06d}", files)
-        done.append(summary)
-        if on_batch is not None:
-            on_batch(summary)
-
-    # only the path and the landing time are selected: the contents are read by the clean
-    source = (spark.readStream.format("binaryFile").schema(BINARY_FILE_SCHEMA)
-              .load(str(settings.landing_events_dir)))
-    writer = source.select("path", "modificationTime").writeStream.foreachBatch(each).option(
-        "checkpointLocation", str(checkpoint)).queryName("freshrec_incremental")
     started = time.monotonic()
-    if watch_seconds is None:
-        writer.trigger(availableNow=True).start().awaitTermination()
-    else:
-        stop = stop or threading.Event()
-        query = writer.trigger(processingTime=f"{max(watch_seconds, 1.0):g} seconds").start()
-        try:
-            # short waits, so a stop is noticed within a second (a signal handler only sets it)
-            while not stop.is_set() and not query.awaitTermination(1):
-                pass
-            grace = time.monotonic() + STOP_GRACE_S
-            while query.isActive and query.status["isTriggerActive"] and time.monotonic() < grace:
-                time.sleep(0.2)
-        finally:
-            query.stop()
-        failure = query.exception()
-        if failure is not None:
-            raise failure
+    done: list[dict[str, Any]] = []
+    stop = stop or threading.Event()
+    with run_lock(settings, "incremental") as held:
+        if not held:
+            log.info("incremental: %s; the next run takes the new files", BUSY)
+            return {"microbatches": 0, "files": 0, "rows": 0, "users": 0, "skipped": BUSY, "seconds": 0.0, "batch_ids": []}
+        spark = get_spark(settings)
+        waiting: dict[str, Any] = {}
+        while not stop.is_set():
+            summary = process_microbatch(settings, spark)
+            waiting = {k: summary[k] for k in ("pending_files", "changed_files") if k in summary}
+            if summary["batch_id"] is not None:
+                done.append(summary)
+                if on_batch is not None:
+                    on_batch(summary)
+            if summary["files"]:
+                continue  # more may be waiting (a replay goes first, then the new files)
+            if watch_seconds is None:
+                break
+            stop.wait(max(watch_seconds, 0.5))
     totals = {k: sum(int(d.get(k) or 0) for d in done) for k in ("files", "rows", "users")}
     return {"microbatches": len(done), **totals, "seconds": round(time.monotonic() - started, 1),
-            "batch_ids": [d["batch_id"] for d in done]}
+            "batch_ids": [d["batch_id"] for d in done], **waiting}

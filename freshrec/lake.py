@@ -69,6 +69,24 @@ def lake_lock(settings: Settings, holder: str) -> contextlib.AbstractContextMana
     return _flock(settings.lake_dir / ".lock", holder)
 
 
+@contextlib.contextmanager
+def run_lock(settings: Settings, name: str) -> Iterator[bool]:
+    """Try to become the only ``name`` run of this home (any process on this machine): yields
+    True while held, False at once when another run holds it. The lock dies with its process."""
+    path = settings.home / f".{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
 def features_lock(settings: Settings, holder: str, shared: bool = False) -> contextlib.AbstractContextManager[None]:
     """``matrices`` rewrites the batch feature tables holding this exclusively; re-scoring reads
     them holding it shared, so it never sees a table half rewritten."""

@@ -30,6 +30,12 @@ CREATE TABLE IF NOT EXISTS runs (
 CREATE TABLE IF NOT EXISTS microbatches (
     batch_id TEXT PRIMARY KEY, finished_at TEXT NOT NULL, detail TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS landing_files (
+    name TEXT PRIMARY KEY, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('claimed', 'taken', 'quarantined')),
+    batch_id TEXT NOT NULL, code TEXT, message TEXT, path TEXT, updated_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
@@ -54,8 +60,9 @@ class Ledger:
         """
         now = utcnow_iso()
         with closing(self._connect()) as conn, conn:
-            if replace_all:
-                conn.execute("DELETE FROM file_counts")
+            if replace_all:  # the files quarantined whole are no longer in the landing zone: keep their counts
+                conn.execute("DELETE FROM file_counts WHERE source_file NOT IN "
+                             "(SELECT name FROM landing_files WHERE state = 'quarantined')")
             conn.executemany(
                 "INSERT OR REPLACE INTO file_counts VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [(r["source_file"], int(r["read"]), int(r["clean"]), int(r["quarantined"]), int(r["duplicates"]), batch_id, now)
@@ -73,10 +80,59 @@ class Ledger:
             rows = conn.execute("SELECT source_file, read, clean, quarantined, duplicates FROM file_counts").fetchall()
         return {r[0]: dict(zip(COUNT_KEYS, r[1:], strict=False)) for r in rows}
 
-    def file_batches(self) -> dict[str, str]:
-        """Which batch last counted each landing file."""
+    # -- landing files (freshrec.intake) ---------------------------------------------------
+
+    def landing_states(self) -> dict[str, dict[str, Any]]:
+        """Every landing file the pipeline has decided on: state, size, mtime_ns, batch_id, code."""
         with closing(self._connect()) as conn:
-            return dict(conn.execute("SELECT source_file, batch_id FROM file_counts").fetchall())
+            rows = conn.execute("SELECT name, state, size, mtime_ns, batch_id, code, message, path, updated_at "
+                                "FROM landing_files").fetchall()
+        keys = ("state", "size", "mtime_ns", "batch_id", "code", "message", "path", "updated_at")
+        return {r[0]: dict(zip(keys, r[1:], strict=True)) for r in rows}
+
+    def record_landing(self, taken: Iterable[tuple[str, int, int]], quarantined: Iterable[Mapping[str, Any]],
+                       batch_id: str, state: str) -> None:
+        """Record files taken (or claimed) by ``batch_id`` as (name, size, mtime_ns), and files
+        quarantined whole, in one transaction."""
+        now = utcnow_iso()
+        with closing(self._connect()) as conn, conn:
+            conn.executemany("INSERT OR REPLACE INTO landing_files VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, ?)",
+                             [(name, size, mtime, state, batch_id, now) for name, size, mtime in taken])
+            conn.executemany("INSERT OR REPLACE INTO landing_files VALUES (?, ?, ?, 'quarantined', ?, ?, ?, ?, ?)",
+                             [(q["name"], q["size"], q["mtime_ns"], batch_id, q["code"], q["message"], q["path"], now)
+                              for q in quarantined])
+
+    def open_claims(self) -> dict[str, list[str]]:
+        """Files claimed by micro-batches that never finished, by batch id (oldest first)."""
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT batch_id, name FROM landing_files WHERE state = 'claimed' "
+                                "ORDER BY batch_id, name").fetchall()
+        out: dict[str, list[str]] = {}
+        for batch_id, name in rows:
+            out.setdefault(batch_id, []).append(name)
+        return out
+
+    def finish_claim(self, batch_id: str) -> None:
+        """A micro-batch finished: its claimed files are taken."""
+        with closing(self._connect()) as conn, conn:
+            conn.execute("UPDATE landing_files SET state = 'taken', updated_at = ? WHERE batch_id = ? AND state = 'claimed'",
+                         (utcnow_iso(), batch_id))
+
+    def next_microbatch_id(self) -> str:
+        """The id the next micro-batch gets: this ledger's random tag and a sequence number (the
+        tag keeps ids unique even if the ledger is ever lost and numbering starts again).
+        :meth:`use_microbatch_id` spends it; until then every call returns the same id."""
+        import uuid
+
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('stream_tag', ?)", (uuid.uuid4().hex[:8],))
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('microbatch_seq', '0')")
+            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+        return f"{meta['stream_tag']}-{int(meta['microbatch_seq']) + 1:06d}"
+
+    def use_microbatch_id(self, batch_id: str) -> None:
+        with closing(self._connect()) as conn, conn:
+            conn.execute("UPDATE meta SET value = ? WHERE key = 'microbatch_seq'", (str(int(batch_id.rsplit("-", 1)[1])),))
 
     def record_microbatch(self, batch_id: str, detail: Mapping[str, Any]) -> None:
         """One micro-batch's summary and freshness (replaced when the batch id is rerun)."""

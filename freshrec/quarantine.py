@@ -12,6 +12,7 @@ from typing import Any
 
 from freshrec.errors import UserError
 from freshrec.jobs.rules import REASON_CODES
+from freshrec.settings import Settings
 
 COLUMNS = ("source_file", "reason", "raw", "batch_id")
 
@@ -68,6 +69,36 @@ def quarantined(path: Path, reason: str | None = None, source_file: str | None =
     for row in rows:
         row["codes"] = codes_of(row["reason"])
     return {"total": total, "rows": rows}
+
+
+def quarantined_files(settings: Settings, reason: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+    """The landing files set aside whole (freshrec.intake), newest first: name, code, message,
+    batch_id, path (where the file now is), quarantined_at, rows counted."""
+    from freshrec.intake import FILE_REASON_CODES
+    from freshrec.ledger import Ledger
+
+    if reason is not None and reason not in FILE_REASON_CODES:
+        raise UserError(f"--reason {reason!r} is not a file reason code; expected one of {', '.join(FILE_REASON_CODES)}")
+    if not settings.state_db.is_file():
+        return []
+    out = []
+    for file_name, state in Ledger(settings.state_db).landing_states().items():
+        if state["state"] != "quarantined" or (reason and state["code"] != reason) or (name and file_name != Path(name).name):
+            continue
+        out.append({"name": file_name, "code": state["code"], "message": state["message"], "batch_id": state["batch_id"],
+                    "path": state["path"], "quarantined_at": state["updated_at"], "bytes": state["size"]})
+    return sorted(out, key=lambda f: (f["quarantined_at"], f["name"]), reverse=True)
+
+
+def format_files(files: list[dict[str, Any]]) -> str:
+    if not files:
+        return "no landing file was quarantined whole"
+    lines = []
+    for f in files:
+        lines.append(f"{f['name']}  [{f['batch_id']}]  {f['code']}: {f['message']}")
+        lines.append(f"    now at {f['path']}")
+    lines.append(f"{len(files):,} file(s); fix one and land it again under any name to have it read")
+    return "\n".join(lines)
 
 
 def format_rows(found: dict[str, Any], limit: int) -> str:

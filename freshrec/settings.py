@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     watch_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0  # processing-time trigger of `freshrec run incremental --watch`
     max_future_skew_hours: float = 24.0  # cleaning: events stamped more than this after processing time are quarantined
     min_event_ts: str = "1990-01-01T00:00:00Z"  # cleaning: events stamped before this are quarantined
+    max_id_length: Annotated[int, Field(ge=1, le=65_536)] = 256  # cleaning: longest user, item, session or event id, in characters; longer ids are quarantined
+    max_line_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # cleaning: a landing file with a longer line is quarantined whole
+    landing_settle_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2.0  # intake: a landing file modified more recently than this may still be being written; a later run takes it
     max_quarantine_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2  # a batch with a larger share of quarantined rows fails the quality gate
     event_weights: dict[str, float] = Field(default_factory=_default_event_weights)  # interaction weight per event type, merged over the defaults; environment form view=1,purchase=5
     decay_half_life_days: Positive = 30.0  # half-life of the time decay of interaction weights
@@ -129,10 +132,6 @@ class Settings(BaseSettings):
         return self.home / "features"
 
     @property
-    def checkpoints_dir(self) -> Path:
-        return self.home / "checkpoints"
-
-    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 
@@ -160,7 +159,7 @@ class Settings(BaseSettings):
 
     def ensure_dirs(self) -> None:
         for path in (self.landing_events_dir, self.landing_items_dir, self.lake_dir, self.features_dir,
-                     self.checkpoints_dir, self.reports_dir, self.airflow_home):
+                     self.reports_dir, self.airflow_home):
             path.mkdir(parents=True, exist_ok=True)
 
     def replace(self, **changes: Any) -> "Settings":

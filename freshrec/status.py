@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from freshrec.intake import landing_report
 from freshrec.ledger import COUNT_KEYS, Ledger
 from freshrec.settings import Settings
 
@@ -91,7 +92,10 @@ def collect_status(settings: Settings) -> dict[str, Any]:
             status["counts"] = ledger.totals()
             status["last_runs"] = _last_runs(ledger, LAST_RUNS_LIMIT)
             status["freshness"] = freshness(ledger.recent_microbatches(FRESHNESS_WINDOW))
-        except (sqlite3.Error, ValueError) as exc:
+            status["landing"] = landing_report(settings, ledger)
+            for name in status["landing"]["changed_files"]:
+                warnings.append(f"landing file {name} changed after a run took it: the next batch reads it again, whole")
+        except (sqlite3.Error, ValueError, OSError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
     status["quarantine_reasons"] = _quarantine_reasons(settings, warnings)
     _serving_status(settings, status, warnings)
@@ -235,6 +239,10 @@ def format_status(status: dict[str, Any]) -> str:
     if reasons:
         overview.add_row("quarantined", ", ".join(f"{code} {n:,}" for code, n in reasons.items())
                          + "  (freshrec quarantine --reason CODE shows them)")
+    files = (status.get("landing") or {}).get("quarantined_files") or []
+    if files:
+        shown = ", ".join(f"{f['name']} ({f['code']})" for f in files[:5]) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        overview.add_row("quarantined files", shown + "  (freshrec quarantine --files)")
     p50, p95 = fresh.get("landing_to_served_p50_s"), fresh.get("landing_to_served_p95_s")
     overview.add_row("freshness", f"last micro-batch {_or_dash(fresh.get('last_microbatch_at'))}  "
                                   f"landing->served p50 {_or_dash(p50 if p50 is None else f'{p50:.1f}s')}  "

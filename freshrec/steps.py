@@ -31,15 +31,18 @@ QUERY_MIN_SEARCHES = 3
 
 
 def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -> dict[str, Any]:
-    """Clean every landing file into lake/events; quarantine bad rows; record per-file counts.
+    """Clean every landing file into lake/events; quarantine bad rows and unreadable files;
+    record per-file counts.
 
-    A full rebuild from the immutable landing zone: the lake is rewritten with dynamic
-    partition overwrite and the ledger's per-file counts are replaced, so a rerun changes
-    nothing and counts never double.
+    A full rebuild from the landing zone: the lake is rewritten with dynamic partition overwrite
+    and the ledger's per-file counts are replaced, so a rerun changes nothing and counts never
+    double. Which files are read is :func:`freshrec.intake.take_files`, shared with the
+    micro-batch: a file still being written waits, an unreadable one is moved aside by name.
     """
     from pyspark.sql import functions as F
 
-    from freshrec.jobs.clean import clean_raw, landing_files, read_landing
+    from freshrec.intake import landing_files, take_files
+    from freshrec.jobs.clean import clean_raw, read_landing
     from freshrec.lake import lake_lock
     from freshrec.spark import get_spark
 
@@ -47,11 +50,15 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
     # Micro-batches wait while the lake is rebuilt: every file they have added is in this
     # listing, so the rebuild replaces their rows instead of dropping or doubling them.
     with lake_lock(settings, f"batch clean {batch_id}"):
-        files = landing_files(settings.landing_events_dir)
-        if not files:
+        if not landing_files(settings.landing_events_dir):
             raise UserError(f"no landing files under {settings.landing_events_dir}: run `freshrec import` or `freshrec generate` first")
+        intake = take_files(settings, batch_id, "batch")
+        files = [path for path, _ in intake.files]
+        if not files:
+            raise UserError(_nothing_readable(settings, intake))
         result = clean_raw(read_landing(spark, files), now=now or datetime.now(timezone.utc),
-                           min_event_ts=settings.min_event_ts, max_future_skew_hours=settings.max_future_skew_hours)
+                           min_event_ts=settings.min_event_ts, max_future_skew_hours=settings.max_future_skew_hours,
+                           max_id_length=settings.max_id_length)
         try:
             # One file per date instead of one per (date, shuffle partition).
             (result.clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date")
@@ -63,14 +70,25 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
             per_file = [r.asDict() for r in result.per_file.collect()]  # one row per landing file
         finally:
             result.release()
-        Ledger(settings.state_db).record_file_counts(per_file, batch_id, replace_all=True)
-        counts = {k: sum(int(r[k]) for r in per_file) for k in ("read", "clean", "quarantined", "duplicates")}
+        ledger = Ledger(settings.state_db)
+        ledger.record_file_counts(per_file, batch_id, replace_all=True)
+        counts = {k: sum(int(r[k]) for r in per_file + intake.counts) for k in ("read", "clean", "quarantined", "duplicates")}
         # the newest clean event, read before the lock lets a micro-batch append: train and
         # evaluate read the lake up to here, so the window is the rebuild's and stays one
         newest = spark.read.parquet(str(settings.events_path)).agg(F.max(F.unix_micros("ts"))).first()[0] if counts["clean"] else None
     until = (datetime(1970, 1, 1, tzinfo=timezone.utc) + timedelta(microseconds=newest + 1)).isoformat() if newest is not None else None
     log.info("clean %s: %s over %d files", batch_id, counts, len(files))
-    return {"batch_id": batch_id, "files": len(files), **counts, "until": until}
+    return {"batch_id": batch_id, "files": len(files), **counts, **intake.summary(), "until": until}
+
+
+def _nothing_readable(settings: Settings, intake) -> str:
+    parts = []
+    if intake.quarantined:
+        names = ", ".join(f"{q['name']} ({q['code']})" for q in intake.quarantined[:5])
+        parts.append(f"{len(intake.quarantined)} quarantined as unreadable ({names}; see `freshrec quarantine --files`)")
+    if intake.pending:
+        parts.append(f"{len(intake.pending)} still being written ({', '.join(intake.pending[:5])}); run again in a moment")
+    return f"no landing file under {settings.landing_events_dir} can be read: " + "; ".join(parts or ["none is complete"])
 
 
 def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:

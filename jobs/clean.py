@@ -6,7 +6,7 @@ text lines ``(source_file, raw)``; CSV landing files are turned into such lines 
 (``csv_as_json_lines``), so one set of rules covers both formats.
 
 Everything here is a DataFrame -> DataFrame function: no I/O except the landing-zone readers
-at the bottom (``landing_files`` lists the files, ``read_landing`` reads them). The pipeline's
+at the bottom (``read_landing`` reads the files ``freshrec.intake`` took). The pipeline's
 ``clean_step`` (freshrec.steps) writes the results.
 """
 
@@ -17,9 +17,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from freshrec.jobs.rules import BARE_CONSTANT, ID_TYPES_OK, INVALID_TS, MALFORMED_JSON, NOT_AN_OBJECT, TYPE_LIST
-
-from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, ID_FIELDS, ITEM_EVENT_TYPES, LANDING_SUFFIXES
+from freshrec.jobs.rules import (BARE_CONSTANT, CONTROL_CHARS, DEFAULT_MAX_ID_LENGTH, ID_TYPES_OK, INVALID_TS,
+                                 MALFORMED_JSON, NOT_AN_OBJECT, TYPE_LIST)
+from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, ID_FIELDS, ITEM_EVENT_TYPES
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -54,7 +54,7 @@ def _field_type(name: str) -> "Column":
 
 
 def _checks(event_type: "Column", price: "Column", now: datetime, min_event_ts: str,
-            max_future_skew_hours: float) -> list[tuple["Column", "Column"]]:
+            max_future_skew_hours: float, max_id_length: int) -> list[tuple["Column", "Column"]]:
     """Each rule of docs/events.md as (broken, reason), in the order a row's reasons are listed;
     jobs/rules.py holds the same rules for one row at a time."""
     from pyspark.sql import functions as F
@@ -73,6 +73,13 @@ def _checks(event_type: "Column", price: "Column", now: datetime, min_event_ts: 
     for name in ID_FIELDS:
         checks.append((bad_id(name), F.concat(F.lit(f"invalid_id_type: {name} must be a string or an integer, got "),
                                                F.col(f"t_{name}"))))
+    for name in ID_FIELDS:
+        checks.append((F.col(f"s_{name}").rlike(CONTROL_CHARS),
+                       F.lit(f"invalid_id_chars: {name} holds a control character")))
+    for name in ID_FIELDS:
+        checks.append((F.length(f"s_{name}") > max_id_length,
+                       F.concat(F.lit(f"id_too_long: {name} is longer than {max_id_length} characters, got "),
+                                F.length(f"s_{name}").cast("string"))))
     checks += [
         (F.col("s_user_id").isNull(), F.lit("missing_user_id: user_id is required")),
         (F.col("s_event_type").isNull(), F.lit("missing_event_type: event_type is required")),
@@ -97,7 +104,8 @@ def _checks(event_type: "Column", price: "Column", now: datetime, min_event_ts: 
     return checks
 
 
-def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_skew_hours: float) -> "DataFrame":
+def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_skew_hours: float,
+              max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> "DataFrame":
     """Parse ``(source_file, raw)`` JSON lines into typed columns plus a ``reason`` (null when valid)."""
     from pyspark.sql import functions as F
 
@@ -129,7 +137,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     qty_dec = F.expr("try_cast(s_quantity as decimal(38,6))")
     df = df.withColumns({"ts": ts, "event_type": event_type, "price": price, "qty_dec": qty_dec})
 
-    checks = _checks(event_type, price, now, min_event_ts, max_future_skew_hours)
+    checks = _checks(event_type, price, now, min_event_ts, max_future_skew_hours, max_id_length)
     # Report every broken rule, first the structural ones; a malformed line reports only that.
     reasons = F.concat_ws("; ", *[F.when(cond, msg) for cond, msg in checks])
     reason = F.when(F.col("v").isNull(), checks[0][1]).when(~F.col("_is_object"), checks[1][1]).otherwise(
@@ -161,7 +169,8 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
 
 
 def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T00:00:00Z",
-              max_future_skew_hours: float = 24.0, known_event_ids: "DataFrame | None" = None) -> CleanResult:
+              max_future_skew_hours: float = 24.0, known_event_ids: "DataFrame | None" = None,
+              max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> CleanResult:
     """Clean raw JSON lines. ``known_event_ids`` (one column ``event_id``) are events already in
     the lake: rows repeating them count as duplicates (the incremental path passes them).
 
@@ -172,7 +181,7 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours).persist(StorageLevel.MEMORY_AND_DISK)
+    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours, max_id_length).persist(StorageLevel.MEMORY_AND_DISK)
     valid = parsed.where(F.col("reason").isNull()).drop("raw")
     order = Window.partitionBy("event_id").orderBy("source_file", "raw_hash")
     ranked = valid.withColumn("_rank", F.row_number().over(order))
@@ -206,14 +215,6 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
 
 
 # -- reading the landing zone ------------------------------------------------------------
-
-
-def landing_files(directory: Path) -> list[Path]:
-    """Complete landing files: visible names with a known suffix (temp files start with '.')."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.iterdir()
-                  if p.is_file() and not p.name.startswith((".", "_")) and p.name.lower().endswith(LANDING_SUFFIXES))
 
 
 def _is_csv(path: Path) -> bool:

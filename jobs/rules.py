@@ -24,7 +24,7 @@ from freshrec.schemas import EVENT_FIELDS, EVENT_TYPES, ID_FIELDS, ITEM_EVENT_TY
 
 #: every reason code, in the order a row's reasons are listed
 REASON_CODES = (
-    "malformed_json", "not_an_object", "invalid_id_type", "missing_user_id", "missing_event_type",
+    "malformed_json", "not_an_object", "invalid_id_type", "invalid_id_chars", "id_too_long", "missing_user_id", "missing_event_type",
     "unknown_event_type", "missing_ts", "invalid_ts", "ts_out_of_range", "future_ts", "missing_item_id",
     "missing_query", "invalid_price", "invalid_quantity",
 )
@@ -35,6 +35,21 @@ TYPE_LIST = ", ".join(EVENT_TYPES)
 # A JSON id may be a string or an integer; anything else (bool, float, object, array) is a type error.
 ID_TYPES_OK = ("STRING", "BIGINT", "INT", "SMALLINT", "TINYINT")
 _MAX_INT = 2_147_483_647
+#: characters no id may hold: C0 and C1 control characters and DEL (a NUL breaks PostgreSQL)
+CONTROL_CHARS = "[\\x00-\\x1f\\x7f-\\x9f]"
+_CONTROL = re.compile(CONTROL_CHARS)
+DEFAULT_MAX_ID_LENGTH = 256
+
+
+def id_problems(name: str, value: str, max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> list[str]:
+    """Why an id (as text, trimmed) is not acceptable, each as ``code: message``; empty when it
+    is. The clean job (jobs/clean.py) and the HTTP API apply the same two rules."""
+    problems = []
+    if _CONTROL.search(value):
+        problems.append(f"invalid_id_chars: {name} holds a control character")
+    if len(value) > max_id_length:
+        problems.append(f"id_too_long: {name} is longer than {max_id_length} characters, got {len(value)}")
+    return problems
 
 # Python's json writes bare NaN/Infinity; quoted, such a row parses and the price rule explains it
 BARE_CONSTANT = r'(:\s*)(-?Infinity|NaN)(\s*[,}])'
@@ -261,11 +276,13 @@ def _fields(obj: dict[str, Any]) -> dict[str, str | None]:
 
 
 def _checks(obj: dict[str, Any], s: dict[str, str | None], ts: datetime | None, bounds: tuple[datetime, datetime],
-            min_event_ts: str, skew_hours: float) -> list[str]:
+            min_event_ts: str, skew_hours: float, max_id_length: int) -> list[str]:
     """The reasons a parsed object breaks the rules, in parse_raw's order."""
     event_type = s["event_type"].lower() if s["event_type"] is not None else None
     reasons = [f"invalid_id_type: {name} must be a string or an integer, got {_type_name(obj[name])}"
                for name in ID_FIELDS if name in obj and _type_name(obj[name]) not in ID_TYPES_OK]
+    problems = [p for name in ID_FIELDS if s[name] is not None for p in id_problems(name, s[name], max_id_length)]
+    reasons += sorted(problems, key=lambda p: not p.startswith("invalid_id_chars"))  # parse_raw's order: by rule, then field
     if s["user_id"] is None:
         reasons.append("missing_user_id: user_id is required")
     if s["event_type"] is None:
@@ -314,7 +331,8 @@ def _clean_row(s: dict[str, str | None], ts: datetime) -> dict[str, Any]:
 
 
 def validate_row(row: str | Mapping[str, Any], now: datetime, min_event_ts: str = "1990-01-01T00:00:00Z",
-                 max_future_skew_hours: float = 24.0) -> tuple[dict[str, Any] | None, list[str]]:
+                 max_future_skew_hours: float = 24.0,
+                 max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> tuple[dict[str, Any] | None, list[str]]:
     """Judge one landing row (its JSON text, or a row as an importer writes it) as ``clean``
     does: ``(clean row, [])`` for a valid row, else ``(None, reasons)``, each reason
     ``code: message`` (docs/events.md#quarantine). ``now`` is the processing time."""
@@ -331,7 +349,7 @@ def validate_row(row: str | Mapping[str, Any], now: datetime, min_event_ts: str 
     now = now if now.tzinfo is not None else now.replace(tzinfo=timezone.utc)
     low = _iso_timestamp(min_event_ts) or _EPOCH_START
     high = now + timedelta(seconds=int(max_future_skew_hours * 3600))
-    reasons = _checks(obj, s, ts, (low, high), min_event_ts, max_future_skew_hours)
+    reasons = _checks(obj, s, ts, (low, high), min_event_ts, max_future_skew_hours, max_id_length)
     return (None, reasons) if reasons else (_clean_row(s, ts), [])
 
 

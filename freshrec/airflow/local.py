@@ -168,8 +168,8 @@ def _format_summary(dag_id: str, run_id: str, state: str, tasks: list[dict[str, 
 
 
 def _utc(logical_date: datetime | None) -> datetime:
-    if logical_date is None:
-        return datetime.now(timezone.utc).replace(microsecond=0)
+    if logical_date is None:  # to the microsecond: two runs started in the same second are two runs
+        return datetime.now(timezone.utc)
     return logical_date if logical_date.tzinfo is not None else logical_date.replace(tzinfo=timezone.utc)
 
 
@@ -188,7 +188,7 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
     """
     if dag_id not in KNOWN_DAGS:
         raise UserError(f"unknown DAG {dag_id!r}; expected one of {', '.join(KNOWN_DAGS)}")
-    from freshrec.jobs.clean import landing_files
+    from freshrec.intake import landing_files
     from freshrec.ledger import Ledger, utcnow_iso
 
     airflow_bin()  # a missing install is the user's to fix, not a failed run
@@ -198,7 +198,7 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
     settings = settings.replace(home=settings.home.resolve())
     settings.ensure_dirs()
     logical_date = _utc(logical_date)
-    log_path = settings.airflow_home / "logs" / "freshrec" / dag_id / f"{logical_date:%Y%m%dT%H%M%SZ}.log"
+    log_path = settings.airflow_home / "logs" / "freshrec" / dag_id / f"{logical_date:%Y%m%dT%H%M%S.%fZ}.log"
     started_at, started = utcnow_iso(), time.monotonic()
     progress = Progress(dag_id, log_path)
     try:

@@ -60,6 +60,11 @@ MALFORMED = [
     (row(event_type="purchase", item_id=""), "missing_item_id"),
     (row(event_type="search", item_id=...), "missing_query"),
     (row(event_type="search", item_id=..., query="  "), "missing_query"),
+    (row(user_id="u\u0000x"), "invalid_id_chars"),
+    (row(item_id="i\nj"), "invalid_id_chars"),
+    (row(session_id="s\u0085"), "invalid_id_chars"),
+    (row(user_id="u" * 257), "id_too_long"),
+    (row(item_id="\u00e9" * 300), "id_too_long"),
 ]
 
 VALID = [
@@ -78,6 +83,7 @@ VALID = [
     row(event_id="e-remove", event_type="remove_from_cart"),
     row(event_id="e-free", price=0),
     row(user_id="u-noid"),  # event id derived from content
+    row(event_id="e-long-id", user_id="\u00e9" * 256, item_id="\u2603-\U0001f600"),  # 256 characters, more bytes
 ]
 
 

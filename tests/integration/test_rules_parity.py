@@ -47,6 +47,8 @@ EDGES = [
     '{"user_id": "u", "ts": "2024-01-01", "event_type": "search", "query": "Red", "session_id": 5}',
     '{"ts": "", "event_type": "", "price": "", "quantity": 2147483648}',
     '5', '"str"', 'null', '[1]', '{"a": 1} x', '{"a": 1}{"b": 2}', '', '{',
+    '{"user_id": "a\\u0000b", "ts": "2024-01-01", "event_type": "view", "item_id": "' + "x" * 300 + '", "event_id": "\\u007f"}',
+    '{"user_id": "  \\u001f  ", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "session_id": "' + "s" * 257 + '"}',
 ]
 CORPUS = [line for line, _ in MALFORMED] + VALID + EDGES
 FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id", "query", "category", "price", "quantity")

@@ -139,6 +139,26 @@ def test_client_fallback_for_unknown_keys(store):
     assert [v["version"] for v in status["versions"]] == ["v1"]
 
 
+def test_ids_no_event_could_carry_get_400_never_500(store):
+    """A NUL (PostgreSQL refuses it in text), a newline, an 8 KB id: a 400 with the rule broken,
+    before any store is asked; the server stays up for the next request."""
+    from fastapi.testclient import TestClient
+
+    from freshrec.api import create_app
+
+    publish(store, "v1", length=6)
+    with TestClient(create_app(store=store), raise_server_exceptions=False) as http:
+        for path in ("/v1/users/{}/recommendations", "/v1/items/{}/similar", "/v1/queries/{}/items"):
+            for bad, rule in (("a%00b", "control character"), ("a%0Ab", "control character"), ("x" * 8192, "longer than")):
+                r = http.get(path.format(bad))
+                assert r.status_code == 400 and rule in r.json()["error"], (path, bad[:10], r.status_code, r.text[:200])
+                assert len(r.text) < 300
+        r = http.get("/v1/popular", params={"category": "sh\x00oes"})
+        assert r.status_code == 400 and "control character" in r.json()["error"]
+        assert http.get("/v1/users/u1/recommendations").json()["source"] == "personal"
+        assert http.get("/v1/users/" + "y" * 256 + "/recommendations").json()["source"] == "fallback"  # at the limit: fine
+
+
 def test_versions_and_rollback(store):
     for v in ("v1", "v2", "v3"):
         publish(store, v)
