@@ -25,6 +25,7 @@ FastAPI dependencies."""
 from __future__ import annotations
 
 import json
+import logging
 import sqlite3
 import time
 from contextlib import asynccontextmanager
@@ -46,7 +47,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.staticfiles import StaticFiles
 
 from freshrec import overview
-from freshrec.client import RecsClient
+from freshrec.client import MAX_QUERY_LENGTH, RecsClient
 from freshrec.serving import MAX_N, NothingPublished, ServingError, ServingStore, StoreUnavailable, open_store
 from freshrec.serving.sqlite import SqliteStore
 from freshrec.settings import Settings
@@ -55,6 +56,11 @@ LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0
 SWAGGER_UI = Path(__file__).resolve().parent / "static" / "swagger-ui"
 SWAGGER_PATH = "/static/swagger-ui"
 DATA_DOCS_PATH = "/data-docs"
+NO_CONTROL_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*$"
+ID_PATTERN = "^[^\\u0000-\\u001f\\u007f-\\u009f]*[^\\u0000-\\u0020\\u007f-\\u009f][^\\u0000-\\u001f\\u007f-\\u009f]*$"
+ECHO_LIMIT = 200  # characters of a request's input an error body may repeat
+STORE_UNAVAILABLE = "the serving store is unavailable; try again shortly"
+log = logging.getLogger(__name__)
 
 
 # -- response shapes (documentation only: handlers return encoded JSON directly) -------------
@@ -69,7 +75,7 @@ class Item(BaseModel):
 class UserRecs(BaseModel):
     user_id: str
     version: str | None
-    source: Literal["personal", "fallback"]
+    source: Literal["personal", "fallback", "list"]
     updated_at: str | None
     items: list[Item]
 
@@ -239,7 +245,7 @@ def _validation_message(exc: RequestValidationError) -> str:
         name = ".".join(loc) or "request"
         given = err.get("input")
         msg = str(err.get("msg", "invalid")).lower()
-        parts.append(f"{name}: {msg}" + (f" (got {given!r})" if given is not None and not isinstance(given, dict) else ""))
+        parts.append(f"{name}: {msg}" + (f" (got {_clip(repr(given))})" if given is not None and not isinstance(given, dict) else ""))
     return "; ".join(parts) or "invalid request"
 
 
@@ -247,21 +253,34 @@ async def _bad_request(request: Request, exc: RequestValidationError) -> Respons
     return _error(400, _validation_message(exc))
 
 
+def _clip(text: str, limit: int = ECHO_LIMIT) -> str:
+    """Input echoed in an error body: at most ``limit`` characters of it."""
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
 async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
-    return _error(exc.status_code, str(exc.detail))
+    response = _error(exc.status_code, str(exc.detail))
+    response.headers.update(exc.headers or {})  # a 405's Allow
+    return response
 
 
 def _answer_with(status: int) -> Callable[[Request, Exception], Any]:
     async def handler(request: Request, exc: Exception) -> Response:
-        return _error(status, str(exc))
+        return _error(status, _clip(str(exc)))
 
     return handler
+
+
+async def _store_unavailable(request: Request, exc: Exception) -> Response:
+    # the store's URL (its host) is for the operator's log, not for whoever sent the request
+    log.warning("%s %s: %s", request.method, request.url.path, exc)
+    return _error(503, STORE_UNAVAILABLE)
 
 
 #: the most specific class of an exception picks its handler
 _EXCEPTION_HANDLERS: dict[type[Exception], Callable[[Request, Any], Any]] = {
     RequestValidationError: _bad_request, StarletteHTTPException: _http_error, NothingPublished: _answer_with(503),
-    StoreUnavailable: _answer_with(503), ServingError: _answer_with(400)}
+    StoreUnavailable: _store_unavailable, ServingError: _answer_with(400)}
 
 
 # -- dependencies (async: a sync dependency would cost a thread-pool hop per request) -------
@@ -327,7 +346,7 @@ router = APIRouter()
 
 
 def _nonempty(name: str, value: str) -> None:
-    if not value.strip():
+    if not value.strip(" "):  # trimmed as the clean job trims ids: spaces only
         raise StarletteHTTPException(400, f"{name} must not be empty")
 
 
@@ -339,9 +358,16 @@ def _answer(result: dict[str, Any], endpoint: str, metrics: Metrics) -> Response
 
 @router.get("/v1/users/{user_id:key}/recommendations", response_model=UserRecs, responses=_ERRORS,
             summary="A user's top-N (the overall popular list for an unknown user)")
-async def user_recommendations(user_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep, q: ListDep) -> Response:
+async def user_recommendations(request: Request, user_id: str, client: ClientDep, reads: ReadsDep, metrics: MetricsDep,
+                               q: ListDep) -> Response:
     _nonempty("user_id", user_id)
-    return _answer(await reads(client.recs, user_id, q.n, details=q.details), "recommendations", metrics)
+    result = await reads(client.recs, user_id, q.n, details=q.details)
+    if request.app.state.uniform_answers:
+        if result["source"] == "fallback":
+            metrics.fallback("recommendations")
+        # the same shape for a customer and a stranger: no source, no per-user time
+        return _json({**result, "source": "list", "updated_at": None})
+    return _answer(result, "recommendations", metrics)
 
 
 @router.get("/v1/items/{item_id:key}/similar", response_model=SimilarItems, responses=_ERRORS,
@@ -369,6 +395,9 @@ def _health(store: ServingStore) -> Response:
     try:
         popular = store.get_popular(None, 1)
         live = popular["version"] if popular else store.live_version()
+    except StoreUnavailable as exc:
+        log.warning("/healthz: %s", exc)
+        return _json({"status": "unavailable", "error": STORE_UNAVAILABLE}, 503)
     except ServingError as exc:
         return _json({"status": "unavailable", "error": str(exc)}, 503)
     if popular is None:
@@ -376,8 +405,8 @@ def _health(store: ServingStore) -> Response:
     return _json({"status": "ok", "live_version": live})
 
 
-@router.get("/healthz", response_model=Health, responses={503: {"model": Health}},
-            summary="200 when the live version is readable")
+@router.api_route("/healthz", methods=["GET", "HEAD"], response_model=Health, responses={503: {"model": Health}},
+                  summary="200 when the live version is readable")
 async def healthz(store: StoreDep, reads: ReadsDep) -> Response:
     return await reads(_health, store)
 
@@ -456,18 +485,46 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
                   description="Read-only access to the live version of the published recommendation lists.")
     app.state.settings = settings
     app.state.store = store
-    app.state.client = RecsClient(store, (settings or Settings()).max_id_length)
+    app.state.client = RecsClient.for_settings(settings or Settings(), store)
+    app.state.uniform_answers = settings is not None and settings.uniform_answers
     app.state.reads = Reads(isinstance(store, SqliteStore) if inline_reads is None else inline_reads)
     app.state.metrics = Metrics(store, settings.state_db if settings is not None else None)
     app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)
     for exc_class, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc_class, handler)
     app.include_router(router)
+    app.openapi = lambda: _openapi(app, app.state.client.max_id_length)  # type: ignore[method-assign]
     app.mount(SWAGGER_PATH, _Files(SWAGGER_UI, f"{SWAGGER_PATH}/{{path}}"))
     if settings is not None:
         docs = settings.reports_dir / "data_docs"
         app.mount(DATA_DOCS_PATH, _Files(docs, f"{DATA_DOCS_PATH}/{{path}}"))
     return app
+
+
+def _openapi(app: FastAPI, max_id_length: int) -> dict[str, Any]:
+    """FastAPI's document, less the 422 it adds to every operation (this API answers a bad
+    parameter with 400, documented, so the document lists only statuses it returns), and with
+    the rules of ids stated on their parameters: no control character, at least one character
+    other than a space, at most FRESHREC_MAX_ID_LENGTH characters (a query: 1,000)."""
+    if app.openapi_schema is None:
+        from fastapi.openapi.utils import get_openapi
+
+        doc = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+        limits = {"user_id": max_id_length, "item_id": max_id_length, "category": max_id_length, "query": MAX_QUERY_LENGTH}
+        for operations in doc.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+                for param in operation.get("parameters", []):
+                    if param["name"] in limits and param["in"] in ("path", "query"):
+                        schema = param["schema"]
+                        target = next((a for a in schema.get("anyOf", []) if a.get("type") == "string"), schema)
+                        target["maxLength"] = limits[param["name"]]
+                        target["pattern"] = ID_PATTERN if param["in"] == "path" else NO_CONTROL_PATTERN
+        schemas = doc.get("components", {}).get("schemas", {})
+        for unused in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(unused, None)
+        app.openapi_schema = doc
+    return app.openapi_schema
 
 
 def urls(host: str, port: int) -> dict[str, str]:

@@ -121,6 +121,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_positive_float, default=None, metavar="SECONDS",
                    help="with --watch: the processing-time trigger (default FRESHREC_WATCH_SECONDS, 15)")
 
+    p = sub.add_parser("forget", help="erase a user everywhere (landing, lake, quarantine, features, recs, serving store); "
+                                      "audited by a salted hash of the id")
+    p.add_argument("user_id", metavar="USER_ID")
+    p.add_argument("--reason", default=None, help="why (kept in the audit table; the id itself is never stored there)")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("status", help="live version, model, freshness, last runs, counts")
     p.add_argument("--json", action="store_true")
 
@@ -219,6 +225,16 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
             raise UserError("--logical-date applies to `freshrec run batch` only (a micro-batch takes whatever is new)")
         ok = run_dag(settings, f"freshrec_{args.dag}", logical_date=args.logical_date)
         return 0 if ok else 1
+    if args.command == "forget":
+        from freshrec.privacy import forget_user
+
+        done = forget_user(settings, args.user_id, args.reason)
+        if args.json:
+            print(json.dumps(done))
+        else:
+            where = ", ".join(f"{place} {n:,}" for place, n in done["removed"].items())
+            print(f"forgotten: subject {done['subject'][:16]}... ({where}) in {done['seconds']:.1f} s")
+        return 0
     if args.command == "status":
         from freshrec.status import collect_status, format_status
 
@@ -296,7 +312,7 @@ def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
         return 0
     from freshrec.client import RecsClient, format_list
 
-    with RecsClient(settings.serving, settings.max_id_length) as client:
+    with RecsClient.for_settings(settings) as client:
         if args.command == "rollback":
             before = client.store.live_version()
             after = client.store.rollback(args.to)

@@ -15,20 +15,31 @@ character, an id over ``max_id_length`` characters: the clean job's own rules) r
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from freshrec.jobs.rules import DEFAULT_MAX_ID_LENGTH, id_problems
 from freshrec.serving import ServingStore, open_store
 from freshrec.serving.base import ServingError, normalise_query
 
+if TYPE_CHECKING:
+    from freshrec.settings import Settings
+
 MAX_QUERY_LENGTH = 1000
 
 
 class RecsClient:
-    def __init__(self, store_or_url: ServingStore | str, max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> None:
+    def __init__(self, store_or_url: ServingStore | str, max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+                 user_key: Callable[[str], str] | None = None) -> None:
         self._owns_store = isinstance(store_or_url, str)
         self.store = open_store(store_or_url) if isinstance(store_or_url, str) else store_or_url
         self.max_id_length = max_id_length
+        self.user_key = user_key  # how a clear user id is stored (FRESHREC_PSEUDONYMISE), or None
+
+    @classmethod
+    def for_settings(cls, settings: "Settings", store: ServingStore | None = None) -> "RecsClient":
+        """A client with the settings' id rules and, when ids are pseudonymised, their key."""
+        return cls(store if store is not None else settings.serving, settings.max_id_length,
+                   settings.user_key if settings.pseudonymise else None)
 
     def _check(self, name: str, value: str | None, limit: int | None = None) -> None:
         if value is None:
@@ -45,9 +56,9 @@ class RecsClient:
 
     def recs(self, user_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
         self._check("user_id", user_id)
-        found = self.store.get_user_recs(user_id, n, details=details)
+        found = self.store.get_user_recs(self.user_key(user_id) if self.user_key else user_id, n, details=details)
         if found is not None:
-            return found
+            return {**found, "user_id": str(user_id)}  # the id as the caller knows it
         version, updated_at, items = self._fallback(n, details)
         return {"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
 

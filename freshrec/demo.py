@@ -208,7 +208,7 @@ class _Story:
 
         from freshrec.client import RecsClient
 
-        self.client = RecsClient(settings.serving)
+        self.client = RecsClient.for_settings(settings)
         stats = pd.read_parquet(settings.features_dir / "item_stats", columns=["item_id", "category", "popularity"])
         self.category = dict(zip(stats["item_id"].astype(str), stats["category"].fillna("?"), strict=True))
         inter = pd.read_parquet(settings.features_dir / "interactions", columns=["user_id", "item_id", "n_purchase"])

@@ -33,7 +33,6 @@ micro-batch still run side by side (the lake lock orders their writes).
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -117,7 +116,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
             known = spark.read.parquet(str(settings.events_path)).where(F.col("event_date").isin(dates)).select("event_id")
         result = clean_raw(raw, now=now, min_event_ts=settings.min_event_ts,
                            max_future_skew_hours=settings.max_future_skew_hours, known_event_ids=known,
-                           max_id_length=settings.max_id_length)
+                           max_id_length=settings.max_id_length, pseudonym_key=settings.pseudonym_key_bytes)
         try:
             lake_files = append_increment(settings, batch_id, result.clean, result.quarantine)
             per_file = [r.asDict() for r in result.per_file.collect()]

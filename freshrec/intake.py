@@ -42,7 +42,7 @@ from typing import Any, Literal
 
 from freshrec.fileio import atomic_write_text
 from freshrec.ledger import Ledger
-from freshrec.schemas import EVENT_FIELDS, LANDING_SUFFIXES
+from freshrec.schemas import LANDING_SUFFIXES
 from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)

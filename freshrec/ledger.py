@@ -36,6 +36,9 @@ CREATE TABLE IF NOT EXISTS landing_files (
     batch_id TEXT NOT NULL, code TEXT, message TEXT, path TEXT, updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS erasures (
+    subject TEXT NOT NULL, reason TEXT, state TEXT NOT NULL, erased_at TEXT NOT NULL, detail TEXT NOT NULL
+);
 """
 
 
@@ -101,6 +104,37 @@ class Ledger:
             conn.executemany("INSERT OR REPLACE INTO landing_files VALUES (?, ?, ?, 'quarantined', ?, ?, ?, ?, ?)",
                              [(q["name"], q["size"], q["mtime_ns"], batch_id, q["code"], q["message"], q["path"], now)
                               for q in quarantined])
+
+    def restat_landing(self, name: str, size: int, mtime_ns: int) -> None:
+        """A taken file was rewritten on purpose (``freshrec forget``): its new size and mtime."""
+        with closing(self._connect()) as conn, conn:
+            conn.execute("UPDATE landing_files SET size = ?, mtime_ns = ?, updated_at = ? WHERE name = ?",
+                         (size, mtime_ns, utcnow_iso(), name))
+
+    # -- erasures (freshrec.privacy) ---------------------------------------------------------
+
+    def subject_hash(self, user_id: str) -> str:
+        """A salted SHA-256 of a user id: this home's random salt, kept here, never the id."""
+        import hashlib
+        import secrets
+
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT OR IGNORE INTO meta VALUES ('erasure_salt', ?)", (secrets.token_hex(16),))
+            salt = conn.execute("SELECT value FROM meta WHERE key = 'erasure_salt'").fetchone()[0]
+        return hashlib.sha256(f"{salt}:{user_id}".encode("utf-8")).hexdigest()
+
+    def record_erasure(self, user_id: str, reason: str | None, detail: Mapping[str, Any], state: str) -> dict[str, Any]:
+        record = {"subject": self.subject_hash(user_id), "reason": reason, "state": state, "erased_at": utcnow_iso(),
+                  "detail": dict(detail)}
+        with closing(self._connect()) as conn, conn:
+            conn.execute("INSERT INTO erasures VALUES (?, ?, ?, ?, ?)", (record["subject"], reason, state,
+                                                                          record["erased_at"], json.dumps(detail)))
+        return record
+
+    def erasures(self) -> list[dict[str, Any]]:
+        with closing(self._connect()) as conn:
+            rows = conn.execute("SELECT subject, reason, state, erased_at, detail FROM erasures ORDER BY rowid").fetchall()
+        return [{"subject": r[0], "reason": r[1], "state": r[2], "erased_at": r[3], "detail": json.loads(r[4])} for r in rows]
 
     def open_claims(self) -> dict[str, list[str]]:
         """Files claimed by micro-batches that never finished, by batch id (oldest first)."""

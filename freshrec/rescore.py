@@ -10,6 +10,7 @@ never land in a new version.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import pickle
@@ -75,7 +76,7 @@ def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
     def write(store, version: str) -> dict[str, Any]:
         if not users:
             return {"version": version, "users": 0, "skipped": "no users"}
-        scored = _score_users(settings, version, users)
+        scored = _score_users(settings, store, version, users)
         return store.upsert_user_recs(
             ((u, list(zip(items, scores, strict=True)))
              for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True)),
@@ -111,11 +112,11 @@ def scoring_inputs(settings: Settings, users: list[str]):
     return scoring_frame(users, events, counts, settings.sequence_length, settings.exclude_seen)
 
 
-def _score_users(settings: Settings, version: str, users: list[str]):
+def _score_users(settings: Settings, store, version: str, users: list[str]):
     """``users``' lists from the recommender and unavailable items of ``version``."""
     from freshrec.jobs.score import score_frame
 
-    rec, blocked = _live_recommender(settings, version)
+    rec, blocked = _live_recommender(settings, version, (store.version_info(version) or {}).get("meta") or {})
     frame = scoring_inputs(settings, users)
     newest = max((int(t.max()) for t in frame["t"] if len(t)), default=None)
     now = newest + 1 if newest is not None else int(time.time())
@@ -126,16 +127,30 @@ def _score_users(settings: Settings, version: str, users: list[str]):
 _RECOMMENDERS: dict[str, Any] = {}
 
 
-def _live_recommender(settings: Settings, version: str):
+def _live_recommender(settings: Settings, version: str, meta: dict[str, Any]):
     """The recommender (and the unavailable item ids) a published version was scored with;
-    kept in memory per version, so a watching process loads it once."""
-    recs_dir = settings.recs_dir / version
+    kept in memory per version, so a watching process loads it once.
+
+    Unpickling runs code, so nothing is unpickled unless it is exactly what the batch wrote: the
+    version id is checked before a path is built from it, and the file's SHA-256 must equal the
+    one the publish step recorded in the version's metadata in the serving store."""
+    from freshrec.serving.base import check_version_id
+
+    recs_dir = settings.recs_dir / check_version_id(version)
     key = str(recs_dir.resolve())
     if key not in _RECOMMENDERS:
-        if not (recs_dir / "recommender.pkl").is_file():
+        path = recs_dir / "recommender.pkl"
+        if not path.is_file():
             raise UserError(f"live version {version} has no recommender under {recs_dir}: run `freshrec run batch`")
-        with open(recs_dir / "recommender.pkl", "rb") as fh:
-            rec = pickle.load(fh)
+        expected = meta.get("recommender_sha256")
+        if not expected:
+            raise UserError(f"live version {version} records no checksum of its recommender (published before "
+                            "checksums were kept): run `freshrec run batch` to publish a new version")
+        payload = path.read_bytes()
+        if hashlib.sha256(payload).hexdigest() != expected:
+            raise UserError(f"{path} does not match the checksum recorded when version {version} was published: "
+                            "it was changed or damaged since; refusing to load it (run `freshrec run batch`)")
+        rec = pickle.loads(payload)
         blocked = json.loads((recs_dir / "unavailable.json").read_text()) if (recs_dir / "unavailable.json").is_file() else []
         _RECOMMENDERS.clear()
         _RECOMMENDERS[key] = (rec, blocked)

@@ -15,7 +15,7 @@ import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping, get_args
 
-from pydantic import AfterValidator, Field, ValidationError, field_validator
+from pydantic import AfterValidator, Field, ValidationError, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict, TomlConfigSettingsSource
 
@@ -64,6 +64,10 @@ class Settings(BaseSettings):
     max_id_length: Annotated[int, Field(ge=1, le=65_536)] = 256  # cleaning: longest user, item, session or event id, in characters; longer ids are quarantined
     max_line_bytes: Annotated[int, Field(ge=1024)] = 1_048_576  # cleaning: a landing file with a longer line is quarantined whole
     landing_settle_seconds: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 2.0  # intake: a landing file modified more recently than this may still be being written; a later run takes it
+    query_min_users: AtLeastOne = 5  # publishing: a search query gets a public item list only once this many distinct users searched it
+    pseudonymise: bool = False  # cleaning: replace every user id by a keyed hash (HMAC-SHA256 with pseudonym_key) before it reaches the lake; recs and the API take the clear id
+    pseudonym_key: str = ""  # cleaning: the secret key of pseudonymise (required when it is on); changing it makes every user new
+    uniform_answers: bool = False  # serving: the API answers a known and an unknown user in the same shape (source "list", updated_at null), so an answer does not tell who is a customer
     max_quarantine_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2  # a batch with a larger share of quarantined rows fails the quality gate
     event_weights: dict[str, float] = Field(default_factory=_default_event_weights)  # interaction weight per event type, merged over the defaults; environment form view=1,purchase=5
     decay_half_life_days: Positive = 30.0  # half-life of the time decay of interaction weights
@@ -101,6 +105,24 @@ class Settings(BaseSettings):
             return {**_default_event_weights(), **{str(k).strip(): float(v) for k, v in pairs.items()}}
         except (TypeError, ValueError):
             raise ValueError(f"cannot read {value!r} as event weights (event_type=weight,...)") from None
+
+    @model_validator(mode="after")
+    def _pseudonym_needs_a_key(self) -> "Settings":
+        if self.pseudonymise and not self.pseudonym_key:
+            raise ValueError("pseudonymise is on but pseudonym_key is empty: set FRESHREC_PSEUDONYM_KEY to a secret")
+        return self
+
+    @property
+    def pseudonym_key_bytes(self) -> bytes | None:
+        """The key user ids are hashed with at ingest, or None when ids stay as they are."""
+        return self.pseudonym_key.encode("utf-8") if self.pseudonymise else None
+
+    def user_key(self, user_id: str) -> str:
+        """How ``user_id`` (as a shop knows it) is stored in the lake, the features and the store."""
+        from freshrec.jobs.rules import pseudonym
+
+        key = self.pseudonym_key_bytes
+        return pseudonym(str(user_id).strip(" "), key) if key else str(user_id)
 
     # -- derived paths -------------------------------------------------------------------
     @property
@@ -211,7 +233,7 @@ def _problem(error: Mapping[str, Any]) -> str:
     if error["type"] == "literal_error":
         return f"{env_name(field)} must be one of {error['ctx']['expected']}, got {value!r}"
     if error["type"] == "value_error":
-        return f"{env_name(field)}: {error['ctx']['error']}"
+        return f"{env_name(field)}: {error['ctx']['error']}" if field else str(error["ctx"]["error"])
     info = Settings.model_fields[field]
     if error["type"] in _BOUND_ERRORS:
         bounds = [f"{word} {getattr(m, key)}" for m in info.metadata for key, word in _BOUND_WORDS if getattr(m, key, None) is not None]

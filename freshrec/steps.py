@@ -19,15 +19,12 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from freshrec.errors import QualityGateError, UserError
-from freshrec.fileio import atomic_open, atomic_write_text
+from freshrec.fileio import atomic_path, atomic_write_bytes, atomic_write_text
 from freshrec.lake import has_table
 from freshrec.ledger import Ledger
 from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
-
-#: a search query gets a published item list once it was searched this many times
-QUERY_MIN_SEARCHES = 3
 
 
 def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -> dict[str, Any]:
@@ -58,7 +55,7 @@ def clean_step(settings: Settings, batch_id: str, now: datetime | None = None) -
             raise UserError(_nothing_readable(settings, intake))
         result = clean_raw(read_landing(spark, files), now=now or datetime.now(timezone.utc),
                            min_event_ts=settings.min_event_ts, max_future_skew_hours=settings.max_future_skew_hours,
-                           max_id_length=settings.max_id_length)
+                           max_id_length=settings.max_id_length, pseudonym_key=settings.pseudonym_key_bytes)
         try:
             # One file per date instead of one per (date, shuffle partition).
             (result.clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date")
@@ -284,20 +281,27 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     # users spread over every core (and, on a cluster, every executor); ~20k users per task
     inputs = inputs.repartition(max(spark.sparkContext.defaultParallelism, -(-n_users // 20_000)), "user_id")
     scoring = time.perf_counter()
-    score_users(spark, inputs, rec, settings.top_n, now, unavailable).write.mode("overwrite").parquet(str(recs_dir / "user_topn"))
+    # every table appears whole, fsynced, by a rename (fileio.atomic_path)
+    with atomic_path(recs_dir / "user_topn") as tmp:
+        score_users(spark, inputs, rec, settings.top_n, now, unavailable).write.parquet(str(tmp))
     scored_at = time.perf_counter()
-    write_list_table(recs_dir / "popular", "category", popular_lists(stats.select(*POPULAR_COLUMNS).toPandas(), settings.top_n))
+    with atomic_path(recs_dir / "popular") as tmp:
+        write_list_table(tmp, "category", popular_lists(stats.select(*POPULAR_COLUMNS).toPandas(), settings.top_n))
     lake = spark.read.parquet(str(settings.events_path))
     blocked_df = spark.createDataFrame([(i,) for i in sorted(blocked)], "item_id string") if blocked else None
-    (query_items(lake, settings.event_weights, settings.top_n, QUERY_MIN_SEARCHES, blocked_df)
-     .coalesce(1).write.mode("overwrite").parquet(str(recs_dir / "query_items")))
-    write_list_table(recs_dir / "similar", "item_id", similar_items(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
-    with atomic_open(recs_dir / "recommender.pkl", "wb") as fh:  # the incremental path re-scores users with it
-        pickle.dump(rec, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    with atomic_path(recs_dir / "query_items") as tmp:
+        (query_items(lake, settings.event_weights, settings.top_n, settings.query_min_users, blocked_df)
+         .coalesce(1).write.parquet(str(tmp)))
+    with atomic_path(recs_dir / "similar") as tmp:
+        write_list_table(tmp, "item_id", similar_items(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
+    # the incremental path re-scores users with it; it checks the checksum before unpickling
+    payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
+    atomic_write_bytes(recs_dir / "recommender.pkl", payload)
     atomic_write_text(recs_dir / "unavailable.json", json.dumps(sorted(blocked)))
     source = dict(gate["publish"])
     source["alias"] = "champion" if source["kind"] == "model" else None
     summary = {"batch_id": batch_id, "version": version, "recs_dir": str(recs_dir), "source": source,
+               "recommender_sha256": hashlib.sha256(payload).hexdigest(),
                "scored_at_epoch": now, "users": n_users, "items": len(cat), "unavailable": len(unavailable),
                "score_users_seconds": round(scored_at - scoring, 1), "seconds": round(time.perf_counter() - started, 1)}
     log.info("score: %s", summary)
@@ -312,7 +316,8 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     from freshrec.serving.publish import publish_tables
 
     version = scored["version"]
-    meta = {"batch_id": scored["batch_id"], "model": scored["source"], "users": scored["users"], "items": scored["items"]}
+    meta = {"batch_id": scored["batch_id"], "model": scored["source"], "users": scored["users"], "items": scored["items"],
+            "recommender_sha256": scored["recommender_sha256"]}
     with open_store(settings.serving) as store:
         record = store.version_info(version)
         if record is not None and record["state"] in ("complete", "live"):

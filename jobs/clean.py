@@ -17,8 +17,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from freshrec.jobs.rules import (BARE_CONSTANT, CONTROL_CHARS, DEFAULT_MAX_ID_LENGTH, ID_TYPES_OK, INVALID_TS,
-                                 MALFORMED_JSON, NOT_AN_OBJECT, TYPE_LIST)
+from freshrec.jobs.rules import (
+    BARE_CONSTANT,
+    CONTROL_CHARS,
+    DEFAULT_MAX_ID_LENGTH,
+    ID_TYPES_OK,
+    INVALID_TS,
+    MALFORMED_JSON,
+    NOT_AN_OBJECT,
+    TYPE_LIST,
+)
+
 from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, ID_FIELDS, ITEM_EVENT_TYPES
 
 if TYPE_CHECKING:
@@ -104,8 +113,23 @@ def _checks(event_type: "Column", price: "Column", now: datetime, min_event_ts: 
     return checks
 
 
+def pseudonym_column(user_id: "Column", key: bytes) -> "Column":
+    """``jobs.rules.pseudonym`` in Spark SQL: HMAC-SHA256 spelled out with sha2 over the padded
+    key's inner and outer blocks (RFC 2104), since Spark has no hmac function."""
+    import hashlib
+
+    from pyspark.sql import functions as F
+
+    block = hashlib.sha256(key).digest() if len(key) > 64 else key
+    block = block.ljust(64, b"\0")
+    inner_pad = bytearray(b ^ 0x36 for b in block)
+    outer_pad = bytearray(b ^ 0x5C for b in block)
+    inner = F.unhex(F.sha2(F.concat(F.lit(inner_pad), F.encode(user_id, "UTF-8")), 256))
+    return F.concat(F.lit("p-"), F.substring(F.sha2(F.concat(F.lit(outer_pad), inner), 256), 1, 32))
+
+
 def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_skew_hours: float,
-              max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> "DataFrame":
+              max_id_length: int = DEFAULT_MAX_ID_LENGTH, pseudonym_key: bytes | None = None) -> "DataFrame":
     """Parse ``(source_file, raw)`` JSON lines into typed columns plus a ``reason`` (null when valid)."""
     from pyspark.sql import functions as F
 
@@ -157,7 +181,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
         "reason",
         F.coalesce("s_event_id", derived_id).alias("event_id"),
         "ts",
-        F.col("s_user_id").alias("user_id"),
+        (pseudonym_column(F.col("s_user_id"), pseudonym_key) if pseudonym_key else F.col("s_user_id")).alias("user_id"),
         F.col("s_session_id").alias("session_id"),
         "event_type",
         F.when(event_type != "search", F.col("s_item_id")).alias("item_id"),
@@ -170,7 +194,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
 
 def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T00:00:00Z",
               max_future_skew_hours: float = 24.0, known_event_ids: "DataFrame | None" = None,
-              max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> CleanResult:
+              max_id_length: int = DEFAULT_MAX_ID_LENGTH, pseudonym_key: bytes | None = None) -> CleanResult:
     """Clean raw JSON lines. ``known_event_ids`` (one column ``event_id``) are events already in
     the lake: rows repeating them count as duplicates (the incremental path passes them).
 
@@ -181,7 +205,8 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours, max_id_length).persist(StorageLevel.MEMORY_AND_DISK)
+    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours, max_id_length,
+                       pseudonym_key).persist(StorageLevel.MEMORY_AND_DISK)
     valid = parsed.where(F.col("reason").isNull()).drop("raw")
     order = Window.partitionBy("event_id").orderBy("source_file", "raw_hash")
     ranked = valid.withColumn("_rank", F.row_number().over(order))

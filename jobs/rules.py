@@ -11,6 +11,7 @@ timestamp is read the way ``cast(... as timestamp)`` reads it).
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import re
@@ -39,6 +40,13 @@ _MAX_INT = 2_147_483_647
 CONTROL_CHARS = "[\\x00-\\x1f\\x7f-\\x9f]"
 _CONTROL = re.compile(CONTROL_CHARS)
 DEFAULT_MAX_ID_LENGTH = 256
+
+
+def pseudonym(user_id: str, key: bytes) -> str:
+    """The keyed hash a user id is replaced by at ingest when FRESHREC_PSEUDONYMISE is on:
+    ``p-`` and the first 32 hex digits of HMAC-SHA256(key, the id's UTF-8 bytes). jobs/clean.py
+    computes the same in Spark (``pseudonym_column``)."""
+    return "p-" + hmac.new(key, user_id.encode("utf-8"), hashlib.sha256).hexdigest()[:32]
 
 
 def id_problems(name: str, value: str, max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> list[str]:
@@ -318,11 +326,12 @@ def derived_event_id(ts: datetime, s: dict[str, str | None]) -> str:
     return "d-" + hashlib.sha256("\u0001".join(p for p in parts if p is not None).encode("utf-8")).hexdigest()[:32]
 
 
-def _clean_row(s: dict[str, str | None], ts: datetime) -> dict[str, Any]:
+def _clean_row(s: dict[str, str | None], ts: datetime, pseudonym_key: bytes | None) -> dict[str, Any]:
     event_type = s["event_type"].lower()
     search = event_type == "search"
+    user_id = pseudonym(s["user_id"], pseudonym_key) if pseudonym_key else s["user_id"]
     return {
-        "event_id": s["event_id"] or derived_event_id(ts, s), "ts": ts, "user_id": s["user_id"],
+        "event_id": s["event_id"] or derived_event_id(ts, s), "ts": ts, "user_id": user_id,
         "session_id": s["session_id"], "event_type": event_type, "item_id": None if search else s["item_id"],
         "query": s["query"].lower() if search else None, "category": s["category"],
         "price": _to_double(s["price"]) if s["price"] is not None else None,
@@ -332,10 +341,12 @@ def _clean_row(s: dict[str, str | None], ts: datetime) -> dict[str, Any]:
 
 def validate_row(row: str | Mapping[str, Any], now: datetime, min_event_ts: str = "1990-01-01T00:00:00Z",
                  max_future_skew_hours: float = 24.0,
-                 max_id_length: int = DEFAULT_MAX_ID_LENGTH) -> tuple[dict[str, Any] | None, list[str]]:
+                 max_id_length: int = DEFAULT_MAX_ID_LENGTH,
+                 pseudonym_key: bytes | None = None) -> tuple[dict[str, Any] | None, list[str]]:
     """Judge one landing row (its JSON text, or a row as an importer writes it) as ``clean``
     does: ``(clean row, [])`` for a valid row, else ``(None, reasons)``, each reason
-    ``code: message`` (docs/events.md#quarantine). ``now`` is the processing time."""
+    ``code: message`` (docs/events.md#quarantine). ``now`` is the processing time; with a
+    ``pseudonym_key`` the clean row's user_id is its :func:`pseudonym`."""
     # A row is judged as the line it lands as: Spark types a number by its JSON text.
     line = row if isinstance(row, str) else json_line(row)
     try:
@@ -350,7 +361,7 @@ def validate_row(row: str | Mapping[str, Any], now: datetime, min_event_ts: str 
     low = _iso_timestamp(min_event_ts) or _EPOCH_START
     high = now + timedelta(seconds=int(max_future_skew_hours * 3600))
     reasons = _checks(obj, s, ts, (low, high), min_event_ts, max_future_skew_hours, max_id_length)
-    return (None, reasons) if reasons else (_clean_row(s, ts), [])
+    return (None, reasons) if reasons else (_clean_row(s, ts, pseudonym_key), [])
 
 
 def reason_codes(reasons: list[str]) -> list[str]:

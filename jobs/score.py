@@ -184,18 +184,19 @@ def popular_lists(item_stats: pd.DataFrame, n: int) -> list[tuple[str | None, li
     return [(None, pairs(ranked.head(n)))] + [(str(c), pairs(g)) for c, g in per_cat.groupby("category", sort=True)]
 
 
-def query_items(events: "DataFrame", weights: Mapping[str, float], n: int, min_searches: int,
+def query_items(events: "DataFrame", weights: Mapping[str, float], n: int, min_users: int,
                 unavailable_items: "DataFrame | None" = None) -> "DataFrame":
     """(query, items, scores): what users viewed, carted or bought within QUERY_WINDOW_MINUTES
-    after searching the query, in the same session; queries searched at least ``min_searches``
-    times. An item's score sums, over searches, the strongest event weight it got after one."""
+    after searching the query, in the same session; only queries searched by at least
+    ``min_users`` distinct users, so that no one person's searches become a public list. An
+    item's score sums, over searches, the strongest event weight it got after one."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
     searches = events.where((F.col("event_type") == "search") & F.col("query").isNotNull() & (F.col("query") != "")).select(
         F.col("event_id").alias("search_id"), "user_id", F.col("session_id").alias("s_session"),
         F.col("ts").alias("s_ts"), "query")
-    frequent = searches.groupBy("query").agg(F.count("*").alias("n_searches")).where(F.col("n_searches") >= min_searches)
+    frequent = searches.groupBy("query").agg(F.countDistinct("user_id").alias("n_users")).where(F.col("n_users") >= min_users)
     weight_of = F.create_map(*[x for k, v in weights.items() if v > 0 for x in (F.lit(k), F.lit(float(v)))])
     acts = events.where(F.col("item_id").isNotNull()).select(
         "user_id", F.col("session_id").alias("e_session"), F.col("ts").alias("e_ts"), "item_id",

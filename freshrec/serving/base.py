@@ -443,6 +443,12 @@ class ServingStore(ABC):
         return {"version": version, "rows": len(encoded)}
 
     # ---- lifecycle -------------------------------------------------------------------
+    def forget_user(self, user_id: str) -> int:
+        """Remove ``user_id``'s list from every version this store holds (``freshrec forget``);
+        returns how many lists were removed. Readers then get the fallback list for them."""
+        with self._guard():
+            return self._delete_key("user", str(user_id))
+
     def close(self) -> None:  # noqa: B027 - a no-op unless the backend holds connections
         """Release connections."""
 
@@ -501,6 +507,11 @@ class ServingStore(ABC):
 
     @abstractmethod
     def _drop_data(self, version: str) -> None: ...
+
+    @abstractmethod
+    def _delete_key(self, kind: str, key: str) -> int:
+        """Delete ``key``'s value of ``kind`` in every version, leaving no copy of it in the
+        store's own files where the backend allows; how many values were deleted."""
 
     @abstractmethod
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:

@@ -210,6 +210,10 @@ class RedisStore(ServingStore):
             removed += self.r.unlink(*batch)
         return removed
 
+    def _delete_key(self, kind: str, key: str) -> int:
+        keys = [self.key(r["version"], kind, key) for r in self._records()]
+        return int(self.r.unlink(*keys)) if keys else 0
+
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         def body(pipe: Any) -> str:
             live = pipe.get(self.k_live)

@@ -134,6 +134,7 @@ class SqlStore(ServingStore):
             sql["insert", kind] = f"INSERT INTO {t}{table} (version, {col}, value) VALUES ({p}, {p}, {j})"
             sql["upsert", kind] = sql["insert", kind] + f" ON CONFLICT (version, {col}) DO UPDATE SET value = excluded.value"
             sql["drop", kind] = f"DELETE FROM {t}{table} WHERE version = {p}"
+            sql["delete_key", kind] = f"DELETE FROM {t}{table} WHERE {col} = {p}"
         # as text: decoded all at once (psycopg would decode each jsonb value on its own)
         sql["details"] = (f"SELECT item_id, CAST(value AS text) FROM {t}item_details "
                           f"WHERE version = {p} AND item_id {self.IDS_IN}")
@@ -302,6 +303,15 @@ class SqlStore(ServingStore):
         for kind in TABLES:
             with self._txn() as c:
                 c.execute(self._sql["drop", kind], (version,))
+
+    def _delete_key(self, kind: str, key: str) -> int:
+        with self._txn() as c:
+            deleted = c.execute(self._sql["delete_key", kind], (key,)).rowcount
+        self._compact()
+        return int(deleted)
+
+    def _compact(self) -> None:  # noqa: B027 - only where deleted rows would linger in our own files
+        """Rewrite the store's files so deleted rows leave no copy behind."""
 
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         with self._txn() as c:

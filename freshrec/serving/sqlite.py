@@ -71,6 +71,14 @@ class SqliteStore(SqlStore):
     def _missing_table(self, exc: Exception) -> bool:
         return isinstance(exc, sqlite3.OperationalError) and "no such table" in str(exc)
 
+    def _compact(self) -> None:
+        # deleted rows stay in free pages and in the WAL until the database is rewritten
+        with self._wlock:
+            conn = self._wconn()
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
     def _drop_data(self, version: str) -> None:
         # in chunks, so a publish or an upsert never waits long for the write lock
         for table, _ in TABLES.values():

@@ -193,3 +193,94 @@ def test_watch_serves_a_new_file_within_seconds_and_stops_on_sigterm(home):
     assert "1 users re-scored" in out or "1 user" in out, out
     mb = Ledger(s.state_db).recent_microbatches(1)[0]
     assert mb["files"] == 1 and mb["landing_to_served_p95_s"] < 60, json.dumps(mb)
+
+
+def test_a_tampered_recommender_is_never_unpickled(home):
+    """recommender.pkl must match the SHA-256 the publish step recorded in the serving store."""
+    from freshrec.errors import UserError
+    from freshrec.serving import open_store
+
+    s = home
+    with open_store(s.serving) as store:
+        live = store.live_version()
+        assert len(store.version_info(live)["meta"]["recommender_sha256"]) == 64
+    pkl = s.recs_dir / live / "recommender.pkl"
+    pkl.write_bytes(pkl.read_bytes() + b"\x00")
+    atomic_write_jsonl(s.landing_events_dir, "after-tamper.jsonl", [_event("t1", "tamper", "view", "i3", 1)])
+    with pytest.raises(UserError, match="does not match the checksum"):
+        incremental_step(s)
+    with RecsClient(s.serving) as client:
+        assert client.recs("tamper", 5)["source"] == "fallback"  # nothing was scored with it
+
+
+def _files_naming(home: Path, needle: str) -> list[str]:
+    """Every file under ``home`` whose content names ``needle``: raw bytes of plain files, the
+    gunzipped bytes of .gz files (as far as they gunzip), every string value of Parquet files."""
+    import zlib
+
+    import pyarrow.parquet as pq
+
+    found = []
+    for path in sorted(p for p in home.rglob("*") if p.is_file()):
+        if path.name.endswith(".parquet"):
+            table = pq.read_table(path, partitioning=None)
+            if any(needle in str(v) for col in table.columns for v in col.to_pylist() if v is not None):
+                found.append(str(path))
+            continue
+        data = path.read_bytes()
+        if path.name.endswith(".gz"):
+            try:  # a cut stream gives what comes before the cut
+                data = zlib.decompressobj(wbits=31).decompress(data)
+            except zlib.error:
+                pass  # not gzip at all: its raw bytes are searched
+        if needle.encode() in data:
+            found.append(str(path))
+    return found
+
+
+def test_forget_erases_a_user_everywhere_and_the_next_batch_does_not_bring_them_back(home):
+    import gzip
+
+    s = home
+    who = "forget-me-7f3a"
+    rows = [_event("fm1", who, "view", "i3", 1), _event("fm2", who, "purchase", "i4", 2),
+            _event("keep1", "stays-9b2c", "view", "i5", 3),
+            {"event_id": "fm-bad", "ts": "not a time", "user_id": who, "event_type": "view", "item_id": "i6"}]
+    atomic_write_jsonl(s.landing_events_dir, "forget-1.jsonl", rows)
+    cut = gzip.compress(("".join(json.dumps(_event(f"fz{i}", who, "view", "i7", i % 60)) + "\n" for i in range(3000))).encode())
+    (s.landing_events_dir / "forget-2.jsonl.gz").write_bytes(cut[: len(cut) // 2])  # quarantined whole
+    time.sleep(s.landing_settle_seconds)
+    incremental_step(s)
+    env = {**os.environ, **settings_to_env(s)}
+    with RecsClient(s.serving) as client:
+        assert client.recs(who, 5)["source"] == "personal"
+    assert _files_naming(s.home, who), "the user is in the home before forget: the check below would prove nothing"
+
+    out = subprocess.run([sys.executable, "-m", "freshrec.cli", "forget", who, "--reason", f"request by {who}", "--json"],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    done = json.loads(out.stdout)
+    assert done["removed"]["landing"] == 3 and done["removed"]["serving"] >= 1 and done["removed"]["lake/events"] == 2
+    assert done["removed"]["lake/quarantine"] == 1 and done["removed"]["quarantine_files"] > 0
+    assert who not in out.stdout
+    recs = subprocess.run([sys.executable, "-m", "freshrec.cli", "recs", who, "--json"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert recs.returncode == 0 and json.loads(recs.stdout)["source"] == "fallback", recs.stderr[-2000:]
+    assert _files_naming(s.home, who) == []
+    (erasure,) = Ledger(s.state_db).erasures()
+    assert erasure["state"] == "complete" and who not in json.dumps(erasure) and len(erasure["subject"]) == 64
+    assert erasure["reason"] == "request by <subject>"
+    assert collect_status(s)["landing"]["changed_files"] == []  # rewritten on purpose, not "changed"
+    with RecsClient(s.serving) as client:
+        assert client.recs("stays-9b2c", 5)["source"] == "personal"  # the other user's events stay
+
+    # the next batch rebuilds from the landing zone: the user does not come back
+    clean_step(s, "batch-2")
+    matrices_step(s)
+    gate = json.loads((s.reports_dir / "gate.json").read_text())
+    publish_step(s, score_step(s, "batch-2", gate))
+    with RecsClient(s.serving) as client:
+        assert client.recs(who, 5)["source"] == "fallback"
+    assert _files_naming(s.home, who) == []
+    totals = Ledger(s.state_db).totals()
+    assert totals["read"] == totals["clean"] + totals["quarantined"] + totals["duplicates"]

@@ -84,3 +84,23 @@ def test_rows_from_an_importer_are_judged_as_the_lines_they_land_as():
     row = {"ts": "2024-05-01T10:00:00", "user_id": "u", "event_type": "view", "item_id": 7, "price": 2.5, "quantity": None}
     assert validate_row(row, NOW) == validate_row(json.dumps({k: v for k, v in row.items() if v is not None}), NOW)
     assert validate_row({**row, "event_type": "click"}, NOW)[1][0].startswith("unknown_event_type: 'click'")
+
+
+@pytest.mark.parametrize("key", [b"k", "a secret with ünïcode".encode(), b"x" * 100])
+def test_pseudonyms_are_the_same_in_spark_and_python(spark, key):
+    """FRESHREC_PSEUDONYMISE: Spark's HMAC spelled out with sha2 equals Python's hmac, for keys
+    shorter and longer than a SHA-256 block, and ids in any script."""
+    import hashlib
+    import hmac
+
+    from freshrec.jobs.rules import pseudonym
+
+    ids = ["42", "user@example.com", "Jöhn Dœ", "\u4e2d\u6587-\U0001f600", " padded "]
+    lines = [json.dumps({"user_id": u, "ts": "2024-01-01", "event_type": "view", "item_id": "i"}) for u in ids]
+    df = spark.createDataFrame([(str(n), line) for n, line in enumerate(lines)], "source_file string, raw string")
+    got = {int(r["source_file"]): r["user_id"] for r in parse_raw(df, NOW, "1990-01-01T00:00:00Z", 24.0,
+                                                                    pseudonym_key=key).collect()}
+    for n, (line, user) in enumerate(zip(lines, ids, strict=True)):
+        clean, _ = validate_row(line, NOW, pseudonym_key=key)
+        expected = "p-" + hmac.new(key, user.strip(" ").encode(), hashlib.sha256).hexdigest()[:32]
+        assert got[n] == clean["user_id"] == pseudonym(user.strip(" "), key) == expected

@@ -229,3 +229,23 @@ def test_a_batch_switch_while_rescoring_never_lands_the_old_versions_lists(publi
     assert clean["version"] == new
     with open_store(s.serving) as store:
         assert {u: [r["item_id"] for r in store.get_user_recs(u, n=s.top_n)["items"]] for u in users} == in_new
+
+
+def test_a_query_list_needs_searches_from_several_users(spark):
+    """One person searching ten times publishes nothing; five people searching once do."""
+    from freshrec.jobs.score import query_items
+    from pyspark.sql import functions as F
+
+    rows = []
+    for n in range(10):  # one shopper, ten searches for "my secret", each followed by a view
+        rows += [(f"a{n}", "loner", "s1", "search", None, "my secret", f"2024-05-01 10:{n:02d}:00"),
+                 (f"b{n}", "loner", "s1", "view", "i-secret", None, f"2024-05-01 10:{n:02d}:30")]
+    for u in range(5):  # five shoppers, one search each
+        rows += [(f"c{u}", f"u{u}", f"s{u}", "search", None, "shoes", "2024-05-01 11:00:00"),
+                 (f"d{u}", f"u{u}", f"s{u}", "view", "i-shoe", None, "2024-05-01 11:01:00")]
+    events = spark.createDataFrame(rows, "event_id string, user_id string, session_id string, event_type string, "
+                                         "item_id string, query string, ts string").withColumn("ts", F.to_timestamp("ts"))
+    weights = {"view": 1.0, "search": 0.0}
+    got = {r["query"]: list(r["items"]) for r in query_items(events, weights, 10, 5).collect()}
+    assert got == {"shoes": ["i-shoe"]}
+    assert set(r["query"] for r in query_items(events, weights, 10, 1).collect()) == {"shoes", "my secret"}

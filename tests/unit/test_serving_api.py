@@ -310,3 +310,47 @@ def test_overview_names_the_serving_recommender(store, client):
         w.write_popular(None, [("a", 1.0)])
         w.commit()
     assert "model freshrec v3 (champion)" in client.get("/").text
+
+
+def test_http_hygiene(client, store):
+    publish(store, "v1")
+    r = client.post("/v1/popular")
+    assert r.status_code == 405 and r.headers["allow"] == "GET"
+    assert client.head("/healthz").status_code == 200
+    r = client.get("/v1/popular", params={"n": "9" * 5000})
+    assert r.status_code == 400 and len(r.text) < 300 and "9" * 201 not in r.text
+
+
+def test_an_unreachable_store_answers_503_without_naming_its_host():
+    app = create_app(store=open_store("redis://127.0.0.1:1/0?socket_timeout=0.5"))
+    with TestClient(app) as c:
+        for path in ("/v1/users/42/recommendations", "/v1/popular", "/healthz"):
+            r = c.get(path)
+            assert r.status_code == 503 and "127.0.0.1" not in r.text and "redis" not in r.text.lower(), r.text
+
+
+def test_pseudonymised_ids_are_looked_up_by_the_clear_id(tmp_path, store):
+    from freshrec.settings import Settings
+
+    settings = Settings(home=tmp_path, pseudonymise=True, pseudonym_key="s3cret")
+    hashed = settings.user_key("42")
+    assert hashed.startswith("p-") and "42" not in hashed
+    with store.begin_version("v1", {}) as w:
+        w.write_user_recs([(hashed, [("i1", 1.0)])])
+        w.write_popular(None, [("p", 1.0)])
+        w.commit()
+    with TestClient(create_app(settings, store=store)) as c:
+        r = c.get("/v1/users/42/recommendations").json()
+        assert r["source"] == "personal" and r["user_id"] == "42" and r["items"][0]["item_id"] == "i1"
+        assert c.get(f"/v1/users/{hashed}/recommendations").json()["source"] == "fallback"
+
+
+def test_uniform_answers_do_not_tell_a_customer_from_a_stranger(tmp_path, store):
+    from freshrec.settings import Settings
+
+    publish(store, "v1")
+    with TestClient(create_app(Settings(home=tmp_path, uniform_answers=True), store=store)) as c:
+        known, stranger = (c.get(f"/v1/users/{u}/recommendations?n=3&details=false").json() for u in ("42", "nobody"))
+    assert set(known) == set(stranger) and known["source"] == stranger["source"] == "list"
+    assert known["updated_at"] is None and stranger["updated_at"] is None
+    assert known["items"] != stranger["items"]  # the lists themselves are still personal

@@ -140,3 +140,18 @@ def test_training_knobs_come_from_the_settings_only(tmp_path, monkeypatch):
     config = TrainingConfig.from_settings(Settings.load())
     assert (config.window_days, config.gate_tolerance, config.ease_max_items) == (7.0, 0.1, 5)
     assert (config.model.epochs, config.model.seed, config.model.dim, config.model.horizon_days) == (9, 3, 32, 7.0)
+
+
+def test_docs_list_every_setting():
+    from pathlib import Path
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text(encoding="utf-8")
+    assert [f for f in Settings.model_fields if f"`{f}`" not in doc or f"`FRESHREC_{f.upper()}`" not in doc] == []
+
+
+def test_pseudonymise_needs_a_key():
+    with pytest.raises(SettingsError, match="FRESHREC_PSEUDONYM_KEY"):
+        Settings(pseudonymise=True)
+    assert Settings(pseudonymise=True, pseudonym_key="k").user_key(" 42 ") == Settings(
+        pseudonymise=True, pseudonym_key="k").user_key("42") != "42"
+    assert Settings().user_key("42") == "42"
