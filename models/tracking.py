@@ -58,6 +58,31 @@ def is_server(uri: str) -> bool:
     return uri.split(":", 1)[0].lower() in SERVER_SCHEMES
 
 
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Raise UserError at once when a tracking server does not answer, instead of MLflow's own
+    retries (minutes) ending in a stack of HTTP errors. Any HTTP answer counts as reachable."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit, urlunsplit
+
+    from freshrec.errors import UserError
+
+    if uri.split(":", 1)[0].lower() not in ("http", "https"):
+        return
+    parts = urlsplit(uri)
+    shown = urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[-1]))  # no credentials in messages
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        return  # it answered
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise UserError(f"MLflow tracking server {shown} is unreachable ({reason}): nothing was trained or "
+                        "registered, and the live version keeps serving; start the server or fix "
+                        "FRESHREC_MLFLOW_TRACKING_URI, then rerun") from None
+
+
 def run_url(ui: str, experiment: str, run_id: str, artifact: str | None = None) -> str:
     """The MLflow UI at ``ui`` on a run, or on one of its artifacts, in the training runs view."""
     page = f"{ui.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}" + (f"/artifacts/{artifact}" if artifact else "")
@@ -78,6 +103,7 @@ def tracking(settings) -> Iterator[Any]:
     from mlflow.tracking import MlflowClient
 
     uri = settings.tracking_uri
+    check_reachable(uri)
     previous = mlflow.get_tracking_uri() if mlflow.is_tracking_uri_set() else None
     previous_env = {name: os.environ.get(name) for name in _URI_VARIABLES}
     mlflow.set_tracking_uri(uri)
