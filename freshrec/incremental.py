@@ -1,9 +1,9 @@
 """The micro-batch path: new landing files -> the lake -> the lists of the users who just acted.
 
 :func:`incremental_step` takes the landing files no run has taken yet, through the same
-:func:`freshrec.intake.take_files` as the batch ``clean``: only complete files (settled for
-``landing_settle_seconds``), never one for its age, and an unreadable file is moved aside by
-name instead of failing the others. The ledger remembers, per file, which micro-batch claimed it
+:func:`freshrec.intake.take_files` as the batch ``clean``: only complete files (one modified
+moments ago that looks unfinished waits for a later run), never one for its age, and an
+unreadable file is moved aside by name instead of failing the others. The ledger remembers, per file, which micro-batch claimed it
 and when it was done: a micro-batch that did not finish (a crash, a SIGKILL, a failed task) is
 replayed with the same files and the same batch id on the next start. Everything a micro-batch
 writes is keyed on that batch id and replaced on a replay, so a replay adds nothing twice.
@@ -46,7 +46,6 @@ from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
-STOP_GRACE_S = 120.0
 BUSY = "another run is in progress"
 
 

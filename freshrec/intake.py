@@ -83,7 +83,7 @@ def landing_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.iterdir() if p.is_file() and is_landing_name(p.name))
 
 
-def _is_csv(path: Path) -> bool:
+def is_csv(path: Path) -> bool:
     return path.name.lower().endswith((".csv", ".csv.gz"))
 
 
@@ -99,7 +99,7 @@ def _chunks(path: Path):
                 yield chunk
 
 
-def _header_fault(header: str, rows: int) -> FileFault | None:
+def _header_fault(header: str) -> FileFault | None:
     """A CSV header that names the required columns, else why not."""
     names = [c.strip().strip('"').lower() for c in next(csv.reader([header]), [])]
     if all(c in names for c in REQUIRED_COLUMNS):
@@ -109,10 +109,10 @@ def _header_fault(header: str, rows: int) -> FileFault | None:
         if all(c in split for c in REQUIRED_COLUMNS):
             shown = "tab" if delimiter == "\t" else repr(delimiter)
             return FileFault("wrong_delimiter", f"the header is separated by {shown}, not by commas: landing CSV "
-                             f"files are comma-separated (convert it, or use `freshrec import csv`)", rows)
+                             f"files are comma-separated (convert it, or use `freshrec import csv`)")
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     return FileFault("unknown_header", f"the CSV header lacks {', '.join(missing)} (it reads: "
-                     f"{_clip(header, 120)}); the columns are named in docs/events.md", rows)
+                     f"{_clip(header, 120)}); the columns are named in docs/events.md")
 
 
 def _clip(text: str, limit: int) -> str:
@@ -136,7 +136,7 @@ def check_file(path: Path, max_line_bytes: int) -> FileFault | None:
     if path.stat().st_size == 0:
         return FileFault("empty_file", "the file is empty (0 bytes)")
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    csv_file = _is_csv(path)
+    csv_file = is_csv(path)
     rows = 0          # complete lines before the current chunk (the CSV header included)
     line_len = 0      # bytes of the line in progress
     first = bytearray()
@@ -176,7 +176,7 @@ def check_file(path: Path, max_line_bytes: int) -> FileFault | None:
                          _data_rows(rows, csv_file))
     head = bytes(first).split(b"\n", 1)[0].decode("utf-8").rstrip("\r")
     if csv_file:
-        return _header_fault(head, 0)
+        return _header_fault(head)
     return _json_header_fault(head)
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
+from freshrec.intake import is_csv
 from freshrec.jobs.rules import (
     BARE_CONSTANT,
     CONTROL_CHARS,
@@ -242,10 +243,6 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
 # -- reading the landing zone ------------------------------------------------------------
 
 
-def _is_csv(path: Path) -> bool:
-    return path.name.lower().endswith((".csv", ".csv.gz"))
-
-
 def csv_as_json_lines(spark: "SparkSession", path: Path) -> "DataFrame":
     """One CSV landing file as ``(source_file, raw)`` JSON lines with the canonical columns.
 
@@ -273,9 +270,9 @@ def read_landing(spark: "SparkSession", files: list[Path]) -> "DataFrame":
     """All given landing files as one ``(source_file, raw)`` DataFrame."""
     from functools import reduce
 
-    jsons = [p for p in files if not _is_csv(p)]
+    jsons = [p for p in files if not is_csv(p)]
     parts = [json_lines(spark, jsons)] if jsons else []
-    parts += [csv_as_json_lines(spark, p) for p in files if _is_csv(p)]
+    parts += [csv_as_json_lines(spark, p) for p in files if is_csv(p)]
     if not parts:
         return spark.createDataFrame([], "source_file string, raw string")
     return reduce(lambda a, b: a.unionByName(b), parts)

@@ -93,10 +93,13 @@ def run_rows(settings: Settings, dag_id: str, started_at: str, tasks: list[Mappi
     if not settings.state_db.is_file():
         return None
     ledger = Ledger(settings.state_db)
+    # the landing files this run set aside whole, by name
+    files = [{"name": name, "code": st["code"], "message": st["message"]} for name, st in ledger.landing_states().items()
+             if st["state"] == "quarantined" and st["updated_at"] >= started_at]
     if dag_id == "freshrec_batch":
         if not any(t["task_id"] == "clean" and t["state"] == "success" for t in tasks):
             return None
-        rows: dict[str, Any] = {**ledger.totals(), "users": None}
+        rows: dict[str, Any] = {**ledger.totals(), "users": None, "quarantined_files": files}
         rows["reasons"] = reason_counts(settings.quarantine_path)
         return rows
     batches = [m for m in ledger.recent_microbatches(limit=50) if m["finished_at"] >= started_at and m.get("files")]
@@ -107,14 +110,17 @@ def run_rows(settings: Settings, dag_id: str, started_at: str, tasks: list[Mappi
         for code, n in reason_counts(settings.quarantine_path / f"batch_id={m['batch_id']}").items():
             reasons[code] = reasons.get(code, 0) + n
     rows["reasons"] = dict(sorted(reasons.items(), key=lambda kv: (-kv[1], kv[0])))
+    rows["quarantined_files"] = files
     return rows
 
 
 def format_rows(rows: Mapping[str, Any]) -> str:
-    """One line: the run's rows and users re-scored."""
+    """The run's rows and users re-scored, then a line per landing file it quarantined whole."""
     line = (f"rows: read {rows['read']:,} = clean {rows['clean']:,} + quarantined {rows['quarantined']:,} "
             f"+ duplicates {rows['duplicates']:,}")
-    return line + (f"; users re-scored {rows['users']:,}" if rows.get("users") is not None else "")
+    lines = [line + (f"; users re-scored {rows['users']:,}" if rows.get("users") is not None else "")]
+    lines += [f"quarantined file: {f['name']} ({f['code']}): {f['message']}" for f in rows.get("quarantined_files") or []]
+    return "\n".join(lines)
 
 
 def quarantine_warning(rows: Mapping[str, Any]) -> str | None:

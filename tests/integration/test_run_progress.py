@@ -71,3 +71,21 @@ def test_a_run_from_the_cli_has_task_logs_that_airflow_reads(af_settings):  # no
     assert "microbatch: incremental_step starting" in read.stdout, read.stdout[-3000:]
     assert "microbatch: incremental_step finished" in read.stdout
     assert "Log file not found" not in read.stdout
+
+
+def test_two_incremental_runs_started_together_both_succeed_and_count_once(af_settings):  # noqa: F811
+    atomic_write_jsonl(af_settings.landing_events_dir, "pair.jsonl", [
+        {"event_id": f"t-{i}", "ts": "2026-11-20T10:00:00Z", "user_id": f"u{i}", "event_type": "view", "item_id": "i1"}
+        for i in range(3)])
+    env = {**os.environ, **settings_to_env(af_settings)}
+    runs = [subprocess.Popen([str(BIN), "run", "incremental"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=env) for _ in range(2)]
+    outs = [run.communicate(timeout=600) for run in runs]
+    for run, (out, err) in zip(runs, outs, strict=True):
+        assert run.returncode == 0, out + err
+        assert "Traceback" not in out + err
+    ids = {out.splitlines()[0].split()[1] for out, _ in outs}
+    assert len(ids) == 2, ids  # two runs in Airflow's metadata, not one collision
+    from freshrec.ledger import Ledger
+
+    assert Ledger(af_settings.state_db).totals() == {"read": 3, "clean": 3, "quarantined": 0, "duplicates": 0}

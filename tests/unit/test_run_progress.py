@@ -47,7 +47,7 @@ def test_the_rows_of_an_incremental_run_and_the_warning(settings):
     ledger.record_microbatch("mb-000001", {"files": 1, "read": 4, "clean": 2, "quarantined": 1, "duplicates": 1, "users": 2})
     rows = run_rows(settings, "freshrec_incremental", started, [])
     assert rows == {"read": 4, "clean": 2, "quarantined": 1, "duplicates": 1, "users": 2,
-                    "reasons": {"unknown_event_type": 1}}
+                    "reasons": {"unknown_event_type": 1}, "quarantined_files": []}
     assert format_rows(rows) == "rows: read 4 = clean 2 + quarantined 1 + duplicates 1; users re-scored 2"
     assert quarantine_warning(rows) == ("freshrec: WARNING: 1 of 4 rows (25%) were quarantined; top reasons: "
                                         "unknown_event_type 1. See them with `freshrec quarantine --reason CODE`")
@@ -65,6 +65,17 @@ def test_the_rows_of_a_batch_run_are_the_rebuilds(settings):
     assert format_rows(rows) == "rows: read 10 = clean 7 + quarantined 3 + duplicates 0"
     assert "3 of 10 rows (30%) were quarantined; top reasons: invalid_ts 2, malformed_json 1, missing_user_id 1" \
         in quarantine_warning(rows)
+
+
+def test_a_run_names_the_files_it_quarantined_whole(settings):
+    started = utcnow_iso()
+    ledger = Ledger(settings.state_db)
+    ledger.record_landing([], [{"name": "x.jsonl.gz", "size": 9, "mtime_ns": 1, "code": "corrupt_gzip",
+                                "message": "cannot gunzip past byte 0", "path": "/q/x.jsonl.gz"}], "batch-1", state="taken")
+    ledger.record_file_counts([{"source_file": "x.jsonl.gz", "read": 1, "clean": 0, "quarantined": 1, "duplicates": 0}],
+                              "batch-1")
+    rows = run_rows(settings, "freshrec_batch", started, [{"task_id": "clean", "state": "success"}])
+    assert format_rows(rows).splitlines()[1] == "quarantined file: x.jsonl.gz (corrupt_gzip): cannot gunzip past byte 0"
 
 
 @pytest.mark.parametrize("dag_id", ["freshrec_batch", "freshrec_incremental"])
