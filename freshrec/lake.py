@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
-from freshrec.fileio import atomic_path
+from freshrec.fileio import atomic_path, fsync_path
 from freshrec.settings import Settings
 
 if TYPE_CHECKING:
@@ -119,6 +119,7 @@ def append_increment(settings: Settings, batch_id: str, clean: "DataFrame", quar
     shutil.rmtree(staging, ignore_errors=True)
     clean.repartition("event_date").write.mode("overwrite").partitionBy("event_date").parquet(str(staging / "events"))
     quarantine.coalesce(1).write.mode("overwrite").parquet(str(staging / "quarantine"))
+    fsync_path(staging)  # on disk before the renames make them part of the lake
     moved = 0
     for n, src in enumerate(sorted((staging / "events").glob("event_date=*/*.parquet"))):
         dest = settings.events_path / src.parent.name / f"{INCREMENT_PREFIX}{batch_id}-{n:05d}.parquet"

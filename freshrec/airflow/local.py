@@ -32,6 +32,7 @@ from freshrec.airflow.env import airflow_bin, airflow_env, prepare_metadata_db
 from freshrec.airflow.progress import Progress, format_rows, quarantine_warning, run_rows
 from freshrec.airflow.runtime import TASK_LOGS_ENV, one_line, run_key
 from freshrec.errors import UserError
+from freshrec.incremental import BUSY
 from freshrec.settings import Settings
 
 KNOWN_DAGS = ("freshrec_batch", "freshrec_incremental")
@@ -47,12 +48,30 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # --------------------------------------------------------------------------------------------
 # The run, in child processes
 # --------------------------------------------------------------------------------------------
+class _StartLock:
+    """Held from before the metadata DB is prepared until the run's first task starts: by then
+    ``airflow dags test`` has synced the DAG and created its run. Two ``freshrec run`` started
+    together would otherwise both insert the same DAG into a fresh SQLite metadata DB."""
+
+    def __init__(self, path: Path) -> None:
+        import fcntl
+
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh: IO[str] | None = open(path, "a+")
+        fcntl.flock(self._fh, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing drops the lock
+            self._fh = None
+
+
 class _Follower:
     """Follows ``airflow dags test``'s output: every line to the log, each task's start and
     end to the progress display, and the last line kept for a run that fails before any task."""
 
-    def __init__(self, progress: Progress, sink: IO[bytes]):
-        self.progress, self.sink = progress, sink
+    def __init__(self, progress: Progress, sink: IO[bytes], started: _StartLock | None = None):
+        self.progress, self.sink, self.started = progress, sink, started
         self.task: str | None = None
         self.state: str | None = None
         self.since = 0.0
@@ -64,6 +83,8 @@ class _Follower:
         if line:
             self.last_line = line
         if match := _TASK_START.search(line):
+            if self.started is not None:
+                self.started.release()
             self.task, self.state, self.since = match[1], None, time.monotonic()
             self.progress.task_started(match[1])
         elif match := _TASK_END.search(line):
@@ -74,12 +95,12 @@ class _Follower:
 
 
 def _dags_test(dag_id: str, logical_date: datetime, env: Mapping[str, str], sink: IO[bytes],
-               progress: Progress) -> tuple[int, str]:
+               progress: Progress, started: _StartLock | None = None) -> tuple[int, str]:
     """``airflow dags test`` with its output followed; its exit code and last line."""
     # INFO: the [DAG TEST] lines the progress follows, and the tasks' own logs in the log file,
     # the only place they are written for a `dags test` run.
     env = {**env, "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO", "PYTHONUNBUFFERED": "1"}
-    follower = _Follower(progress, sink)
+    follower = _Follower(progress, sink, started)
     with subprocess.Popen([str(airflow_bin()), "dags", "test", dag_id, logical_date.isoformat()], env=env,
                           stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
         for raw in proc.stdout:
@@ -109,14 +130,17 @@ def _run_in_children(settings: Settings, dag_id: str, logical_date: datetime, lo
     env = {**os.environ, **airflow_env(settings), TASK_LOGS_ENV: "1"}
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab", buffering=0) as sink:
+        started = _StartLock(settings.airflow_home / ".freshrec-run-start.lock")
         try:
             prepare_metadata_db(settings, sink)
             with _reporter(dag_id, logical_date, env, sink) as reporter:
-                rc, last_line = _dags_test(dag_id, logical_date, env, sink, progress)
+                rc, last_line = _dags_test(dag_id, logical_date, env, sink, progress, started)
                 run = _read_back(reporter)
         except Exception as exc:  # noqa: BLE001 - one line for the user; the traceback is in the log
             sink.write(traceback.format_exc().encode())
             return {"run_id": None, "state": "failed", "tasks": [], "failure": one_line(exc)}
+        finally:
+            started.release()
     if rc != 0 and not run["tasks"]:
         run["failure"] = last_line[-500:] or f"airflow dags test exited with {rc}"
     return run
@@ -189,7 +213,7 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
     if dag_id not in KNOWN_DAGS:
         raise UserError(f"unknown DAG {dag_id!r}; expected one of {', '.join(KNOWN_DAGS)}")
     from freshrec.intake import landing_files
-    from freshrec.ledger import Ledger, utcnow_iso
+    from freshrec.lake import run_lock
 
     airflow_bin()  # a missing install is the user's to fix, not a failed run
     if not landing_files(settings.landing_events_dir):  # seconds, not a run that fails in clean
@@ -197,7 +221,17 @@ def run_dag(settings: Settings, dag_id: str, logical_date: datetime | None = Non
                         "run `freshrec import` or `freshrec generate` first")
     settings = settings.replace(home=settings.home.resolve())
     settings.ensure_dirs()
-    logical_date = _utc(logical_date)
+    with run_lock(settings, f"run-{dag_id}") as held:
+        if not held:  # a second run of the same DAG would find nothing to do that the first is not doing
+            print(f"{dag_id}: {BUSY} on {settings.home}; this one did nothing (the next run takes whatever is new)",
+                  flush=True)
+            return True
+        return _run(settings, dag_id, _utc(logical_date))
+
+
+def _run(settings: Settings, dag_id: str, logical_date: datetime) -> bool:
+    from freshrec.ledger import Ledger, utcnow_iso
+
     log_path = settings.airflow_home / "logs" / "freshrec" / dag_id / f"{logical_date:%Y%m%dT%H%M%S.%fZ}.log"
     started_at, started = utcnow_iso(), time.monotonic()
     progress = Progress(dag_id, log_path)

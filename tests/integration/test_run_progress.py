@@ -74,6 +74,9 @@ def test_a_run_from_the_cli_has_task_logs_that_airflow_reads(af_settings):  # no
 
 
 def test_two_incremental_runs_started_together_both_succeed_and_count_once(af_settings):  # noqa: F811
+    from freshrec.incremental import BUSY
+    from freshrec.ledger import Ledger
+
     atomic_write_jsonl(af_settings.landing_events_dir, "pair.jsonl", [
         {"event_id": f"t-{i}", "ts": "2026-11-20T10:00:00Z", "user_id": f"u{i}", "event_type": "view", "item_id": "i1"}
         for i in range(3)])
@@ -84,8 +87,22 @@ def test_two_incremental_runs_started_together_both_succeed_and_count_once(af_se
     for run, (out, err) in zip(runs, outs, strict=True):
         assert run.returncode == 0, out + err
         assert "Traceback" not in out + err
-    ids = {out.splitlines()[0].split()[1] for out, _ in outs}
-    assert len(ids) == 2, ids  # two runs in Airflow's metadata, not one collision
-    from freshrec.ledger import Ledger
-
+    busy = [out for out, _ in outs if BUSY in out]
+    assert len(busy) == 1, outs  # the second exits at once, successfully, and says why
     assert Ledger(af_settings.state_db).totals() == {"read": 3, "clean": 3, "quarantined": 0, "duplicates": 0}
+
+
+def test_a_batch_and_an_incremental_run_started_together_on_a_fresh_metadata_db(af_settings):  # noqa: F811
+    """Both sync their DAG into the same new SQLite metadata DB: one waits for the other's
+    first task instead of colliding with it."""
+    atomic_write_jsonl(af_settings.landing_events_dir, "both.jsonl", [
+        {"event_id": f"b-{i}", "ts": "2026-11-20T10:00:00Z", "user_id": f"u{i % 3}", "event_type": "view",
+         "item_id": f"i{i % 4}"} for i in range(12)])
+    env = {**os.environ, **settings_to_env(af_settings)}
+    runs = [subprocess.Popen([str(BIN), "run", dag], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+            for dag in ("batch", "incremental")]
+    for run in runs:
+        out, err = run.communicate(timeout=900)
+        assert "failed before any task ran" not in out, out + err
+        assert "Traceback" not in out + err
+        assert "clean" in out or "microbatch" in out, out + err

@@ -210,7 +210,8 @@ def test_a_batch_switch_while_rescoring_never_lands_the_old_versions_lists(publi
             blocked = sorted({i for lst in scored_by_old.values() for i in lst[:3]})
             (s.recs_dir / new / "unavailable.json").write_text(json.dumps(blocked))
             with open_store(s.serving) as store:
-                publish_tables(store, new, s.recs_dir / new, {"batch_id": "race"}, keep=10)
+                checksum = store.version_info(old)["meta"]["recommender_sha256"]  # the same recommender.pkl
+                publish_tables(store, new, s.recs_dir / new, {"batch_id": "race", "recommender_sha256": checksum}, keep=10)
         return out
 
     monkeypatch.setattr(freshrec.jobs.score, "score_frame", score_then_switch)
