@@ -17,7 +17,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
 
-from freshrec.intake import is_csv
 from freshrec.jobs.rules import (
     BARE_CONSTANT,
     CONTROL_CHARS,
@@ -29,6 +28,7 @@ from freshrec.jobs.rules import (
     TYPE_LIST,
 )
 
+from freshrec.intake import is_csv
 from freshrec.schemas import CLEAN_EVENT_COLUMNS, EVENT_FIELDS, EVENT_TYPES, ID_FIELDS, ITEM_EVENT_TYPES
 
 if TYPE_CHECKING:
