@@ -78,6 +78,14 @@ class Ledger:
                                "COALESCE(SUM(duplicates),0) FROM file_counts").fetchone()
         return dict(zip(COUNT_KEYS, (int(v) for v in row), strict=False))
 
+    def whole_file_rows(self) -> int:
+        """Rows counted for the landing files quarantined whole (freshrec.intake): the lines
+        read before each fault, and the fault."""
+        with closing(self._connect()) as conn:
+            row = conn.execute("SELECT COALESCE(SUM(read), 0) FROM file_counts WHERE source_file IN "
+                               "(SELECT name FROM landing_files WHERE state = 'quarantined')").fetchone()
+        return int(row[0])
+
     def file_counts(self) -> dict[str, dict[str, int]]:
         with closing(self._connect()) as conn:
             rows = conn.execute("SELECT source_file, read, clean, quarantined, duplicates FROM file_counts").fetchall()

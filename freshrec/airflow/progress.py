@@ -129,5 +129,8 @@ def quarantine_warning(rows: Mapping[str, Any]) -> str | None:
     if not read or bad / read <= QUARANTINE_WARN_SHARE:
         return None
     top = ", ".join(f"{code} {n:,}" for code, n in list(rows.get("reasons", {}).items())[:3])
+    files = rows.get("quarantined_files") or []
     return (f"freshrec: WARNING: {bad:,} of {read:,} rows ({bad / read:.0%}) were quarantined"
-            + (f"; top reasons: {top}" if top else "") + ". See them with `freshrec quarantine --reason CODE`")
+            + (f"; top reasons: {top}" if top else "")
+            + (f"; {len(files)} file(s) quarantined whole (`freshrec quarantine --files`)" if files else "")
+            + ". See them with `freshrec quarantine --reason CODE`")

@@ -21,7 +21,7 @@ from freshrec.landing import atomic_write_jsonl
 from freshrec.ledger import Ledger
 from freshrec.settings import settings_to_env
 from freshrec.status import collect_status
-from freshrec.steps import clean_step
+from freshrec.steps import clean_step, validate_step
 
 pytestmark = pytest.mark.integration
 
@@ -66,6 +66,8 @@ def test_batch_a_corrupt_gzip_beside_a_valid_file(spark, settings):
     assert totals["clean"] == 50 and out["read"] == totals["read"]
     assert not (settings.landing_events_dir / "broken.jsonl.gz").exists()
     assert (settings.lake_dir / "quarantine_files" / "batch-1" / "broken.jsonl.gz").is_file()
+    # the quality gate judges the readable files: the broken one (most of the rows) does not stop the batch
+    assert validate_step(settings, "batch-1")["quarantine_ratio"] == 0.0
 
     status = collect_status(settings)
     assert [f["name"] for f in status["landing"]["quarantined_files"]] == ["broken.jsonl.gz"]
