@@ -27,8 +27,9 @@ One micro-batch, :func:`process_microbatch`:
 One run at a time: a second ``freshrec run incremental`` (or DAG run) while one is running
 returns at once, successfully, saying so; the next run takes whatever is new. A batch and a
 micro-batch still run side by side (the lake lock orders their writes).
-``freshrec run incremental`` takes whatever is new and stops; ``--watch`` repeats that every
-``watch_seconds``.
+``freshrec run incremental`` replays what did not finish, takes whatever is new in one
+micro-batch and stops (a scheduled run never chases a stream of files); ``--watch`` repeats
+that every ``watch_seconds``.
 """
 
 from __future__ import annotations
@@ -73,7 +74,7 @@ def _claim(settings: Settings, ledger: Ledger) -> tuple[str, Any]:
         paths = [p for p in (settings.landing_events_dir / n for n in names) if p.is_file()]
         if paths:
             log.info("micro-batch %s did not finish: replaying it with its %d file(s)", batch_id, len(paths))
-            return batch_id, Intake(files=[(p, p.stat().st_mtime) for p in paths])
+            return batch_id, Intake(files=[(p, p.stat().st_mtime) for p in paths], replay=True)
         ledger.finish_claim(batch_id)  # its files are gone from the landing zone: nothing to replay
     batch_id = ledger.next_microbatch_id()
     intake = take_files(settings, batch_id, "micro")
@@ -138,7 +139,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
     newest_s = [served - ts.timestamp() for ts in _as_utc(newest)]
     e50, e95 = _percentiles(newest_s)
     summary = {
-        "batch_id": batch_id, "files": len(todo), **intake.summary(), "lake_files": lake_files,
+        "batch_id": batch_id, "files": len(todo), **intake.summary(), "replay": intake.replay, "lake_files": lake_files,
         **counts, "rows": counts["read"], "users": refreshed.get("users", 0), "version": refreshed.get("version"),
         "refresh": refreshed.get("skipped") or "ok", "popular_lists": popular.get("lists", 0),
         "landing_to_served_p50_s": l50, "landing_to_served_p95_s": l95,
@@ -192,10 +193,12 @@ def incremental_step(settings: Settings, watch_seconds: float | None = None,
                 done.append(summary)
                 if on_batch is not None:
                     on_batch(summary)
-            if summary["files"]:
-                continue  # more may be waiting (a replay goes first, then the new files)
+            if summary.get("replay"):
+                continue  # a replay goes first, then the new files
             if watch_seconds is None:
-                break
+                break  # one pass over what was new: a scheduled run never chases a stream of files
+            if summary["files"]:
+                continue  # watching: more may have landed meanwhile
             stop.wait(max(watch_seconds, 0.5))
     totals = {k: sum(int(d.get(k) or 0) for d in done) for k in ("files", "rows", "users")}
     return {"microbatches": len(done), **totals, "seconds": round(time.monotonic() - started, 1),

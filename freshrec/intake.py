@@ -197,6 +197,7 @@ class Intake:
     quarantined: list[dict[str, Any]] = field(default_factory=list)  # set aside as files, with their reason
     changed: list[dict[str, Any]] = field(default_factory=list)      # taken earlier, changed since
     counts: list[dict[str, Any]] = field(default_factory=list)       # per-file counts of the quarantined files
+    replay: bool = False                                              # the files of a micro-batch that did not finish
 
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
