@@ -13,7 +13,8 @@ Airflow CLI work on the same metadata DB::
 which amounts to ``AIRFLOW_HOME=$FRESHREC_HOME/airflow``,
 ``AIRFLOW__CORE__DAGS_FOLDER=<repo>/dags``, ``AIRFLOW__CORE__LOAD_EXAMPLES=False``,
 ``AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=sqlite:////abs/$FRESHREC_HOME/airflow/airflow.db``,
-``AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING`` plus ``FRESHREC_HOME`` (absolute) and every other
+``AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS`` (a 60 s SQLite busy timeout, see
+:data:`SQLITE_CONNECT_ARGS`), ``AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING`` plus ``FRESHREC_HOME`` (absolute) and every other
 setting as ``FRESHREC_*`` (all paths absolute), so the tasks' ``Settings.load()`` sees exactly
 the settings of the caller.
 
@@ -39,6 +40,15 @@ DAGS_DIR = REPO_ROOT / "dags"
 
 _DB_MARKER = "airflow.db.freshrec-migrated"
 
+# Every Airflow process (scheduler, dag processor, api-server, task runners) writes to the one
+# SQLite file. Python's default busy timeout of 5 s is shorter than a scheduler's write burst on a
+# loaded 2-core machine, and a UI "Trigger" that meets such a burst fails with "Database error".
+# Airflow imports these by name (``[database] sql_alchemy_connect_args``); a write now waits up to
+# SQLITE_BUSY_TIMEOUT_S for the lock instead.
+SQLITE_BUSY_TIMEOUT_S = 60
+SQLITE_CONNECT_ARGS = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+SQLITE_CONNECT_ARGS_ASYNC = {"timeout": SQLITE_BUSY_TIMEOUT_S}
+
 
 def airflow_env(settings: Settings) -> dict[str, str]:
     """Environment for Airflow's commands on a SQLite metadata DB under FRESHREC_HOME."""
@@ -48,6 +58,8 @@ def airflow_env(settings: Settings) -> dict[str, str]:
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
         "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "freshrec.airflow.env.SQLITE_CONNECT_ARGS",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "freshrec.airflow.env.SQLITE_CONNECT_ARGS_ASYNC",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
     }

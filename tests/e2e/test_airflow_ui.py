@@ -129,7 +129,9 @@ class Airflow:
 
     def diagnostics(self) -> str:
         """The `freshrec airflow` output and every task log of the DAG, for a failure message."""
-        parts = [f"--- freshrec airflow output ({self.log}):\n{_tail(self.log, 3000)}"]
+        errors = [line for line in _tail(self.log, 10**7).splitlines() if "Error:" in line or "Error)" in line]
+        parts = [f"--- errors in the freshrec airflow output (last 20 of {len(errors)}):\n" + "\n".join(errors[-20:]),
+                 f"--- freshrec airflow output ({self.log}):\n{_tail(self.log, 3000)}"]
         logs = sorted((self.settings.airflow_home / "logs").rglob("*.log"), key=lambda p: p.stat().st_mtime)
         for path in [p for p in logs if f"dag_id={DAG}" in str(p)][-4:]:
             parts.append(f"--- {path}:\n{_tail(path, 3000)}")

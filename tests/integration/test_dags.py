@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -185,6 +186,35 @@ def test_settings_round_trip_through_the_environment(tmp_path):
     assert af["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] == f"sqlite:///{(tmp_path / 'h' / 'airflow' / 'airflow.db').resolve()}"
     assert af["AIRFLOW__CORE__DAGS_FOLDER"] == str(DAGS_DIR)
     assert af["AIRFLOW__CORE__LOAD_EXAMPLES"] == "False"
+
+
+def test_airflow_waits_for_a_busy_sqlite_metadata_db(af_settings, tmp_path):
+    """Airflow's own engine gets the long busy timeout: a write that meets another process's write
+    lock held for longer than Python's default 5 s waits for it instead of failing with "database
+    is locked" (which the UI shows as "Database error" on Trigger)."""
+    import sqlite3
+    import threading
+
+    env = {**os.environ, **airflow_env(af_settings)}
+    db = af_settings.airflow_home / "airflow.db"
+    assert db.is_file()
+    locker = sqlite3.connect(db, timeout=1, isolation_level=None, check_same_thread=False)
+    locker.execute("BEGIN IMMEDIATE")  # the write lock, as a scheduler loop holds it
+    release = threading.Timer(7, lambda: locker.execute("COMMIT"))
+    release.start()
+    script = ("from airflow import settings; from sqlalchemy import text;"
+              "print(settings.engine.url.get_backend_name(), settings.engine.dialect.create_connect_args(settings.engine.url));"
+              "s = settings.Session(); s.execute(text('CREATE TABLE IF NOT EXISTS freshrec_busy_probe (x INTEGER)')); s.commit()")
+    started = time.monotonic()
+    try:
+        proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        release.join()
+        locker.close()
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert time.monotonic() - started >= 6, "the write did not wait for the lock"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'freshrec_busy_probe'").fetchone() == (1,)
 
 
 def test_unknown_dag_is_a_user_error(af_settings):
