@@ -1,9 +1,11 @@
-"""The HTTP read API (``freshrec serve``): read-only views of the live version.
+"""The HTTP API (``freshrec serve``): read-only views of the live version, and the event
+collection endpoint that feeds the real-time path.
 
     GET /v1/users/{user_id}/recommendations?n=10[&details=false]
     GET /v1/items/{item_id}/similar?n=10
     GET /v1/popular?category=C&n=10
     GET /v1/queries/{query}/items?n=10
+    POST /v1/events     canonical events in (a JSON array or NDJSON), with an API key (freshrec.realtime)
     GET /healthz        200 when the live version is readable, 503 otherwise
     GET /metrics        Prometheus text format
     GET /openapi.json
@@ -108,6 +110,18 @@ class Error(BaseModel):
     error: str
 
 
+class Rejected(BaseModel):
+    index: int  # the event's position in the request, from 0
+    reason: str  # its first reason code (docs/events.md#quarantine)
+    message: str  # every reason, as the quarantine records them
+
+
+class EventsAnswer(BaseModel):
+    accepted: int  # events written durably (fsync'd) before this answer
+    duplicates: int  # events whose event_id was accepted before, or earlier in this request
+    rejected: list[Rejected]
+
+
 class Health(BaseModel):
     status: str
     live_version: str | None = None
@@ -125,7 +139,7 @@ class Metrics:
     :class:`_ScrapeCollector` reads at scrape time, in a registry of this app's own (several
     apps may live in one process)."""
 
-    def __init__(self, store: ServingStore, state_db: Path | None = None) -> None:
+    def __init__(self, store: ServingStore, settings: Settings | None = None) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter("freshrec_http_requests", "HTTP requests by route template, method and status.",
                                 ("route", "method", "status"), registry=self.registry)
@@ -133,11 +147,19 @@ class Metrics:
                                  ("route",), buckets=LATENCY_BUCKETS, registry=self.registry)
         self.fallbacks = Counter("freshrec_fallback", "Answers that fell back to the overall popular list, by endpoint.",
                                  ("endpoint",), registry=self.registry)
-        self.registry.register(_ScrapeCollector(store, state_db))
+        self.events = Counter("freshrec_events", "Events posted to /v1/events, by outcome (accepted, duplicate, rejected).",
+                              ("outcome",), registry=self.registry)
+        self.registry.register(_ScrapeCollector(store, settings))
 
     def observe(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(route, method, str(status)).inc()
         self.latency.labels(route).observe(seconds)
+
+    def count_events(self, answer: dict[str, Any]) -> None:
+        for outcome, n in (("accepted", answer["accepted"]), ("duplicate", answer["duplicates"]),
+                           ("rejected", len(answer["rejected"]))):
+            if n:
+                self.events.labels(outcome).inc(n)
 
     def fallback(self, endpoint: str) -> None:
         self.fallbacks.labels(endpoint).inc()
@@ -148,13 +170,13 @@ class Metrics:
 
 
 class _ScrapeCollector(Collector):
-    """Gauges read when scraped: whether the store answers, its live version, and the newest
+    """Gauges read when scraped: whether the store answers, its live version, the newest
     micro-batch's freshness from the pipeline's ledger (what `freshrec status` shows), when this
-    API runs beside it (same FRESHREC_HOME)."""
+    API runs beside it (same FRESHREC_HOME), and the real-time path's event -> served latency."""
 
-    def __init__(self, store: ServingStore, state_db: Path | None) -> None:
+    def __init__(self, store: ServingStore, settings: Settings | None) -> None:
         self.store = store
-        self.state_db = state_db
+        self.settings = settings
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
         try:
@@ -167,7 +189,23 @@ class _ScrapeCollector(Collector):
         if live is not None:
             info.add_metric((live,), 1)
         yield info
-        yield from _freshness_metrics(self.state_db)
+        if self.settings is not None:
+            yield from _freshness_metrics(self.settings.state_db)
+            yield from _realtime_metrics(self.settings)
+
+
+def _realtime_metrics(settings: Settings) -> list[GaugeMetricFamily]:
+    from freshrec.realtime import latency_report
+
+    report = latency_report(settings)
+    if report is None:
+        return []
+    family = GaugeMetricFamily("freshrec_realtime_event_to_served_seconds",
+                               "Seconds from an event accepted by POST /v1/events to its user's list being served "
+                               "(the real-time path), over its last 1,000 events.", labels=("quantile",))
+    for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
+        family.add_metric((quantile,), report[f"event_to_served_{key}_s"])
+    return [family]
 
 
 def _freshness_metrics(state_db: Path | None) -> list[GaugeMetricFamily]:
@@ -391,6 +429,116 @@ async def query_items(query: str, client: ClientDep, reads: ReadsDep, metrics: M
     return _answer(await reads(client.query_items, query, q.n, details=q.details), "queries", metrics)
 
 
+# -- the event API ---------------------------------------------------------------------------
+
+_EVENT_EXAMPLE = [
+    {"event_id": "e-1001", "ts": "2026-11-20T10:00:00Z", "user_id": "42", "session_id": "s-9", "event_type": "view",
+     "item_id": "sku-123", "category": "shoes", "price": 59.9},
+    {"event_id": "e-1002", "ts": "2026-11-20T10:01:30Z", "user_id": "42", "session_id": "s-9", "event_type": "purchase",
+     "item_id": "sku-123", "quantity": 1, "price": 59.9},
+]
+# Each event is judged on its own (a bad one is rejected in a 200 answer, beside the accepted
+# ones), so the document describes the fields without constraining the items.
+_EVENT_SCHEMA = {"description": "a canonical event (docs/events.md): an object with ts, user_id and event_type, item_id for "
+                                "item events, query for searches; unknown fields are ignored",
+                 "example": _EVENT_EXAMPLE[0],
+                 "x-fields": {"event_id": {"type": "string"}, "ts": {"type": "string", "description": "ISO-8601, or epoch milliseconds"},
+                                "user_id": {"type": "string"}, "session_id": {"type": "string"},
+                                "event_type": {"type": "string", "enum": ["view", "add_to_cart", "remove_from_cart", "purchase", "search"]},
+                                "item_id": {"type": "string"}, "query": {"type": "string"}, "category": {"type": "string"},
+                                "price": {"type": "number"}, "quantity": {"type": "integer"}}}
+_EVENTS_BODY = {"required": True, "content": {
+    "application/json": {"schema": {"type": "array", "items": _EVENT_SCHEMA,
+                                     "description": "at most 10,000 events and 5 MB (more: 413)"}, "example": _EVENT_EXAMPLE},
+    "application/x-ndjson": {"schema": {"description": "one JSON event per line (text)"},
+                             "example": "\n".join(json.dumps(e) for e in _EVENT_EXAMPLE)}}}
+_EVENTS_ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"model": Error, "description": "the body is not a JSON array or NDJSON of events"},
+    401: {"model": Error, "description": "a missing or wrong API key (Authorization: Bearer KEY), or no key configured "
+                                         "(FRESHREC_API_KEYS) and no --insecure-local"},
+    413: {"model": Error, "description": "more than 10,000 events or 5 MB in one request"},
+    503: {"model": Error, "description": "this server has no pipeline home to write to, or the disk refused the write"}}
+
+
+class Writes:
+    """What POST /v1/events uses: who may write, the durable event log and the real-time scorer."""
+
+    def __init__(self, settings: Settings, insecure_local: bool = False) -> None:
+        from freshrec.realtime import EventLog, RealtimeScorer
+
+        self.keys = [k.encode("utf-8") for k in settings.api_key_list]
+        self.insecure_local = insecure_local
+        self.log = EventLog(settings)
+        self.scorer = RealtimeScorer(settings, self.log)
+
+    def authorise(self, header: str | None) -> None:
+        """Raise 401 unless ``header`` is ``Bearer`` and a configured key (every key is compared,
+        in constant time), or no key is configured and writes are open (``--insecure-local``)."""
+        import hmac
+
+        if not self.keys:
+            if self.insecure_local:
+                return
+            raise StarletteHTTPException(401, "writes are off: no API key is configured; set FRESHREC_API_KEYS (or run "
+                                              "`freshrec serve --insecure-local` on a loopback address)",
+                                         headers={"WWW-Authenticate": "Bearer"})
+        scheme, _, given = (header or "").partition(" ")
+        token = given.strip().encode("utf-8")
+        matches = [hmac.compare_digest(token, key) for key in self.keys]
+        if scheme.lower() != "bearer" or not any(matches):
+            raise StarletteHTTPException(401, "a valid API key is required: Authorization: Bearer KEY",
+                                         headers={"WWW-Authenticate": "Bearer"})
+
+    def start(self) -> None:
+        if self.log.segments_dir.is_dir():  # recover what a crashed server left; else wait for the first write
+            self.log.open()
+        self.scorer.start()
+
+    def stop(self) -> None:
+        self.scorer.stop()
+        self.log.close()
+
+
+async def _body(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) as soon as it passes ``limit`` bytes."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise StarletteHTTPException(413, f"the body is {int(declared):,} bytes; at most {limit:,} are accepted per request")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise StarletteHTTPException(413, f"the body is over {limit:,} bytes; at most {limit:,} are accepted per request")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@router.post("/v1/events", response_model=EventsAnswer, responses=_EVENTS_ERRORS, openapi_extra={"requestBody": _EVENTS_BODY},
+             summary="Send canonical events (a JSON array or NDJSON); durable when the answer is 200")
+async def post_events(request: Request, metrics: MetricsDep) -> Response:
+    from freshrec.realtime import MAX_BYTES, BadBody, TooLarge, events_of
+
+    writes: Writes | None = request.app.state.writes
+    if writes is None:
+        raise StarletteHTTPException(503, "this server has no pipeline home to write events to: start it with `freshrec serve`")
+    writes.authorise(request.headers.get("authorization"))
+    try:
+        lines = events_of(await _body(request, MAX_BYTES), request.headers.get("content-type"))
+    except TooLarge as exc:
+        raise StarletteHTTPException(413, str(exc)) from None
+    except BadBody as exc:
+        raise StarletteHTTPException(400, _clip(str(exc))) from None
+    try:
+        verdict, durable = await run_in_threadpool(writes.log.accept, lines)
+    except OSError as exc:  # nothing was acknowledged: the sender sends again
+        log.error("POST /v1/events: writing the events failed: %s", exc)
+        raise StarletteHTTPException(503, "the events could not be written durably; nothing was accepted, send them again") from None
+    writes.scorer.submit(verdict.rows, durable)
+    answer = verdict.answer()
+    metrics.count_events(answer)
+    return _json(answer)
+
+
 def _health(store: ServingStore) -> Response:
     try:
         popular = store.get_popular(None, 1)
@@ -466,12 +614,19 @@ def _package_version() -> str:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
-    yield
-    app.state.store.close()
+    writes: Writes | None = app.state.writes
+    if writes is not None:
+        writes.start()
+    try:
+        yield
+    finally:
+        if writes is not None:
+            writes.stop()
+        app.state.store.close()
 
 
 def create_app(settings: Settings | None = None, *, store: ServingStore | None = None,
-               inline_reads: bool | None = None) -> FastAPI:
+               inline_reads: bool | None = None, insecure_local: bool = False) -> FastAPI:
     """The read API over ``store`` (default: the store at ``settings.serving``).
 
     ``inline_reads``: run store reads on the event loop instead of the thread pool. A SQLite
@@ -482,13 +637,15 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
         settings = settings or Settings.load()
         store = open_store(settings.serving)
     app = FastAPI(title="freshrec read API", version=_package_version(), lifespan=_lifespan, docs_url=None, redoc_url=None,
-                  description="Read-only access to the live version of the published recommendation lists.")
+                  description="The published recommendation lists of the live version, and the way in for events.")
     app.state.settings = settings
     app.state.store = store
     app.state.client = RecsClient.for_settings(settings or Settings(), store)
     app.state.uniform_answers = settings is not None and settings.uniform_answers
+    # the event API writes under FRESHREC_HOME: an app built on a bare store answers it with 503
+    app.state.writes = Writes(settings, insecure_local) if settings is not None else None
     app.state.reads = Reads(isinstance(store, SqliteStore) if inline_reads is None else inline_reads)
-    app.state.metrics = Metrics(store, settings.state_db if settings is not None else None)
+    app.state.metrics = Metrics(store, settings)
     app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)
     for exc_class, handler in _EXCEPTION_HANDLERS.items():
         app.add_exception_handler(exc_class, handler)
@@ -536,11 +693,20 @@ def urls(host: str, port: int) -> dict[str, str]:
             "metrics": f"{base}/metrics", "Data Docs": f"{base}{DATA_DOCS_PATH}/"}
 
 
-def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Run the API with uvicorn until interrupted (``freshrec serve``)."""
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(settings: Settings, host: str = "127.0.0.1", port: int = 8000, insecure_local: bool = False) -> None:
+    """Run the API with uvicorn until interrupted (``freshrec serve``). ``insecure_local`` lets
+    anyone write events without a key, and only on a loopback address."""
     import uvicorn
 
-    app = create_app(settings)
+    from freshrec.errors import UserError
+
+    if insecure_local and host not in LOOPBACK:
+        raise UserError(f"--insecure-local accepts writes without a key, so it binds only to a loopback address, not {host!r}; "
+                        "set FRESHREC_API_KEYS to write from other machines")
+    app = create_app(settings, insecure_local=insecure_local)
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
 
 

@@ -154,9 +154,18 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("rollback", help="make the previous (or the given) published version live again")
     p.add_argument("--to", default=None, metavar="VERSION")
 
-    p = sub.add_parser("serve", help="run the HTTP read API")
+    p = sub.add_parser("serve", help="run the HTTP API: the published lists, and POST /v1/events with the real-time path")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=_port, default=8000)
+    p.add_argument("--insecure-local", action="store_true",
+                   help="accept events without an API key (loopback addresses only; set FRESHREC_API_KEYS otherwise)")
+
+    p = sub.add_parser("send", help="send a JSONL or CSV file of events to a running `freshrec serve` (POST /v1/events)")
+    p.add_argument("file", type=Path, metavar="FILE", help="events: .jsonl or .csv, optionally .gz")
+    p.add_argument("--url", required=True, help="the server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--key", default=None, metavar="K", help="an API key (default: $FRESHREC_API_KEY)")
+    p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="events per request (1..10000, default 1000)")
+    p.add_argument("--json", action="store_true", help="print the totals and every rejected event as JSON")
 
     p = sub.add_parser("airflow", help="run the Airflow UI and scheduler on this machine (airflow standalone, SQLite)")
     p.add_argument("--host", default="127.0.0.1", help="address the UI/API server binds to (default 127.0.0.1)")
@@ -194,7 +203,7 @@ def _home_hint(settings: Settings) -> str | None:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command not in ("import", "generate", "airflow") and (hint := _home_hint(settings)):
+    if args.command not in ("import", "generate", "airflow", "send") and (hint := _home_hint(settings)):
         print(hint.format(cmd=args.command), file=sys.stderr)
     if args.command == "import":
         from dataclasses import fields
@@ -251,6 +260,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         found = quarantined(settings.quarantine_path, args.reason, args.file, args.limit)
         print(json.dumps(found, default=str) if args.json else format_rows(found, args.limit))
         return 0
+    if args.command == "send":
+        return _send(args)
     if args.command == "airflow":
         from freshrec.airflow.standalone import run_standalone
 
@@ -297,6 +308,21 @@ def _watch(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _send(args: argparse.Namespace) -> int:
+    import os
+
+    from freshrec.sender import file_events, progress_printer, send_events, summary_text
+
+    total = sum(1 for _ in file_events(args.file))
+    show = None if args.json else progress_printer(total, sys.stderr)
+    totals = send_events(args.url, file_events(args.file), api_key=args.key or os.environ.get("FRESHREC_API_KEY"),
+                         batch_size=args.batch_size, on_batch=show)
+    if show is not None and sys.stderr.isatty():
+        print(file=sys.stderr)
+    print(json.dumps(totals) if args.json else summary_text(totals))
+    return 0
+
+
 def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
     """recs, similar, popular, rollback, serve. Serving errors (nothing published yet, an
     unreachable store, an unknown version) are UserErrors: one line, exit 2."""
@@ -308,7 +334,10 @@ def _serving_command(args: argparse.Namespace, settings: Settings) -> int:
         for name, url in urls(args.host, args.port).items():
             print(f"  {name:<10} {url}", file=sys.stderr)
         sys.stderr.flush()
-        serve(settings, host=args.host, port=args.port)
+        writes = (f"{len(settings.api_key_list)} API key(s)" if settings.api_key_list else
+                  "no key needed (--insecure-local)" if args.insecure_local else "off (set FRESHREC_API_KEYS)")
+        print(f"  {'events':<10} POST http://{args.host}:{args.port}/v1/events  writes: {writes}", file=sys.stderr)
+        serve(settings, host=args.host, port=args.port, insecure_local=args.insecure_local)
         return 0
     from freshrec.client import RecsClient, format_list
 

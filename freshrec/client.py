@@ -94,6 +94,16 @@ class RecsClient:
                               for r in self.store.versions()]
         return status
 
+    @staticmethod
+    def send_events(events: Any, *, url: str, api_key: str | None = None, batch_size: int = 1000) -> dict[str, Any]:
+        """POST ``events`` (dicts or JSON texts) to the event API of the ``freshrec serve`` at
+        ``url``, in batches: ``{"sent", "accepted", "duplicates", "rejected": [...]}``
+        (``freshrec.sender.send_events``). The server, not this client's store, takes them: they
+        reach the lake through the landing zone, and the sender's list in about a second."""
+        from freshrec.sender import send_events
+
+        return send_events(url, events, api_key=api_key, batch_size=batch_size)
+
     def close(self) -> None:
         if self._owns_store:
             self.store.close()

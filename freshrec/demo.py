@@ -5,7 +5,9 @@
 2. three micro-batches of new events land, and the freshrec_incremental DAG runs after each:
    one shopper looks at a category they never touched, puts an item in the cart, buys it; a
    newcomer arrives; a producer re-sends an event and sends some broken rows;
-3. the shopper's list before and after, the measured freshness, and where to look next.
+3. the real-time loop: `freshrec serve` takes a new shopper's events over HTTP (POST
+   /v1/events), and their list changes in about a second; a purchase leaves it as fast;
+4. the shopper's list before and after, the measured freshness, and where to look next.
 
 Uses FRESHREC_HOME when set, else ./.freshrec/demo (wiped first, so the demo is repeatable), and
 then leaves a freshrec.toml here naming that home (unless there is one), so that ``freshrec
@@ -90,6 +92,8 @@ def main() -> int:
     freshness = _microbatches(console, settings, story, before, now)
     if freshness is None:
         return 1
+    if not _realtime(console, settings, story, now):
+        return 1
     _what_changed(console, settings, story, before, freshness)
     note = _point_here(home) if default_home else None
     _look_around(console, settings, home, story.shopper, note)
@@ -152,12 +156,85 @@ def _microbatches(console, settings: Settings, story: "_Story", before: list[tup
     return freshness
 
 
-def _what_changed(console, settings: Settings, story: "_Story", before: list[tuple[str, float]],
-                  freshness: list[dict[str, Any]]) -> None:
-    """Part 3: the shopper's list before and after, the counts, the freshness."""
+REALTIME_SHOPPER = "demo-live-shopper"
+
+
+def _realtime(console, settings: Settings, story: "_Story", now: datetime) -> bool:
+    """Part 3: a shopper sends events to the running API and their list follows within a second;
+    then the micro-batch takes the API's segment into the lake. False when a run failed."""
+    import threading
+
+    import uvicorn
+
+    from freshrec.airflow.local import run_dag
+    from freshrec.api import create_app
+    from freshrec.client import RecsClient
     from freshrec.status import collect_status
 
-    console.rule("3. what changed")
+    console.rule("3. the real-time loop: events over HTTP")
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, insecure_local=True), host="127.0.0.1", port=0,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    console.print(f"freshrec serve is up at {url} (writes open to this machine only: --insecure-local)")
+    shopper, items = REALTIME_SHOPPER, story.discovered
+
+    def ev(eid: str, seconds_ago: float, etype: str, item: str, **extra: Any) -> dict[str, Any]:
+        ts = (now - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds").replace("+00:00", "Z")
+        return {"event_id": eid, "ts": ts, "user_id": shopper, "session_id": "demo-live", "event_type": etype,
+                "item_id": item, **extra}
+
+    def changed(before: list[str], what: str) -> list[str]:
+        started = time.monotonic()
+        while time.monotonic() - started < 10:
+            now_items = [i for i, _ in story.top(shopper, 100)]
+            if now_items != before:
+                console.print(f"    {what}: the list changed {time.monotonic() - started:.2f} s after the POST returned")
+                return now_items
+            time.sleep(0.02)
+        console.print(f"    {what}: the list did not change within 10 s")
+        return before
+
+    try:
+        fallback = [i for i, _ in story.top(shopper, 100)]
+        console.print(f"{shopper} is new: {story.client.recs(shopper, 1)['source']} list")
+        sent = RecsClient.send_events([ev("live-1", 30, "view", items[0]), ev("live-2", 20, "view", items[1]),
+                                       ev("live-3", 10, "view", items[2])], url=url)
+        console.print(f"POST /v1/events: three views of {story.new_category} -> {sent['accepted']} accepted")
+        after = changed(fallback, "views")
+        story.show(console, story.top(shopper), set(fallback), "    their list now (+ new):")
+        target = after[0]
+        RecsClient.send_events([ev("live-4", 5, "purchase", target, quantity=1)], url=url)
+        console.print(f"POST /v1/events: {shopper} buys {target}")
+        changed(after, "purchase")
+        console.print(f"    {target} left the list: {target not in [i for i, _ in story.top(shopper, 100)]}")
+        again = RecsClient.send_events([ev("live-4", 5, "purchase", target, quantity=1)], url=url)
+        console.print(f"    the same purchase sent again: {again['accepted']} accepted, {again['duplicates']} duplicate")
+    finally:
+        server.should_exit = True  # a graceful stop moves the open segment into the landing zone
+        thread.join(30)
+    realtime = collect_status(settings).get("realtime") or {}
+    console.print(f"event -> served: p50 {realtime.get('event_to_served_p50_s')} s, p95 {realtime.get('event_to_served_p95_s')} s "
+                  f"over {realtime.get('events')} events")
+    console.print("the micro-batch takes the API's segment file into the lake like any landing file:")
+    if not run_dag(settings, "freshrec_incremental"):
+        console.print("[red]the incremental run failed; see the task line above[/]")
+        return False
+    mb = collect_status(settings)["freshness"]
+    console.print(f"    micro-batch {mb.get('last_microbatch_id')}: {mb.get('rows')} rows, {mb.get('users')} users re-scored")
+    return True
+
+
+def _what_changed(console, settings: Settings, story: "_Story", before: list[tuple[str, float]],
+                  freshness: list[dict[str, Any]]) -> None:
+    """Part 4: the shopper's list before and after, the counts, the freshness."""
+    from freshrec.status import collect_status
+
+    console.rule("4. what changed")
     console.print(f"shopper [bold]{story.shopper}[/], before the micro-batches:")
     story.show(console, before, set())
     console.print("after them (new entries marked +):")
@@ -172,13 +249,13 @@ def _what_changed(console, settings: Settings, story: "_Story", before: list[tup
 
 
 def _look_around(console, settings: Settings, home: Path, shopper: str, note: str | None) -> None:
-    """Part 4: where everything is and the commands to look at it."""
+    """Part 5: where everything is and the commands to look at it."""
     from freshrec.status import collect_status
 
     bin_dir = Path(sys.executable).parent
     # with the freshrec.toml just written, commands run here need no FRESHREC_HOME
     env = "" if note else f"FRESHREC_HOME={home} "
-    console.rule("4. look around")
+    console.rule("5. look around")
     console.print(f"Everything lives under {home}.")
     if note:
         console.print(note)

@@ -35,7 +35,7 @@ def fsync_path(path: Path) -> None:
             os.close(fd)
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     with contextlib.suppress(OSError):  # not every file system lets a directory be fsynced
         fd = os.open(directory, os.O_RDONLY)
         try:
@@ -56,7 +56,7 @@ def atomic_path(final: Path) -> Iterator[Path]:
         if final.is_dir() and tmp.is_dir():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
     except BaseException:
         if tmp.is_dir():
             shutil.rmtree(tmp, ignore_errors=True)

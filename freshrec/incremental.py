@@ -90,6 +90,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
 
     from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
     from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, has_table, lake_lock, write_recent
+    from freshrec.realtime import accepted_events
     from freshrec.rescore import refresh_popular_step, refresh_users_step
 
     started = time.time()
@@ -127,7 +128,8 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
         write_recent(settings, batch_id, events.loc[events["item_id"].notna()])
 
     users = sorted(events["user_id"].astype(str).unique())
-    refreshed = refresh_users_step(settings, users)
+    # with their events the event API accepted since, or the list the real-time path served would go back
+    refreshed = refresh_users_step(settings, users, accepted_events(settings, users))
     served = time.time()  # the users' new lists are readable from here on
     popular = refresh_popular_step(settings) if refreshed.get("version") else {"skipped": "nothing published yet"}
 

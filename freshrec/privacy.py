@@ -207,6 +207,33 @@ def _csv_row_of(raw: str, user_id: str) -> bool:
     return isinstance(obj, dict) and str(obj.get("user_id", "")).strip(" ") == user_id
 
 
+def _check_open_segments(settings: Settings, user_id: str) -> None:
+    """Refuse (before anything is erased) while a segment the event API still has open holds one
+    of the user's events: it moves into the landing zone within FRESHREC_API_SEGMENT_SECONDS,
+    where forget can rewrite it."""
+    from freshrec.errors import UserError
+    from freshrec.realtime import SEGMENT_PREFIX
+
+    segments = settings.home / "api" / "segments"
+    for path in sorted(segments.glob(f"{SEGMENT_PREFIX}*.jsonl")) if segments.is_dir() else []:
+        data = path.read_bytes()
+        if user_id.encode("utf-8") in data and any(_csv_row_of(line, user_id) for line in data.decode("utf-8", "replace").splitlines()):
+            raise UserError(f"the event API holds the user's newest events in an open segment ({path.name}); it moves into "
+                            f"the landing zone within {settings.api_segment_seconds:g} s: run `freshrec forget` again then")
+
+
+def _erase_api_events(settings: Settings, stored: str) -> int:
+    """The user's rows in the event API's state (``freshrec.realtime``: accepted ids and events)."""
+    import sqlite3
+    from contextlib import closing
+
+    db = settings.home / "api" / "events.db"
+    if not db.is_file():
+        return 0
+    with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
+        return conn.execute("DELETE FROM api_events WHERE user_id = ?", (stored,)).rowcount
+
+
 def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> dict[str, Any]:
     """Erase ``user_id`` everywhere (module docstring); returns what was removed where."""
     from freshrec.lake import features_lock, lake_lock
@@ -219,6 +246,7 @@ def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> 
         raise UserError("give the user id to forget")
     if reason is not None:  # the audit keeps the reason, never the id
         reason = reason.replace(user_id, "<subject>")
+    _check_open_segments(settings, user_id)
     started = time.monotonic()
     ledger = Ledger(settings.state_db)
     removed: dict[str, int] = {}
@@ -240,6 +268,7 @@ def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> 
         stored = settings.user_key(user_id)  # the id as the lake, the features and the store hold it
         removed.update(_erase_user_tables(settings, stored))
         removed["lake/quarantine"] = _erase_quarantine_rows(settings, user_id)
+        removed["api_events"] = _erase_api_events(settings, stored)
         # the rewritten landing files are what the next batch reads: not "changed" files
         for path in rewritten:
             if path.name in states and states[path.name]["state"] in ("taken", "claimed"):

@@ -22,20 +22,25 @@ from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
 
+#: the event API's accepted events a publish's catch-up re-scores: those of the last hour
+CATCH_UP_ACCEPTED_S = 3600.0
 #: how many times a re-score starts over because another version went live meanwhile
 ATTEMPTS = 3
 
 
 def catch_up_step(settings: Settings) -> dict[str, Any]:
     """Re-score the users of the micro-batches the live version was not built from (those that
-    landed after the batch's ``matrices`` read the lake) and refresh the popular lists, so a
-    batch publish never takes a fresh list away."""
+    landed after the batch's ``matrices`` read the lake) and of the events the event API accepted
+    in the last CATCH_UP_ACCEPTED_S (some may have reached the landing zone after ``clean`` read
+    it), and refresh the popular lists, so a batch publish never takes a fresh list away."""
     from freshrec.lake import read_recent
+    from freshrec.realtime import accepted_since
 
-    users = sorted(read_recent(settings)["user_id"].astype(str).unique())
+    accepted = accepted_since(settings, time.time() - CATCH_UP_ACCEPTED_S)
+    users = sorted(set(read_recent(settings)["user_id"].astype(str)) | set(accepted["user_id"]))
     if not users:
         return {"users": 0}
-    refreshed = refresh_users_step(settings, users)
+    refreshed = refresh_users_step(settings, users, accepted)
     popular = refresh_popular_step(settings)
     return {"users": refreshed.get("users", 0), "popular_lists": popular.get("lists", 0)}
 
@@ -62,21 +67,23 @@ def _into_live(settings: Settings, write: Callable[[Any, str], dict[str, Any]]) 
                 log.info("version %s went live while lists were computed for %s: computing them again", exc.live, exc.expected)
 
 
-def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
+def refresh_users_step(settings: Settings, users: list[str], accepted=None) -> dict[str, Any]:
     """Re-score ``users`` with the live version's recommender, no retraining, and upsert their
-    lists into that version while it is live.
+    lists into that version while it is live (the micro-batch and the real-time path).
 
     A user's sequence is their features/sequences row plus their events in features/recent
-    (the micro-batches since the last batch), the last FRESHREC_SEQUENCE_LENGTH kept
-    (``jobs.history``); a user seen for the first time is scored from the recent events alone.
-    Exclusions (FRESHREC_EXCLUDE_SEEN) and unavailable items hold as in the batch."""
+    (the micro-batches since the last batch) and in ``accepted`` (RECENT_COLUMNS rows: events
+    the event API accepted that no micro-batch has read yet), one row per event id, the last
+    FRESHREC_SEQUENCE_LENGTH kept (``jobs.history``); a user seen for the first time is scored
+    from their recent events alone. Exclusions (FRESHREC_EXCLUDE_SEEN) and unavailable items
+    hold as in the batch."""
     started = time.perf_counter()
     users = sorted({str(u) for u in users})
 
     def write(store, version: str) -> dict[str, Any]:
         if not users:
             return {"version": version, "users": 0, "skipped": "no users"}
-        scored = _score_users(settings, store, version, users)
+        scored = _score_users(settings, store, version, users, accepted)
         return store.upsert_user_recs(
             ((u, list(zip(items, scores, strict=True)))
              for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True)),
@@ -92,9 +99,10 @@ def refresh_users_step(settings: Settings, users: list[str]) -> dict[str, Any]:
     return result
 
 
-def scoring_inputs(settings: Settings, users: list[str]):
+def scoring_inputs(settings: Settings, users: list[str], accepted=None):
     """What ``score_frame`` reads for ``users`` (``jobs.history.scoring_frame``): their batch
-    sequence and interactions plus their micro-batch events, read under the shared features lock."""
+    sequence and interactions plus their micro-batch events, read under the shared features lock,
+    and the events in ``accepted`` (see :func:`refresh_users_step`)."""
     import pandas as pd
 
     from freshrec.features import feature_rows
@@ -103,6 +111,8 @@ def scoring_inputs(settings: Settings, users: list[str]):
 
     with features_lock(settings, "re-scoring", shared=True):
         recent = read_recent(settings, users)
+        if accepted is not None and len(accepted):
+            recent = pd.concat([part for part in (recent, accepted) if len(part)], ignore_index=True)
         batch = sequence_rows(feature_rows(settings, "sequences", SEQUENCE_COLUMNS, users))
         seen = (feature_rows(settings, "interactions", COUNT_COLUMNS, users) if settings.exclude_seen != "none"
                 else pd.DataFrame(columns=COUNT_COLUMNS))
@@ -112,12 +122,12 @@ def scoring_inputs(settings: Settings, users: list[str]):
     return scoring_frame(users, events, counts, settings.sequence_length, settings.exclude_seen)
 
 
-def _score_users(settings: Settings, store, version: str, users: list[str]):
+def _score_users(settings: Settings, store, version: str, users: list[str], accepted=None):
     """``users``' lists from the recommender and unavailable items of ``version``."""
     from freshrec.jobs.score import score_frame
 
     rec, blocked = _live_recommender(settings, version, (store.version_info(version) or {}).get("meta") or {})
-    frame = scoring_inputs(settings, users)
+    frame = scoring_inputs(settings, users, accepted)
     newest = max((int(t.max()) for t in frame["t"] if len(t)), default=None)
     now = newest + 1 if newest is not None else int(time.time())
     unavailable = rec.catalogue.lookup(blocked)

@@ -68,6 +68,10 @@ class Settings(BaseSettings):
     pseudonymise: bool = False  # cleaning: replace every user id by a keyed hash (HMAC-SHA256 with pseudonym_key) before it reaches the lake; recs and the API take the clear id
     pseudonym_key: str = ""  # cleaning: the secret key of pseudonymise (required when it is on); changing it makes every user new
     uniform_answers: bool = False  # serving: the API answers a known and an unknown user in the same shape (source "list", updated_at null), so an answer does not tell who is a customer
+    api_keys: str = ""  # serving: comma-separated keys that may write (POST /v1/events, header "Authorization: Bearer KEY"); empty: writes are refused unless `freshrec serve --insecure-local`
+    api_segment_events: AtLeastOne = 1000  # event API: a segment of accepted events moves into landing/events after this many events...
+    api_segment_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0  # ...or this many seconds after its first event
+    realtime_batch_ms: Annotated[float, Field(ge=0, le=10_000, allow_inf_nan=False)] = 150.0  # event API: users of accepted events are re-scored in batches this many milliseconds apart
     max_quarantine_ratio: Annotated[float, Field(ge=0, le=1)] = 0.2  # a batch with a larger share of quarantined rows fails the quality gate
     event_weights: dict[str, float] = Field(default_factory=_default_event_weights)  # interaction weight per event type, merged over the defaults; environment form view=1,purchase=5
     decay_half_life_days: Positive = 30.0  # half-life of the time decay of interaction weights
@@ -111,6 +115,11 @@ class Settings(BaseSettings):
         if self.pseudonymise and not self.pseudonym_key:
             raise ValueError("pseudonymise is on but pseudonym_key is empty: set FRESHREC_PSEUDONYM_KEY to a secret")
         return self
+
+    @property
+    def api_key_list(self) -> list[str]:
+        """The keys that may write to the event API (FRESHREC_API_KEYS)."""
+        return [k.strip() for k in self.api_keys.split(",") if k.strip()]
 
     @property
     def pseudonym_key_bytes(self) -> bytes | None:

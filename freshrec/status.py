@@ -98,6 +98,9 @@ def collect_status(settings: Settings) -> dict[str, Any]:
         except (sqlite3.Error, ValueError, OSError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
     status["quarantine_reasons"] = _quarantine_reasons(settings, warnings)
+    from freshrec.realtime import latency_report
+
+    status["realtime"] = latency_report(settings)  # POST /v1/events -> served; None before the first
     _serving_status(settings, status, warnings)
     if warnings:
         status["warnings"] = warnings
@@ -247,6 +250,11 @@ def format_status(status: dict[str, Any]) -> str:
     overview.add_row("freshness", f"last micro-batch {_or_dash(fresh.get('last_microbatch_at'))}  "
                                   f"landing->served p50 {_or_dash(p50 if p50 is None else f'{p50:.1f}s')}  "
                                   f"p95 {_or_dash(p95 if p95 is None else f'{p95:.1f}s')}")
+    realtime = status.get("realtime")
+    if realtime:
+        overview.add_row("real time", f"last served {realtime['last_served_at']}  event->served "
+                                      f"p50 {realtime['event_to_served_p50_s']:.2f}s  p95 {realtime['event_to_served_p95_s']:.2f}s  "
+                                      f"p99 {realtime['event_to_served_p99_s']:.2f}s  (last {realtime['events']:,} events)")
     console.print(overview)
     for line in mlflow_links:
         console.print(line, soft_wrap=True)

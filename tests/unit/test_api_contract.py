@@ -1,10 +1,11 @@
 """Schemathesis against the read API's own /openapi.json (a fixed seed, bounded examples): no
 5xx, no status the document does not list, every body in its documented shape, a 405 with
 Allow for methods an operation lacks. A published SQLite store answers, so personal, fallback
-and error paths are all reached."""
+and error paths are all reached; POST /v1/events writes to a home of its own."""
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from hypothesis import HealthCheck, settings
 
 from freshrec.api import create_app
 from freshrec.serving import open_store
+from freshrec.settings import Settings
 
 
 def _published_store(path):
@@ -32,8 +34,16 @@ def _published_store(path):
 # a directory removed when the interpreter exits
 _DIR = tempfile.TemporaryDirectory(prefix="freshrec-contract-")
 _STORE = _published_store(Path(_DIR.name) / "serving.db")
-APP = create_app(store=_STORE)
+# with a home of its own and writes open (--insecure-local), so POST /v1/events is exercised in full
+APP = create_app(Settings(home=Path(_DIR.name) / "home"), store=_STORE, insecure_local=True)
 schema = schemathesis.openapi.from_asgi("/openapi.json", APP)
+
+
+@schemathesis.serializer("application/x-ndjson")
+def _ndjson(ctx, value):
+    """NDJSON bodies of POST /v1/events: a generated string is sent as its UTF-8 bytes."""
+    text = value if isinstance(value, str) else json.dumps(value)
+    return text.encode("utf-8") if isinstance(text, str) else text
 
 
 @schema.parametrize()
@@ -48,7 +58,11 @@ def test_the_document_lists_only_statuses_the_api_returns():
     with TestClient(APP) as http:
         doc = http.get("/openapi.json").json()
     statuses = {code for ops in doc["paths"].values() for op in ops.values() for code in op["responses"]}
-    assert statuses <= {"200", "400", "503"}, statuses
+    assert statuses <= {"200", "400", "401", "413", "503"}, statuses
+    events = doc["paths"]["/v1/events"]["post"]
+    assert set(events["responses"]) == {"200", "400", "401", "413", "503"}
+    body = events["requestBody"]["content"]
+    assert body["application/json"]["example"][0]["event_type"] == "view" and "application/x-ndjson" in body
     assert "HTTPValidationError" not in doc.get("components", {}).get("schemas", {})
     user = doc["paths"]["/v1/users/{user_id}/recommendations"]["get"]["parameters"][0]
     assert user["name"] == "user_id" and user["schema"]["maxLength"] == 256 and "pattern" in user["schema"]
