@@ -79,6 +79,7 @@ class UserRecs(BaseModel):
     version: str | None
     source: Literal["personal", "fallback", "list"]
     updated_at: str | None
+    recommendation_id: str  # new for every answer; logged with what was shown (freshrec.impressions)
     items: list[Item]
 
 
@@ -87,6 +88,7 @@ class SimilarItems(BaseModel):
     version: str | None
     source: Literal["similar", "fallback"]
     updated_at: str | None
+    recommendation_id: str  # new for every answer; logged with what was shown (freshrec.impressions)
     items: list[Item]
 
 
@@ -95,6 +97,7 @@ class PopularItems(BaseModel):
     version: str | None
     source: Literal["popular", "fallback"]
     updated_at: str | None
+    recommendation_id: str  # new for every answer; logged with what was shown (freshrec.impressions)
     items: list[Item]
 
 
@@ -103,6 +106,7 @@ class QueryItems(BaseModel):
     version: str | None
     source: Literal["query", "fallback"]
     updated_at: str | None
+    recommendation_id: str  # new for every answer; logged with what was shown (freshrec.impressions)
     items: list[Item]
 
 
@@ -460,16 +464,20 @@ _EVENTS_ERRORS: dict[int | str, dict[str, Any]] = {
     503: {"model": Error, "description": "this server has no pipeline home to write to, or the disk refused the write"}}
 
 
-class Writes:
-    """What POST /v1/events uses: who may write, the durable event log and the real-time scorer."""
+class Ingest:
+    """What this server writes under FRESHREC_HOME: the events of POST /v1/events (who may send
+    them, their durable log, the real-time scorer) and the impression log of the lists it serves."""
 
     def __init__(self, settings: Settings, insecure_local: bool = False) -> None:
-        from freshrec.realtime import EventLog, RealtimeScorer
+        from freshrec.impressions import FLUSH_S, ImpressionLog
+        from freshrec.realtime import EventLog, Housekeeper, ScorerProcess
 
         self.keys = [k.encode("utf-8") for k in settings.api_key_list]
         self.insecure_local = insecure_local
         self.log = EventLog(settings)
-        self.scorer = RealtimeScorer(settings, self.log)
+        self.impressions = ImpressionLog(settings)
+        self.scorer = ScorerProcess(settings)
+        self.housekeeper = Housekeeper(self.log, self.impressions, self.scorer, FLUSH_S)
 
     def authorise(self, header: str | None) -> None:
         """Raise 401 unless ``header`` is ``Bearer`` and a configured key (every key is compared,
@@ -492,11 +500,18 @@ class Writes:
     def start(self) -> None:
         if self.log.segments_dir.is_dir():  # recover what a crashed server left; else wait for the first write
             self.log.open()
+        if self.impressions.segments.dir.is_dir():
+            self.impressions.open()
         self.scorer.start()
+        self.housekeeper.start()
+        self.impressions.buffered = True  # written every FLUSH_S by the housekeeper, off the request path
 
     def stop(self) -> None:
         self.scorer.stop()
+        self.housekeeper.stop()
+        self.impressions.buffered = False
         self.log.close()
+        self.impressions.close()
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -518,7 +533,7 @@ async def _body(request: Request, limit: int) -> bytes:
 async def post_events(request: Request, metrics: MetricsDep) -> Response:
     from freshrec.realtime import MAX_BYTES, BadBody, TooLarge, events_of
 
-    writes: Writes | None = request.app.state.writes
+    writes: Ingest | None = request.app.state.ingest
     if writes is None:
         raise StarletteHTTPException(503, "this server has no pipeline home to write events to: start it with `freshrec serve`")
     writes.authorise(request.headers.get("authorization"))
@@ -529,11 +544,10 @@ async def post_events(request: Request, metrics: MetricsDep) -> Response:
     except BadBody as exc:
         raise StarletteHTTPException(400, _clip(str(exc))) from None
     try:
-        verdict, durable = await run_in_threadpool(writes.log.accept, lines)
+        verdict, _ = await run_in_threadpool(writes.log.accept, lines)
     except OSError as exc:  # nothing was acknowledged: the sender sends again
         log.error("POST /v1/events: writing the events failed: %s", exc)
         raise StarletteHTTPException(503, "the events could not be written durably; nothing was accepted, send them again") from None
-    writes.scorer.submit(verdict.rows, durable)
     answer = verdict.answer()
     metrics.count_events(answer)
     return _json(answer)
@@ -614,14 +628,14 @@ def _package_version() -> str:
 
 @asynccontextmanager
 async def _lifespan(app: FastAPI):
-    writes: Writes | None = app.state.writes
-    if writes is not None:
-        writes.start()
+    ingest: Ingest | None = app.state.ingest
+    if ingest is not None:
+        ingest.start()
     try:
         yield
     finally:
-        if writes is not None:
-            writes.stop()
+        if ingest is not None:
+            ingest.stop()
         app.state.store.close()
 
 
@@ -640,10 +654,12 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
                   description="The published recommendation lists of the live version, and the way in for events.")
     app.state.settings = settings
     app.state.store = store
-    app.state.client = RecsClient.for_settings(settings or Settings(), store)
+    # the event API and the impression log write under FRESHREC_HOME: an app built on a bare
+    # store answers POST /v1/events with 503 and logs no impressions
+    app.state.ingest = Ingest(settings, insecure_local) if settings is not None else None
+    app.state.client = RecsClient.for_settings(settings or Settings(), store,
+                                               app.state.ingest.impressions if app.state.ingest else None)
     app.state.uniform_answers = settings is not None and settings.uniform_answers
-    # the event API writes under FRESHREC_HOME: an app built on a bare store answers it with 503
-    app.state.writes = Writes(settings, insecure_local) if settings is not None else None
     app.state.reads = Reads(isinstance(store, SqliteStore) if inline_reads is None else inline_reads)
     app.state.metrics = Metrics(store, settings)
     app.add_middleware(_MetricsMiddleware, metrics=app.state.metrics)

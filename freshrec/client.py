@@ -3,7 +3,11 @@
     client = RecsClient(settings.serving)          # or RecsClient(store)
     client.recs("42", n=10)
     # {"user_id": "42", "version": "...", "source": "personal" | "fallback", "updated_at": "...",
+    #  "recommendation_id": "r-...",
     #  "items": [{"item_id": "9", "score": 0.87, "category": "shoes", "price": 59.9}, ...]}
+
+Every answer carries a new ``recommendation_id`` (``freshrec.impressions``); a client built with
+``impressions=`` (the API's is) logs each answer as an impression.
 
 A user, item, category or query the live version does not know gets the overall popular list
 with ``source: "fallback"``, never an error. Only "nothing is live yet" raises
@@ -29,17 +33,32 @@ MAX_QUERY_LENGTH = 1000
 
 class RecsClient:
     def __init__(self, store_or_url: ServingStore | str, max_id_length: int = DEFAULT_MAX_ID_LENGTH,
-                 user_key: Callable[[str], str] | None = None) -> None:
+                 user_key: Callable[[str], str] | None = None,
+                 impressions: Callable[[dict[str, Any]], None] | None = None) -> None:
         self._owns_store = isinstance(store_or_url, str)
         self.store = open_store(store_or_url) if isinstance(store_or_url, str) else store_or_url
         self.max_id_length = max_id_length
         self.user_key = user_key  # how a clear user id is stored (FRESHREC_PSEUDONYMISE), or None
+        self.impressions = impressions  # where each served list is logged (freshrec.impressions), or None
 
     @classmethod
-    def for_settings(cls, settings: "Settings", store: ServingStore | None = None) -> "RecsClient":
-        """A client with the settings' id rules and, when ids are pseudonymised, their key."""
+    def for_settings(cls, settings: "Settings", store: ServingStore | None = None,
+                     impressions: Callable[[dict[str, Any]], None] | None = None) -> "RecsClient":
+        """A client with the settings' id rules and, when ids are pseudonymised, their key;
+        ``impressions`` (an :class:`~freshrec.impressions.ImpressionLog`) logs every list served."""
         return cls(store if store is not None else settings.serving, settings.max_id_length,
-                   settings.user_key if settings.pseudonymise else None)
+                   settings.user_key if settings.pseudonymise else None, impressions)
+
+    def _served(self, result: dict[str, Any], kind: str, key: str | None) -> dict[str, Any]:
+        """``result`` with a new recommendation_id (before its items), logged as an impression."""
+        from freshrec.impressions import impression, new_recommendation_id
+
+        items = result.pop("items")
+        result["recommendation_id"] = new_recommendation_id()
+        result["items"] = items
+        if self.impressions is not None:
+            self.impressions(impression(result, kind, key))
+        return result
 
     def _check(self, name: str, value: str | None, limit: int | None = None) -> None:
         if value is None:
@@ -56,35 +75,39 @@ class RecsClient:
 
     def recs(self, user_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
         self._check("user_id", user_id)
-        found = self.store.get_user_recs(self.user_key(user_id) if self.user_key else user_id, n, details=details)
+        key = self.user_key(user_id) if self.user_key else str(user_id)
+        found = self.store.get_user_recs(key, n, details=details)
         if found is not None:
-            return {**found, "user_id": str(user_id)}  # the id as the caller knows it
+            return self._served({**found, "user_id": str(user_id)}, "user", key)  # the id as the caller knows it
         version, updated_at, items = self._fallback(n, details)
-        return {"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+        return self._served({"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at,
+                             "items": items}, "user", key)
 
     def _or_fallback(self, key_name: str, found: dict[str, Any] | None, source: str, fallback_key: Any,
-                     n: int, details: bool) -> dict[str, Any]:
+                     n: int, details: bool, kind: str) -> dict[str, Any]:
         """A keyed list in the recs shape, or the overall popular list marked ``fallback``."""
         if found is not None:
-            return {key_name: found[key_name], "version": found["version"], "source": source,
-                    "updated_at": found["updated_at"], "items": found["items"]}
-        version, updated_at, items = self._fallback(n, details)
-        return {key_name: fallback_key, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+            result = {key_name: found[key_name], "version": found["version"], "source": source,
+                      "updated_at": found["updated_at"], "items": found["items"]}
+        else:
+            version, updated_at, items = self._fallback(n, details)
+            result = {key_name: fallback_key, "version": version, "source": "fallback", "updated_at": updated_at, "items": items}
+        return self._served(result, kind, result[key_name])
 
     def similar(self, item_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
         self._check("item_id", item_id)
         found = self.store.get_similar(item_id, n, details=details)
-        return self._or_fallback("item_id", found, "similar", str(item_id), n, details)
+        return self._or_fallback("item_id", found, "similar", str(item_id), n, details, "similar")
 
     def popular(self, category: str | None = None, n: int = 10, *, details: bool = True) -> dict[str, Any]:
         self._check("category", category)
         found = self.store.get_popular(category, n, details=details)
-        return self._or_fallback("category", found, "popular", category or None, n, details)
+        return self._or_fallback("category", found, "popular", category or None, n, details, "popular")
 
     def query_items(self, query: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
         self._check("query", query, MAX_QUERY_LENGTH)
         found = self.store.get_query_items(query, n, details=details)
-        return self._or_fallback("query", found, "query", normalise_query(query), n, details)
+        return self._or_fallback("query", found, "query", normalise_query(query), n, details, "query")
 
     def status(self) -> dict[str, Any]:
         """``{"live_version", "store", "created_at", "committed_at", "live_at", "meta", "counts", "versions"}``;

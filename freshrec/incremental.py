@@ -24,6 +24,9 @@ One micro-batch, :func:`process_microbatch`:
 4. record counts and freshness (landing -> served, newest event -> served) in the ledger, and
    mark the files taken.
 
+Each micro-batch also folds the API's impression files (``landing/impressions``) into
+``lake/impressions`` (``freshrec.impressions``).
+
 One run at a time: a second ``freshrec run incremental`` (or DAG run) while one is running
 returns at once, successfully, saying so; the next run takes whatever is new. A batch and a
 micro-batch still run side by side (the lake lock orders their writes).
@@ -88,6 +91,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
     The summary has ``files`` 0 when there was nothing new to read."""
     from pyspark.sql import functions as F
 
+    from freshrec.impressions import fold_impressions
     from freshrec.jobs.clean import clean_raw, parse_raw, read_landing
     from freshrec.lake import RECENT_COLUMNS, append_increment, drop_increment, has_table, lake_lock, write_recent
     from freshrec.realtime import accepted_events
@@ -97,10 +101,11 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
     now = now or datetime.now(timezone.utc)
     ledger = Ledger(settings.state_db)
     with lake_lock(settings, "micro-batch"):
+        impressions = fold_impressions(settings)  # the API's served lists, into lake/impressions
         batch_id, intake = _claim(settings, ledger)
         todo = intake.files
         if not todo:
-            summary = {"batch_id": None, "files": 0, "rows": 0, "users": 0, **intake.summary()}
+            summary = {"batch_id": None, "files": 0, "rows": 0, "users": 0, "impressions": impressions, **intake.summary()}
             if intake.quarantined:
                 summary.update(batch_id=batch_id, **_counts(intake.counts))
                 ledger.record_microbatch(batch_id, summary)
@@ -142,6 +147,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
     e50, e95 = _percentiles(newest_s)
     summary = {
         "batch_id": batch_id, "files": len(todo), **intake.summary(), "replay": intake.replay, "lake_files": lake_files,
+        "impressions": impressions,
         **counts, "rows": counts["read"], "users": refreshed.get("users", 0), "version": refreshed.get("version"),
         "refresh": refreshed.get("skipped") or "ok", "popular_lists": popular.get("lists", 0),
         "landing_to_served_p50_s": l50, "landing_to_served_p95_s": l95,

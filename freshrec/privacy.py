@@ -207,19 +207,49 @@ def _csv_row_of(raw: str, user_id: str) -> bool:
     return isinstance(obj, dict) and str(obj.get("user_id", "")).strip(" ") == user_id
 
 
-def _check_open_segments(settings: Settings, user_id: str) -> None:
-    """Refuse (before anything is erased) while a segment the event API still has open holds one
-    of the user's events: it moves into the landing zone within FRESHREC_API_SEGMENT_SECONDS,
-    where forget can rewrite it."""
+def _check_open_segments(settings: Settings, user_id: str, stored: str) -> None:
+    """Refuse (before anything is erased) while a segment a running server still has open (its
+    accepted events, its impressions) names the user: it moves into the landing zone within
+    FRESHREC_API_SEGMENT_SECONDS, where forget can rewrite it."""
     from freshrec.errors import UserError
-    from freshrec.realtime import SEGMENT_PREFIX
 
-    segments = settings.home / "api" / "segments"
-    for path in sorted(segments.glob(f"{SEGMENT_PREFIX}*.jsonl")) if segments.is_dir() else []:
-        data = path.read_bytes()
-        if user_id.encode("utf-8") in data and any(_csv_row_of(line, user_id) for line in data.decode("utf-8", "replace").splitlines()):
-            raise UserError(f"the event API holds the user's newest events in an open segment ({path.name}); it moves into "
-                            f"the landing zone within {settings.api_segment_seconds:g} s: run `freshrec forget` again then")
+    api = settings.home / "api"
+    for path in sorted(api.glob("*/*.jsonl")) if api.is_dir() else []:
+        data = path.read_text(encoding="utf-8", errors="replace")
+        if (user_id in data or stored in data) and any(
+                _csv_row_of(line, user_id) or _impression_of(line, stored) for line in data.splitlines()):
+            raise UserError(f"a running server holds the user's newest events or impressions in an open segment "
+                            f"({path.name}); it moves into the landing zone within {settings.api_segment_seconds:g} s: "
+                            "run `freshrec forget` again then")
+
+
+def _impression_of(line: str, stored: str) -> bool:
+    try:
+        obj = json.loads(line)
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("kind") == "user" and obj.get("key") == stored
+
+
+def _erase_impressions(settings: Settings, stored: str) -> int:
+    """The lists served to the user: lake/impressions rows and landing/impressions lines."""
+    import pyarrow.compute as pc
+
+    from freshrec.impressions import impressions_landing, impressions_path
+
+    total = 0
+    landing = impressions_landing(settings)
+    for path in sorted(landing.glob("*.jsonl")) if landing.is_dir() else []:
+        lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+        kept = [line for line in lines if not _impression_of(line, stored)]
+        if len(kept) != len(lines):
+            atomic_write_bytes(path, "".join(kept).encode("utf-8"))
+            total += len(lines) - len(kept)
+    root = impressions_path(settings)
+    for path in _parquet_files(root) if root.is_dir() else []:
+        total += _rewrite_parquet(path, lambda table: pc.fill_null(pc.invert(pc.and_kleene(
+            pc.equal(table["kind"], "user"), pc.equal(table["key"], stored))), True))
+    return total
 
 
 def _erase_api_events(settings: Settings, stored: str) -> int:
@@ -230,8 +260,14 @@ def _erase_api_events(settings: Settings, stored: str) -> int:
     db = settings.home / "api" / "events.db"
     if not db.is_file():
         return 0
-    with closing(sqlite3.connect(db, timeout=30)) as conn, conn:
-        return conn.execute("DELETE FROM api_events WHERE user_id = ?", (stored,)).rowcount
+    with closing(sqlite3.connect(db, timeout=30)) as conn:
+        with conn:
+            removed = conn.execute("DELETE FROM api_events WHERE user_id = ?", (stored,)).rowcount
+        if removed:  # no copy left in free pages or the write-ahead log
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            conn.execute("VACUUM")
+            conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    return removed
 
 
 def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> dict[str, Any]:
@@ -246,7 +282,7 @@ def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> 
         raise UserError("give the user id to forget")
     if reason is not None:  # the audit keeps the reason, never the id
         reason = reason.replace(user_id, "<subject>")
-    _check_open_segments(settings, user_id)
+    _check_open_segments(settings, user_id, settings.user_key(user_id))
     started = time.monotonic()
     ledger = Ledger(settings.state_db)
     removed: dict[str, int] = {}
@@ -269,6 +305,7 @@ def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> 
         removed.update(_erase_user_tables(settings, stored))
         removed["lake/quarantine"] = _erase_quarantine_rows(settings, user_id)
         removed["api_events"] = _erase_api_events(settings, stored)
+        removed["impressions"] = _erase_impressions(settings, stored)
         # the rewritten landing files are what the next batch reads: not "changed" files
         for path in rewritten:
             if path.name in states and states[path.name]["state"] in ("taken", "claimed"):

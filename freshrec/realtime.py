@@ -16,13 +16,14 @@ about a second through :class:`RealtimeScorer`; the micro-batch stays the source
    what the API accepted. A segment left by a crash is moved into the landing zone on the next
    start, cut after its last whole line (a line without its newline was never acknowledged);
    a segment another live server still writes is left alone (each holds a lock on its own).
-3. **Real time** (:class:`RealtimeScorer`): a thread of the serving process collects the users of
-   accepted events and, every ``FRESHREC_REALTIME_BATCH_MS``, re-scores them with
-   ``rescore.refresh_users_step`` (the micro-batch's own function: the live version's
-   recommender, nothing retrained), their sequence being the published features, the
-   micro-batches since, and their events accepted since (``events.db``). Their lists are
-   upserted into the live version. A failure here loses nothing: the events are on disk, and the
-   micro-batch re-scores those users anyway.
+3. **Real time** (:class:`RealtimeScorer`): a worker process that the server starts (and starts
+   again if it dies, :class:`ScorerProcess`), so that scoring never competes with the reads for
+   the server's GIL, watches ``events.db`` for accepted item events and, every
+   ``FRESHREC_REALTIME_BATCH_MS``, re-scores their users with ``rescore.refresh_users_step``
+   (the micro-batch's own function: the live version's recommender, nothing retrained), their
+   sequence being the published features, the micro-batches since, and their events accepted
+   since (``events.db``). Their lists are upserted into the live version. A failure here loses
+   nothing: the events are on disk, and the micro-batch re-scores those users anyway.
 
 Event -> served latency (from the durable append to the upsert of the user's list) is kept per
 event in ``events.db``; ``/metrics`` and ``freshrec status`` report its p50/p95/p99
@@ -169,50 +170,32 @@ def _micros(ts: datetime) -> int:
     return (ts - datetime(1970, 1, 1, tzinfo=timezone.utc)) // timedelta(microseconds=1)
 
 
-class EventLog:
-    """Durable appends of accepted events: segment files rolled into the landing zone, and
-    ``events.db`` (accepted ids, the users' recent item events, event -> served latencies)."""
+class Segments:
+    """Append-only JSONL segment files under ``directory``, each renamed into ``landing`` (and the
+    folder fsync'd) after ``max_lines`` lines or ``max_seconds`` seconds: the durable path of the
+    event API (and of the impression log). The open segment is locked (``flock``) for as long
+    as its process lives, so a starting process recovers only what a dead one left."""
 
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.dir = settings.home / "api"
-        self.segments_dir = self.dir / "segments"
-        self.db = self.dir / "events.db"
+    def __init__(self, directory: Path, landing: Path, prefix: str, max_lines: int, max_seconds: float) -> None:
+        self.dir, self.landing, self.prefix = directory, landing, prefix
+        self.max_lines, self.max_seconds = max_lines, max_seconds
         self._lock = threading.Lock()
-        self._accept_lock = threading.Lock()
         self._fd: int | None = None
         self._segment: Path | None = None
         self._opened = 0.0
         self._count = 0
-        self._ready = False
 
-    def open(self) -> None:
-        """Create the directories and events.db, and recover what a crashed process left (at the
-        server's start, or before the first write); nothing is written under FRESHREC_HOME before."""
-        with self._accept_lock:
-            if self._ready:
-                return
-            self.segments_dir.mkdir(parents=True, exist_ok=True)
-            self.settings.landing_events_dir.mkdir(parents=True, exist_ok=True)
-            with closing(self._connect()) as conn:
-                conn.executescript(_SCHEMA)
-            self.recover()
-            self._ready = True
-
-    def _connect(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.db, timeout=30, check_same_thread=False)
-        conn.execute("PRAGMA journal_mode=WAL")
-        return conn
-
-    # -- segments ---------------------------------------------------------------------------
-    def recover(self) -> list[str]:
-        """Move the segments a previous process left (a crash) into the landing zone, each cut
-        after its last whole line; empty ones are removed. Returns the names moved."""
+    def open(self) -> list[str]:
+        """Create the folders and move into the landing zone what a dead process left, each
+        segment cut after its last whole line (a line without its newline was never
+        acknowledged); empty ones are removed. Returns the names moved."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.landing.mkdir(parents=True, exist_ok=True)
         moved = []
         with self._lock:
-            for path in sorted(self.segments_dir.glob(f"{SEGMENT_PREFIX}*.jsonl")):
+            for path in sorted(self.dir.glob(f"{self.prefix}*.jsonl")):
                 if path == self._segment or _held(path):
-                    continue  # ours, or another live server's (it holds a lock on its open segment)
+                    continue  # ours, or another live process's
                 data = path.read_bytes()
                 whole = data[: data.rfind(b"\n") + 1]
                 if len(whole) != len(data):
@@ -225,26 +208,40 @@ class EventLog:
                 self._publish(path)
                 moved.append(path.name)
         if moved:
-            log.info("moved %d segment(s) a previous run left into %s", len(moved), self.settings.landing_events_dir)
+            log.info("moved %d segment(s) a previous process left into %s", len(moved), self.landing)
         return moved
 
-    def _open(self) -> None:
-        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
-        self._segment = self.segments_dir / f"{SEGMENT_PREFIX}{stamp}-{os.getpid()}.jsonl"
-        self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process dies, however it dies
-        fsync_dir(self.segments_dir)
-        self._opened = time.monotonic()
-        self._count = 0
+    def write(self, data: bytes, lines: int, sync: bool = True) -> str:
+        """Append ``data`` (whole lines) to the open segment, fsync'd unless ``sync`` is False;
+        returns the segment's name."""
+        with self._lock:
+            if self._fd is None:
+                stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
+                self._segment = self.dir / f"{self.prefix}{stamp}-{os.getpid()}.jsonl"
+                self._fd = os.open(self._segment, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+                fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # released when the process dies, however it dies
+                fsync_dir(self.dir)
+                self._opened, self._count = time.monotonic(), 0
+            written = 0
+            while written < len(data):
+                written += os.write(self._fd, data[written:])
+            if sync:
+                os.fsync(self._fd)
+            name = self._segment.name
+            self._count += lines
+            if self._count >= self.max_lines:
+                self._roll()
+            return name
 
     def _publish(self, path: Path) -> None:
-        os.replace(path, self.settings.landing_events_dir / path.name)
-        fsync_dir(self.settings.landing_events_dir)
-        fsync_dir(self.segments_dir)
+        os.replace(path, self.landing / path.name)
+        fsync_dir(self.landing)
+        fsync_dir(self.dir)
 
     def _roll(self) -> None:
         if self._fd is None or self._segment is None:
             return
+        os.fsync(self._fd)
         os.close(self._fd)
         self._publish(self._segment)
         self._fd, self._segment = None, None
@@ -252,10 +249,47 @@ class EventLog:
     def roll(self, force: bool = False) -> bool:
         """Rename the open segment into the landing zone when it is old enough (or ``force``)."""
         with self._lock:
-            due = self._fd is not None and (force or time.monotonic() - self._opened >= self.settings.api_segment_seconds)
+            due = self._fd is not None and (force or time.monotonic() - self._opened >= self.max_seconds)
             if due:
                 self._roll()
             return due
+
+
+class EventLog:
+    """Durable appends of accepted events: segment files rolled into the landing zone, and
+    ``events.db`` (accepted ids, the users' recent item events, event -> served latencies)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.dir = settings.home / "api"
+        self.segments = Segments(self.dir / "segments", settings.landing_events_dir, SEGMENT_PREFIX,
+                                 settings.api_segment_events, settings.api_segment_seconds)
+        self.db = self.dir / "events.db"
+        self._accept_lock = threading.Lock()
+        self._ready = False
+
+    @property
+    def segments_dir(self) -> Path:
+        return self.segments.dir
+
+    def open(self) -> None:
+        """Create the directories and events.db, and recover what a crashed process left (at the
+        server's start, or before the first write); nothing is written under FRESHREC_HOME before."""
+        with self._accept_lock:
+            if self._ready:
+                return
+            self.segments.open()
+            with closing(self._connect()) as conn:
+                conn.executescript(_SCHEMA)
+            self._ready = True
+
+    def _connect(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db, timeout=30, check_same_thread=False)
+        conn.execute("PRAGMA journal_mode=WAL")
+        return conn
+
+    def roll(self, force: bool = False) -> bool:
+        return self.segments.roll(force)
 
     def accept(self, lines: list[str]) -> tuple[Verdict, float]:
         """Judge ``lines`` and write the accepted events durably, one request at a time (so two
@@ -271,29 +305,18 @@ class EventLog:
         if not verdict.rows:
             return time.time()
         data = "".join(line + "\n" for line in verdict.lines).encode("utf-8")
-        with self._lock:
-            if self._fd is None:
-                self._open()
-            written = 0
-            while written < len(data):
-                written += os.write(self._fd, data[written:])
-            os.fsync(self._fd)
-            durable = time.time()
-            segment = self._segment.name
-            self._count += len(verdict.rows)
-            with closing(self._connect()) as conn, conn:
-                conn.executemany(
-                    "INSERT OR IGNORE INTO api_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    [(r["event_id"], r["user_id"], r["item_id"], r["event_type"], _micros(r["ts"]), r["category"],
-                      segment, durable) for r in verdict.rows])
-            if self._count >= self.settings.api_segment_events:
-                self._roll()
+        segment = self.segments.write(data, len(verdict.lines))  # fsync'd: durable from here
+        durable = time.time()
+        with closing(self._connect()) as conn, conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO api_events VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r["event_id"], r["user_id"], r["item_id"], r["event_type"], _micros(r["ts"]), r["category"],
+                  segment, durable) for r in verdict.rows])
         return durable
 
     def close(self) -> None:
         """Roll the open segment into the landing zone (a graceful stop)."""
-        if self._ready:
-            self.roll(force=True)
+        self.segments.roll(force=True)
 
     # -- state ------------------------------------------------------------------------------
     def known_ids(self, event_ids: list[str]) -> set[str]:
@@ -376,61 +399,90 @@ def latency_report(settings: Settings) -> dict[str, Any] | None:
             "events": len(rows), "last_served_at": datetime.fromtimestamp(rows[0][0], timezone.utc).isoformat(timespec="seconds")}
 
 
-class RealtimeScorer:
-    """A thread that re-scores the users of accepted events in batches (every
-    ``FRESHREC_REALTIME_BATCH_MS``) and rolls due segments into the landing zone."""
+PRUNE_EVERY_S = 3600.0
+KEEP_EVENTS_S = 7 * 86_400.0
 
-    PRUNE_EVERY_S = 3600.0
-    KEEP_EVENTS_S = 7 * 86_400.0
 
-    def __init__(self, settings: Settings, events: EventLog) -> None:
-        self.settings = settings
-        self.events = events
-        self._pending: dict[str, list[float]] = {}
-        self._cond = threading.Condition()
+class Housekeeper:
+    """A thread that, every ``every`` seconds, writes the buffered impressions, moves the
+    segments that are due into the landing zone, starts the real-time worker again if it died,
+    and hourly forgets accepted events older than KEEP_EVENTS_S."""
+
+    def __init__(self, events: EventLog, impressions: Any, scorer: "ScorerProcess | None", every: float) -> None:
+        self.events, self.impressions, self.scorer, self.every = events, impressions, scorer, every
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.flushes = 0
-        self.failures = 0
 
     def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="freshrec-realtime", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="freshrec-housekeeping", daemon=True)
         self._thread.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         self._stop.set()
-        with self._cond:
-            self._cond.notify_all()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, rows: list[dict[str, Any]], durable: float) -> None:
-        """Queue the users of accepted events (their lake ids) for the next flush."""
-        with self._cond:
-            for row in rows:
-                if row["item_id"] is not None:
-                    self._pending.setdefault(row["user_id"], []).append(durable)
-            self._cond.notify_all()
-
     def _run(self) -> None:
-        batch = self.settings.realtime_batch_ms / 1000.0
         pruned = 0.0
-        while not self._stop.is_set():
-            with self._cond:
-                if not self._pending:
-                    self._cond.wait(timeout=0.5)
-            if self._pending and not self._stop.is_set():
-                time.sleep(batch)  # let the users of the next requests join this flush
-                with self._cond:
-                    pending, self._pending = self._pending, {}
-                self.flush(pending)
+        while not self._stop.wait(self.every):
             try:
+                self.impressions.flush()
+                self.impressions.roll()
                 self.events.roll()
-                if time.time() - pruned > self.PRUNE_EVERY_S:
-                    self.events.prune(time.time() - self.KEEP_EVENTS_S)
+                if self.scorer is not None:
+                    self.scorer.ensure()
+                if time.time() - pruned > PRUNE_EVERY_S and self.events.db.is_file():
+                    self.events.prune(time.time() - KEEP_EVENTS_S)
                     pruned = time.time()
-            except OSError as exc:  # a full disk: the next append reports it to its sender
-                log.warning("real-time path: rolling a segment failed: %s", exc)
+            except (OSError, sqlite3.Error) as exc:  # a full disk: the next append reports it to its sender
+                log.warning("event API housekeeping failed (tried again in %.1f s): %s", self.every, exc)
+
+
+class RealtimeScorer:
+    """The real-time path's loop, in a worker process of its own (:class:`ScorerProcess`), so
+    that re-scoring never holds the serving process's GIL while it answers reads: it watches
+    events.db for newly accepted item events, waits FRESHREC_REALTIME_BATCH_MS for more to join,
+    then re-scores their users with ``refresh_users_step`` and records event -> served latencies.
+
+    It starts after the newest event accepted before the server started it: events a dead
+    worker had not re-scored yet are the micro-batch's to re-score, like every accepted event."""
+
+    POLL_S = 0.02
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.events = EventLog(settings)
+        self.last_rowid = 0
+        self.flushes = 0
+        self.failures = 0
+
+    def _new(self) -> dict[str, list[float]]:
+        """The users of the item events accepted since the last look, with their accept times."""
+        if not self.events.db.is_file():
+            return {}
+        with closing(sqlite3.connect(self.events.db, timeout=30)) as conn:
+            rows = conn.execute("SELECT rowid, user_id, accepted_at FROM api_events WHERE rowid > ? AND item_id IS NOT NULL "
+                                "ORDER BY rowid", (self.last_rowid,)).fetchall()
+        pending: dict[str, list[float]] = {}
+        for rowid, user, accepted in rows:
+            pending.setdefault(user, []).append(accepted)
+            self.last_rowid = max(self.last_rowid, rowid)
+        return pending
+
+    def run(self, stop: threading.Event, parent: int | None = None, after: int = 0) -> None:
+        """Until ``stop`` is set or ``parent`` is gone, re-score the users of the events accepted
+        after rowid ``after`` of api_events (the newest when the server started this worker)."""
+        self.last_rowid = after
+        batch = self.settings.realtime_batch_ms / 1000.0
+        while not stop.is_set() and (parent is None or os.getppid() == parent):
+            pending = self._new()
+            if not pending:
+                stop.wait(self.POLL_S)
+                continue
+            stop.wait(batch)  # let the users of the next requests join this flush
+            for user, times in self._new().items():
+                pending.setdefault(user, []).extend(times)
+            self.flush(pending)
 
     def flush(self, pending: dict[str, list[float]]) -> dict[str, Any]:
         """Re-score ``pending``'s users now and record event -> served latencies."""
@@ -447,3 +499,70 @@ class RealtimeScorer:
         if result.get("version") and not result.get("skipped"):
             self.events.record_served([t for u in users for t in pending[u]], time.time())
         return result
+
+
+class ScorerProcess:
+    """Starts the real-time worker (``python -m freshrec.realtime``, the settings in its
+    environment) and starts it again when it died; stops it with SIGTERM. The worker exits by
+    itself when its parent is gone."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.proc: Any = None
+        self.restarts = 0
+
+    def start(self) -> None:
+        import subprocess
+        import sys
+
+        from freshrec.settings import settings_to_env
+
+        after = 0
+        db = self.settings.home / "api" / "events.db"
+        if db.is_file():
+            with closing(sqlite3.connect(db, timeout=30)) as conn:
+                after = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM api_events").fetchone()[0]
+        env = {**os.environ, **settings_to_env(self.settings)}
+        self.proc = subprocess.Popen([sys.executable, "-m", "freshrec.realtime", "--parent", str(os.getpid()),
+                                      "--after", str(after)], env=env, stdin=subprocess.DEVNULL)
+
+    def ensure(self) -> None:
+        """Start the worker again if it died (called by the housekeeper)."""
+        if self.proc is not None and self.proc.poll() is not None:
+            log.warning("the real-time worker exited with %s; starting it again (the micro-batch re-scores what it missed)",
+                        self.proc.returncode)
+            self.restarts += 1
+            self.start()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout)
+        self.proc = None
+
+
+def _worker_main(argv: list[str] | None = None) -> int:
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(description="the real-time re-scoring worker of `freshrec serve`")
+    parser.add_argument("--parent", type=int, default=None)
+    parser.add_argument("--after", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="freshrec realtime: %(message)s")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    RealtimeScorer(Settings.load()).run(stop, args.parent, args.after)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_worker_main())

@@ -149,7 +149,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     df = df.select(
         "source_file", "raw", "v", "_is_object",
         *[blank[n].alias(f"s_{n}") for n in EVENT_FIELDS],
-        *[_field_type(n).alias(f"t_{n}") for n in ("event_id", "user_id", "session_id", "item_id", "ts")],
+        *[_field_type(n).alias(f"t_{n}") for n in (*ID_FIELDS, "ts")],
     )
 
     ts_num = F.col("s_ts").rlike(r"^-?\d+(\.\d+)?$")
@@ -190,6 +190,7 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
         F.col("s_category").alias("category"),
         F.col("price"),
         F.expr("try_cast(qty_dec as int)").alias("quantity"),  # a quarantined 2147483648 must not fail the job
+        F.col("s_recommendation_id").alias("recommendation_id"),
     )
 
 

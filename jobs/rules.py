@@ -336,6 +336,7 @@ def _clean_row(s: dict[str, str | None], ts: datetime, pseudonym_key: bytes | No
         "query": s["query"].lower() if search else None, "category": s["category"],
         "price": _to_double(s["price"]) if s["price"] is not None else None,
         "quantity": int(_to_decimal(s["quantity"], 6)) if s["quantity"] is not None else None,
+        "recommendation_id": s["recommendation_id"],
     }
 
 

@@ -346,3 +346,44 @@ def test_a_batch_publish_during_real_time_upserts_leaves_no_old_list_in_the_new_
             assert found is not None and found["version"] == new, user
             assert [i["item_id"] for i in found["items"]] == list(items), user
     print(f"{sent} events posted during a batch that published {new} over {old}")
+
+
+def test_every_answer_carries_a_recommendation_id_that_resolves_and_events_keep_it(home, spark):
+    """Every served list has a new recommendation_id; the server logs it as an impression (version,
+    kind, key, items), the micro-batch folds the log into lake/impressions, and an event carrying
+    the id keeps it through clean into lake/events."""
+    from freshrec.impressions import impressions_landing, impressions_path, resolve
+
+    user = pd.read_parquet(home.features_dir / "user_index", columns=["user_id"])["user_id"].astype(str).iloc[0]
+    with TestClient(create_app(home)) as http:
+        answers = {
+            "user": http.get(f"/v1/users/{user}/recommendations?n=3").json(),
+            "stranger": http.get("/v1/users/nobody-at-all/recommendations?n=3").json(),
+            "similar": http.get("/v1/items/i1/similar?n=3").json(),
+            "popular": http.get("/v1/popular?n=3").json(),
+            "query": http.get("/v1/queries/red%20shoes/items?n=3").json(),
+        }
+        again = http.get(f"/v1/users/{user}/recommendations?n=3").json()
+        ids = [a["recommendation_id"] for a in answers.values()] + [again["recommendation_id"]]
+        assert all(i.startswith("r-") and len(i) == 34 for i in ids) and len(set(ids)) == len(ids)
+        assert list(answers["user"]) == ["user_id", "version", "source", "updated_at", "recommendation_id", "items"]
+        rid = answers["user"]["recommendation_id"]
+        shown = answers["user"]["items"][0]["item_id"]
+        buy = [_event("attr-1", user, "purchase", shown, 30, quantity=1, recommendation_id=rid)]
+        assert http.post("/v1/events", json=buy, headers=_auth()).json()["accepted"] == 1
+    # the graceful stop wrote the impressions into the landing zone
+    assert list(impressions_landing(home).glob("imp-*.jsonl"))
+    found = resolve(home, rid)
+    assert found is not None and (found["kind"], found["key"], found["version"]) == ("user", user, answers["user"]["version"])
+    assert found["item_ids"] == [i["item_id"] for i in answers["user"]["items"]]
+    assert resolve(home, answers["stranger"]["recommendation_id"])["source"] == "fallback"
+    assert resolve(home, "r-" + "0" * 32) is None
+
+    summary = incremental_step(home)
+    assert not list(impressions_landing(home).glob("imp-*.jsonl"))
+    folded = pd.read_parquet(impressions_path(home))
+    assert sorted(folded["recommendation_id"]) == sorted(ids) and set(folded["kind"]) == {"user", "similar", "popular", "query"}
+    assert resolve(home, rid)["key"] == user  # now from the lake
+    assert incremental_step(home)["microbatches"] == 0 and len(pd.read_parquet(impressions_path(home))) == len(ids)
+    events = pd.read_parquet(home.events_path, columns=["event_id", "recommendation_id"])
+    assert events.loc[events["event_id"] == "attr-1", "recommendation_id"].tolist() == [rid], summary

@@ -17,7 +17,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from fastapi.testclient import TestClient
 
+from freshrec.api import create_app
 from freshrec.client import RecsClient
 from freshrec.generate import GenerateOptions, generate_to_landing
 from freshrec.incremental import incremental_step
@@ -254,14 +256,19 @@ def test_forget_erases_a_user_everywhere_and_the_next_batch_does_not_bring_them_
     env = {**os.environ, **settings_to_env(s)}
     with RecsClient(s.serving) as client:
         assert client.recs(who, 5)["source"] == "personal"
+    # the API served the user a list (an impression) and took one more event (events.db, a segment)
+    with TestClient(create_app(s, insecure_local=True)) as http:
+        assert http.get(f"/v1/users/{who}/recommendations").json()["source"] == "personal"
+        assert http.post("/v1/events", json=[_event("fm3", who, "view", "i8", 4)]).json()["accepted"] == 1
     assert _files_naming(s.home, who), "the user is in the home before forget: the check below would prove nothing"
 
     out = subprocess.run([sys.executable, "-m", "freshrec.cli", "forget", who, "--reason", f"request by {who}", "--json"],
                          env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     done = json.loads(out.stdout)
-    assert done["removed"]["landing"] == 3 and done["removed"]["serving"] >= 1 and done["removed"]["lake/events"] == 2
+    assert done["removed"]["landing"] == 4 and done["removed"]["serving"] >= 1 and done["removed"]["lake/events"] == 2
     assert done["removed"]["lake/quarantine"] == 1 and done["removed"]["quarantine_files"] > 0
+    assert done["removed"]["api_events"] == 1 and done["removed"]["impressions"] == 1
     assert who not in out.stdout
     recs = subprocess.run([sys.executable, "-m", "freshrec.cli", "recs", who, "--json"], env=env, capture_output=True,
                           text=True, timeout=120)

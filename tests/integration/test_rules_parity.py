@@ -49,9 +49,16 @@ EDGES = [
     '5', '"str"', 'null', '[1]', '{"a": 1} x', '{"a": 1}{"b": 2}', '', '{',
     '{"user_id": "a\\u0000b", "ts": "2024-01-01", "event_type": "view", "item_id": "' + "x" * 300 + '", "event_id": "\\u007f"}',
     '{"user_id": "  \\u001f  ", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "session_id": "' + "s" * 257 + '"}',
+    # recommendation_id: kept as it is, an id by the id rules
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "purchase", "item_id": "i", "recommendation_id": " r-123 "}',
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": 42}',
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": ["r"]}',
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": "r\\n1"}',
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": "' + "r" * 300 + '"}',
 ]
 CORPUS = [line for line, _ in MALFORMED] + VALID + EDGES
-FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id", "query", "category", "price", "quantity")
+FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id", "query", "category", "price", "quantity",
+          "recommendation_id")
 
 
 def _spark_verdicts(spark) -> list[dict]:

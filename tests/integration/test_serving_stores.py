@@ -99,7 +99,7 @@ def test_publish_and_read(store):
     assert store.live_version() == "v1"
 
     got = store.get_user_recs("u7", n=3)
-    assert set(got) == {"user_id", "version", "source", "updated_at", "items"}
+    assert set(got) == {"user_id", "version", "source", "updated_at", "items"}  # the client adds recommendation_id
     assert got["user_id"] == "u7" and got["version"] == "v1" and got["source"] == "personal"
     assert got["items"] == [{"item_id": "v1:u7:0", "score": 1.0}, {"item_id": "v1:u7:1", "score": 0.99},
                             {"item_id": "v1:u7:2", "score": 0.98}]
@@ -127,6 +127,7 @@ def test_client_fallback_for_unknown_keys(store):
     known = client.recs("u1", n=4)
     assert known["source"] == "personal" and len(known["items"]) == 4
     unknown = client.recs("stranger", n=3)
+    assert unknown.pop("recommendation_id").startswith("r-")
     assert unknown == {"user_id": "stranger", "version": "v1", "source": "fallback", "updated_at": unknown["updated_at"],
                        "items": [{"item_id": f"v1:top{k}", "score": 100.0 - k, "category": None, "price": None}
                                  for k in range(3)]}

@@ -66,7 +66,7 @@ def test_recommendations_shape_and_n(client, store):
     r = client.get("/v1/users/42/recommendations", params={"n": 3})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
-    assert list(body) == ["user_id", "version", "source", "updated_at", "items"]
+    assert list(body) == ["user_id", "version", "source", "updated_at", "recommendation_id", "items"]
     assert body["user_id"] == "42" and body["version"] == "v1" and body["source"] == "personal"
     assert body["items"] == [{"item_id": "v1:i0", "score": 1.0, "category": "shoes", "price": 19.5},
                              unknown("v1:i1", 0.99), unknown("v1:i2", 0.98)]
@@ -87,7 +87,9 @@ def test_unknown_keys_fall_back_to_popular(client, store):
 
 def test_other_endpoints(client, store):
     publish(store, "v1")
-    assert client.get("/v1/items/9/similar").json() == {"item_id": "9", "version": "v1", "source": "similar",
+    similar = client.get("/v1/items/9/similar").json()
+    assert similar.pop("recommendation_id").startswith("r-")
+    assert similar == {"item_id": "9", "version": "v1", "source": "similar",
                                                         "updated_at": client.get("/v1/items/9/similar").json()["updated_at"],
                                                         "items": [{"item_id": "v1:s", "score": 0.5, "category": None,
                                                                    "price": 3.25}]}
