@@ -211,9 +211,8 @@ class Segments:
             log.info("moved %d segment(s) a previous process left into %s", len(moved), self.landing)
         return moved
 
-    def write(self, data: bytes, lines: int, sync: bool = True) -> str:
-        """Append ``data`` (whole lines) to the open segment, fsync'd unless ``sync`` is False;
-        returns the segment's name."""
+    def write(self, data: bytes, lines: int) -> str:
+        """Append ``data`` (whole lines) to the open segment and fsync it; returns the segment's name."""
         with self._lock:
             if self._fd is None:
                 stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%f")
@@ -225,8 +224,7 @@ class Segments:
             written = 0
             while written < len(data):
                 written += os.write(self._fd, data[written:])
-            if sync:
-                os.fsync(self._fd)
+            os.fsync(self._fd)
             name = self._segment.name
             self._count += lines
             if self._count >= self.max_lines:
@@ -453,8 +451,6 @@ class RealtimeScorer:
         self.settings = settings
         self.events = EventLog(settings)
         self.last_rowid = 0
-        self.flushes = 0
-        self.failures = 0
 
     def _new(self) -> dict[str, list[float]]:
         """The users of the item events accepted since the last look, with their accept times."""
@@ -492,10 +488,8 @@ class RealtimeScorer:
         try:
             result = refresh_users_step(self.settings, users, accepted_events(self.settings, users))
         except Exception as exc:  # noqa: BLE001 - the micro-batch re-scores these users anyway
-            self.failures += 1
             log.warning("real-time re-scoring of %d user(s) failed (the micro-batch re-scores them): %s", len(users), exc)
             return {"users": 0, "error": str(exc)}
-        self.flushes += 1
         if result.get("version") and not result.get("skipped"):
             self.events.record_served([t for u in users for t in pending[u]], time.time())
         return result

@@ -30,7 +30,7 @@ from freshrec.ledger import Ledger
 from freshrec.realtime import MAX_EVENTS, latency_report
 from freshrec.settings import Settings, settings_to_env
 from freshrec.status import collect_status
-from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
+from tests.batches import run_batch
 
 pytestmark = pytest.mark.integration
 
@@ -43,18 +43,11 @@ def base_home(tmp_path_factory, spark):
     """A home with the trained model published. The model is published whatever the gate says
     (on this small log a baseline such as trending may win, and trending ignores a shopper's
     own events): these tests are about the real-time path re-scoring with a personal model."""
-    from freshrec.models import tracking
-
     home = tmp_path_factory.mktemp("eventapi") / "base"
     settings = _settings(home).replace(model_epochs=2, model_dim=16)
     settings.ensure_dirs()
     generate_to_landing(settings, GenerateOptions(events=20_000, seed=7, users=500, items=300, days=30, start="2026-01-01"))
-    cleaned = clean_step(settings, "batch-1")
-    matrices_step(settings)
-    trained = train_step(settings, "batch-1", until=cleaned["until"])
-    gate = gate_step(settings, trained, evaluate_step(settings, trained, "batch-1", until=cleaned["until"]), "batch-1")
-    gate = {**gate, "publish": {"kind": "model", "name": tracking.REGISTERED_MODEL, "version": str(trained["version"])}}
-    publish_step(settings, score_step(settings, "batch-1", gate))
+    run_batch(settings, "batch-1", publish_model=True)
     return home
 
 
@@ -314,11 +307,7 @@ def test_a_batch_publish_during_real_time_upserts_leaves_no_old_list_in_the_new_
         done = threading.Event()
 
         def batch():
-            cleaned = clean_step(home, "batch-2")
-            matrices_step(home)
-            trained = train_step(home, "batch-2", until=cleaned["until"])
-            gate = gate_step(home, trained, evaluate_step(home, trained, "batch-2", until=cleaned["until"]), "batch-2")
-            publish_step(home, score_step(home, "batch-2", gate))
+            run_batch(home, "batch-2")
             done.set()
 
         worker = threading.Thread(target=batch)

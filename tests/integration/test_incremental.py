@@ -28,7 +28,8 @@ from freshrec.landing import atomic_write_jsonl
 from freshrec.ledger import Ledger
 from freshrec.settings import Settings, settings_to_env
 from freshrec.status import collect_status
-from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
+from freshrec.steps import clean_step, matrices_step, publish_step, score_step
+from tests.batches import run_batch
 
 pytestmark = pytest.mark.integration
 
@@ -40,11 +41,7 @@ def base_home(tmp_path_factory, spark):
     settings = _settings(home).replace(model_epochs=1, model_dim=16)
     settings.ensure_dirs()
     generate_to_landing(settings, GenerateOptions(events=20_000, seed=5, users=500, items=300, days=30, start="2026-01-01"))
-    cleaned = clean_step(settings, "batch-1")
-    matrices_step(settings)
-    trained = train_step(settings, "batch-1", until=cleaned["until"])
-    gate = gate_step(settings, trained, evaluate_step(settings, trained, "batch-1", until=cleaned["until"]), "batch-1")
-    publish_step(settings, score_step(settings, "batch-1", gate))
+    run_batch(settings, "batch-1")
     return home
 
 
