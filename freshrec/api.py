@@ -507,8 +507,8 @@ class Ingest:
         self.impressions.buffered = True  # written every FLUSH_S by the housekeeper, off the request path
 
     def stop(self) -> None:
+        self.housekeeper.stop()  # first: it would start a stopped worker again
         self.scorer.stop()
-        self.housekeeper.stop()
         self.impressions.buffered = False
         self.log.close()
         self.impressions.close()

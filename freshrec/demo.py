@@ -179,13 +179,16 @@ def _realtime(console, settings: Settings, story: "_Story", now: datetime) -> bo
     while not server.started:
         time.sleep(0.05)
     port = server.servers[0].sockets[0].getsockname()[1]
+    server.config.app.state.ingest.scorer.wait_ready()  # its worker has the live recommender loaded
     url = f"http://127.0.0.1:{port}"
     console.print(f"freshrec serve is up at {url} (writes open to this machine only: --insecure-local)")
     shopper, items = REALTIME_SHOPPER, story.discovered
 
+    run = f"{now:%Y%m%dT%H%M%S}"  # a demo run again on the same home sends new events, not duplicates
+
     def ev(eid: str, seconds_ago: float, etype: str, item: str, **extra: Any) -> dict[str, Any]:
         ts = (now - timedelta(seconds=seconds_ago)).isoformat(timespec="seconds").replace("+00:00", "Z")
-        return {"event_id": eid, "ts": ts, "user_id": shopper, "session_id": "demo-live", "event_type": etype,
+        return {"event_id": f"{eid}-{run}", "ts": ts, "user_id": shopper, "session_id": "demo-live", "event_type": etype,
                 "item_id": item, **extra}
 
     def changed(before: list[str], what: str) -> list[str]:

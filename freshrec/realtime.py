@@ -468,7 +468,16 @@ class RealtimeScorer:
     def run(self, stop: threading.Event, parent: int | None = None, after: int = 0) -> None:
         """Until ``stop`` is set or ``parent`` is gone, re-score the users of the events accepted
         after rowid ``after`` of api_events (the newest when the server started this worker)."""
+        from freshrec.rescore import live_recommender
+
         self.last_rowid = after
+        try:  # load the live version's recommender now, not on the first shopper's events
+            live_recommender(self.settings)
+        except Exception as exc:  # noqa: BLE001 - nothing published yet, or a store down: the first flush says so
+            log.info("no live recommender to load yet: %s", exc)
+        ready = ready_file(self.settings)
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.write_text(str(os.getpid()))
         batch = self.settings.realtime_batch_ms / 1000.0
         while not stop.is_set() and (parent is None or os.getppid() == parent):
             pending = self._new()
@@ -495,6 +504,11 @@ class RealtimeScorer:
         return result
 
 
+def ready_file(settings: Settings) -> Path:
+    """Where a real-time worker writes its pid once it is ready (its recommender loaded)."""
+    return settings.home / "api" / "realtime.ready"
+
+
 class ScorerProcess:
     """Starts the real-time worker (``python -m freshrec.realtime``, the settings in its
     environment) and starts it again when it died; stops it with SIGTERM. The worker exits by
@@ -519,6 +533,19 @@ class ScorerProcess:
         env = {**os.environ, **settings_to_env(self.settings)}
         self.proc = subprocess.Popen([sys.executable, "-m", "freshrec.realtime", "--parent", str(os.getpid()),
                                       "--after", str(after)], env=env, stdin=subprocess.DEVNULL)
+
+    def wait_ready(self, timeout: float = 60.0) -> bool:
+        """Wait until the worker started last is ready to re-score (False after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            proc = self.proc
+            try:
+                if proc is not None and ready_file(self.settings).read_text() == str(proc.pid):
+                    return True
+            except OSError:
+                pass
+            time.sleep(0.05)
+        return False
 
     def ensure(self) -> None:
         """Start the worker again if it died (called by the housekeeper)."""

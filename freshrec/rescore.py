@@ -137,6 +137,18 @@ def _score_users(settings: Settings, store, version: str, users: list[str], acce
 _RECOMMENDERS: dict[str, Any] = {}
 
 
+def live_recommender(settings: Settings):
+    """The live version's recommender and unavailable items (:func:`_live_recommender`), or None
+    when nothing is published."""
+    from freshrec.serving import open_store
+
+    with open_store(settings.serving) as store:
+        version = store.live_version()
+        if version is None:
+            return None
+        return _live_recommender(settings, version, (store.version_info(version) or {}).get("meta") or {})
+
+
 def _live_recommender(settings: Settings, version: str, meta: dict[str, Any]):
     """The recommender (and the unavailable item ids) a published version was scored with;
     kept in memory per version, so a watching process loads it once.

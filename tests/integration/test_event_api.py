@@ -150,6 +150,7 @@ def test_a_new_shopper_gets_a_list_from_their_category_and_a_purchase_leaves_it(
     in_cat = items.loc[items["category"] == category, "item_id"].tolist()[:3]
     shown: list[float] = []
     with TestClient(create_app(home)) as http, RecsClient(home.serving) as reads:
+        assert http.app.state.ingest.scorer.wait_ready(), "the real-time worker did not get ready"
         assert reads.recs("shopper-1", 20)["source"] == "fallback"
         sent = time.monotonic()
         views = [_event(f"v-{i}", "shopper-1", "view", item, 10 + i, category=category) for i, item in enumerate(in_cat)]
@@ -171,7 +172,7 @@ def test_a_new_shopper_gets_a_list_from_their_category_and_a_purchase_leaves_it(
                   "the purchased item did not leave the buyer's list")
         shown.append(time.monotonic() - sent)
         report = _wait_for(lambda: latency_report(home), 5, "no latency recorded")
-        assert report["events"] >= 4 and 0 < report["event_to_served_p95_s"] < 5, report
+        assert report["events"] >= 4 and 0 < report["event_to_served_p95_s"] < 2, report
         assert "freshrec_realtime_event_to_served_seconds" in http.get("/metrics").text
     print(f"event POST -> list changed: {[round(s, 2) for s in shown]} s")
     assert collect_status(home)["realtime"]["event_to_served_p95_s"] == report["event_to_served_p95_s"]
