@@ -442,10 +442,12 @@ class RealtimeScorer:
     events.db for newly accepted item events, waits FRESHREC_REALTIME_BATCH_MS for more to join,
     then re-scores their users with ``refresh_users_step`` and records event -> served latencies.
 
-    It starts after the newest event accepted before the server started it: events a dead
-    worker had not re-scored yet are the micro-batch's to re-score, like every accepted event."""
+    It goes on from where the previous worker of the home got to (up to CATCH_UP_EVENTS
+    events back; older ones are the micro-batch's to re-score, like every accepted event). A
+    failed re-score is tried again, with the users of the next events, up to RETRIES times."""
 
     POLL_S = 0.02
+    RETRIES = 5  # a failed re-score is tried again this many times (backing off up to 2 s)
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -456,9 +458,13 @@ class RealtimeScorer:
         """The users of the item events accepted since the last look, with their accept times."""
         if not self.events.db.is_file():
             return {}
-        with closing(sqlite3.connect(self.events.db, timeout=30)) as conn:
-            rows = conn.execute("SELECT rowid, user_id, accepted_at FROM api_events WHERE rowid > ? AND item_id IS NOT NULL "
-                                "ORDER BY rowid", (self.last_rowid,)).fetchall()
+        try:
+            with closing(sqlite3.connect(self.events.db, timeout=30)) as conn:
+                rows = conn.execute("SELECT rowid, user_id, accepted_at FROM api_events WHERE rowid > ? AND item_id IS NOT NULL "
+                                    "ORDER BY rowid", (self.last_rowid,)).fetchall()
+        except sqlite3.Error as exc:  # the server is creating the file this instant, or it is busy: look again
+            log.info("events.db not readable yet: %s", exc)
+            return {}
         pending: dict[str, list[float]] = {}
         for rowid, user, accepted in rows:
             pending.setdefault(user, []).append(accepted)
@@ -475,19 +481,38 @@ class RealtimeScorer:
             live_recommender(self.settings)
         except Exception as exc:  # noqa: BLE001 - nothing published yet, or a store down: the first flush says so
             log.info("no live recommender to load yet: %s", exc)
-        ready = ready_file(self.settings)
-        ready.parent.mkdir(parents=True, exist_ok=True)
-        ready.write_text(str(os.getpid()))
+        self._mark()
         batch = self.settings.realtime_batch_ms / 1000.0
+        retry: dict[str, list[float]] = {}
+        tries = 0
         while not stop.is_set() and (parent is None or os.getppid() == parent):
             pending = self._new()
-            if not pending:
+            if not pending and not retry:
                 stop.wait(self.POLL_S)
                 continue
             stop.wait(batch)  # let the users of the next requests join this flush
-            for user, times in self._new().items():
-                pending.setdefault(user, []).extend(times)
-            self.flush(pending)
+            for source in (self._new(), retry):
+                for user, times in source.items():
+                    pending.setdefault(user, []).extend(times)
+            failed = self.flush(pending).get("error") is not None
+            if not failed:
+                retry, tries = {}, 0
+            elif tries < self.RETRIES:  # a store that blinked: the same users again, with the next ones
+                retry, tries = pending, tries + 1
+                stop.wait(min(2 ** tries * 0.1, 2.0))
+            else:
+                log.warning("giving up re-scoring %d user(s) after %d tries: the micro-batch re-scores them",
+                            len(pending), tries + 1)
+                retry, tries = {}, 0
+            if not retry:
+                self._mark()
+
+    def _mark(self) -> None:
+        """Say that this worker is ready, and how far it got (``pid last_rowid``): a worker
+        started after this one dies goes on from there."""
+        ready = ready_file(self.settings)
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.write_text(f"{os.getpid()} {self.last_rowid}")
 
     def flush(self, pending: dict[str, list[float]]) -> dict[str, Any]:
         """Re-score ``pending``'s users now and record event -> served latencies."""
@@ -496,9 +521,9 @@ class RealtimeScorer:
         users = sorted(pending)
         try:
             result = refresh_users_step(self.settings, users, accepted_events(self.settings, users))
-        except Exception as exc:  # noqa: BLE001 - the micro-batch re-scores these users anyway
-            log.warning("real-time re-scoring of %d user(s) failed (the micro-batch re-scores them): %s", len(users), exc)
-            return {"users": 0, "error": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - tried again, and the micro-batch re-scores these users anyway
+            log.warning("real-time re-scoring of %d user(s) failed: %s", len(users), exc)
+            return {"users": 0, "error": str(exc) or type(exc).__name__}
         if result.get("version") and not result.get("skipped"):
             self.events.record_served([t for u in users for t in pending[u]], time.time())
         return result
@@ -509,10 +534,20 @@ def ready_file(settings: Settings) -> Path:
     return settings.home / "api" / "realtime.ready"
 
 
+def _progress(settings: Settings) -> int | None:
+    """The last rowid the previous worker of this home re-scored, or None."""
+    try:
+        return int(ready_file(settings).read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class ScorerProcess:
     """Starts the real-time worker (``python -m freshrec.realtime``, the settings in its
     environment) and starts it again when it died; stops it with SIGTERM. The worker exits by
     itself when its parent is gone."""
+
+    CATCH_UP_EVENTS = 10_000  # accepted events a new worker re-scores that its predecessor did not
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -529,7 +564,10 @@ class ScorerProcess:
         db = self.settings.home / "api" / "events.db"
         if db.is_file():
             with closing(sqlite3.connect(db, timeout=30)) as conn:
-                after = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM api_events").fetchone()[0]
+                newest = conn.execute("SELECT COALESCE(MAX(rowid), 0) FROM api_events").fetchone()[0]
+            # where the last worker got to (capped: after a long stop the micro-batch has the rest)
+            done = _progress(self.settings)
+            after = newest if done is None else max(done, newest - self.CATCH_UP_EVENTS)
         env = {**os.environ, **settings_to_env(self.settings)}
         self.proc = subprocess.Popen([sys.executable, "-m", "freshrec.realtime", "--parent", str(os.getpid()),
                                       "--after", str(after)], env=env, stdin=subprocess.DEVNULL)
@@ -540,7 +578,7 @@ class ScorerProcess:
         while time.monotonic() < deadline:
             proc = self.proc
             try:
-                if proc is not None and ready_file(self.settings).read_text() == str(proc.pid):
+                if proc is not None and ready_file(self.settings).read_text().split()[:1] == [str(proc.pid)]:
                     return True
             except OSError:
                 pass
