@@ -9,7 +9,8 @@ Where a user lives, and how each place is erased:
   that is not JSON, when it names the id as its ``user_id`` value or CSV column;
 * **the lake** (``lake/events``), **the features** (``user_index``, ``interactions``,
   ``sequences``, ``recent``) and **every kept version's tables** (``recs/*/user_topn``): every
-  Parquet file with a ``user_id`` column holding the id is rewritten without those rows;
+  Parquet file with a ``user_id`` column holding the id is rewritten without those rows; the
+  key-value copy of the features (``features/user_state.db``) loses the user's rows and is vacuumed;
 * **the quarantine** (``lake/quarantine``): the rows whose raw line is the user's;
 * **the serving store**: the user's list, in every version (SQLite is then vacuumed, so no
   deleted page keeps a copy).
@@ -274,6 +275,7 @@ def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> 
     """Erase ``user_id`` everywhere (module docstring); returns what was removed where."""
     from freshrec.lake import features_lock, lake_lock
     from freshrec.serving import open_store
+    from freshrec.userstate import forget_user_state
 
     user_id = str(user_id).strip(" ")
     if not user_id:
@@ -303,6 +305,7 @@ def forget_user(settings: Settings, user_id: str, reason: str | None = None) -> 
         removed["quarantine_files"] = quarantined_files
         stored = settings.user_key(user_id)  # the id as the lake, the features and the store hold it
         removed.update(_erase_user_tables(settings, stored))
+        removed["features/user_state.db"] = forget_user_state(settings, stored)
         removed["lake/quarantine"] = _erase_quarantine_rows(settings, user_id)
         removed["api_events"] = _erase_api_events(settings, stored)
         removed["impressions"] = _erase_impressions(settings, stored)

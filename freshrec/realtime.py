@@ -51,6 +51,7 @@ import numpy as np
 from freshrec.fileio import fsync_dir, json_line
 from freshrec.jobs.rules import reason_codes, validate_row
 from freshrec.settings import Settings
+from freshrec.userstate import select_in
 
 log = logging.getLogger(__name__)
 
@@ -320,13 +321,8 @@ class EventLog:
     def known_ids(self, event_ids: list[str]) -> set[str]:
         if not self.db.is_file():
             return set()
-        found: set[str] = set()
         with closing(self._connect()) as conn:
-            for start in range(0, len(event_ids), 500):
-                chunk = event_ids[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                found.update(r[0] for r in conn.execute(f"SELECT event_id FROM api_events WHERE event_id IN ({marks})", chunk))
-        return found
+            return {r[0] for r in select_in(conn, "SELECT event_id FROM api_events WHERE event_id IN ({marks})", event_ids)}
 
     def record_served(self, accepted: list[float], served: float) -> None:
         with closing(self._connect()) as conn, conn:
@@ -348,11 +344,8 @@ def accepted_events(settings: Settings, users: list[str]):
     rows: list[tuple] = []
     if db.is_file():
         with closing(sqlite3.connect(db, timeout=30)) as conn:
-            for start in range(0, len(users), 500):
-                chunk = users[start:start + 500]
-                marks = ",".join("?" * len(chunk))
-                rows += conn.execute(f"SELECT {_RECENT_SELECT} FROM api_events "
-                                     f"WHERE user_id IN ({marks}) AND item_id IS NOT NULL", chunk).fetchall()
+            rows = select_in(conn, f"SELECT {_RECENT_SELECT} FROM api_events "
+                             "WHERE user_id IN ({marks}) AND item_id IS NOT NULL", users)
     return _recent_frame(rows)
 
 

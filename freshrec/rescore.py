@@ -101,21 +101,21 @@ def refresh_users_step(settings: Settings, users: list[str], accepted=None) -> d
 
 def scoring_inputs(settings: Settings, users: list[str], accepted=None):
     """What ``score_frame`` reads for ``users`` (``jobs.history.scoring_frame``): their batch
-    sequence and interactions plus their micro-batch events, read under the shared features lock,
-    and the events in ``accepted`` (see :func:`refresh_users_step`)."""
+    sequence and interactions (by key, from ``freshrec.userstate``) plus their micro-batch
+    events, read under the shared features lock, and the events in ``accepted`` (see
+    :func:`refresh_users_step`)."""
     import pandas as pd
 
-    from freshrec.features import feature_rows
-    from freshrec.jobs.history import COUNT_COLUMNS, SEQUENCE_COLUMNS, event_counts, scoring_frame, sequence_rows
+    from freshrec.jobs.history import event_counts, scoring_frame
     from freshrec.lake import features_lock, read_recent
+    from freshrec.userstate import ensure_user_state, user_state
 
+    ensure_user_state(settings)
     with features_lock(settings, "re-scoring", shared=True):
         recent = read_recent(settings, users)
         if accepted is not None and len(accepted):
             recent = pd.concat([part for part in (recent, accepted) if len(part)], ignore_index=True)
-        batch = sequence_rows(feature_rows(settings, "sequences", SEQUENCE_COLUMNS, users))
-        seen = (feature_rows(settings, "interactions", COUNT_COLUMNS, users) if settings.exclude_seen != "none"
-                else pd.DataFrame(columns=COUNT_COLUMNS))
+        batch, seen = user_state(settings, users)
     # a micro-batch that landed while the batch read the lake is in both: one row per event id
     events = pd.concat([part for part in (batch, recent) if len(part)] or [recent], ignore_index=True)
     counts = pd.concat([part for part in (seen, event_counts(recent)) if len(part)] or [seen], ignore_index=True)

@@ -110,12 +110,14 @@ def validate_step(settings: Settings, batch_id: str) -> dict[str, Any]:
 
 
 def matrices_step(settings: Settings) -> dict[str, Any]:
-    """Id maps (append-only), interactions, recent sequences and item stats under features/;
-    folds in (and drops) the micro-batches' features/recent partitions."""
+    """Id maps (append-only), interactions, recent sequences and item stats under features/, and
+    the per-user key-value copy of the last two (``freshrec.userstate``); folds in (and drops)
+    the micro-batches' features/recent partitions."""
     from freshrec.features import read_catalogue
     from freshrec.jobs.matrices import interactions, item_stats, new_id_rows, recent_sequences
     from freshrec.lake import features_lock, recent_partitions
     from freshrec.spark import get_spark
+    from freshrec.userstate import build_user_state
 
     spark = get_spark(settings)
     if not has_table(settings.events_path):
@@ -149,6 +151,7 @@ def matrices_step(settings: Settings) -> dict[str, Any]:
         for name, df in outputs.items():
             df.write.mode("overwrite").option("partitionOverwriteMode", "static").parquet(str(feats / name))
             rows[name] = spark.read.parquet(str(feats / name)).count()
+        build_user_state(settings)
         for part in covered:
             shutil.rmtree(part, ignore_errors=True)
     events.unpersist()

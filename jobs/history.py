@@ -31,7 +31,7 @@ EVENT_ORDER = ("ts", "event_id", "item_id", "event_type")
 #: Spark's ``where`` and pandas' ``query`` both read)
 SEEN_RULE = {"all": "n_events > 0", "purchased": "n_purchase > 0"}
 COUNT_COLUMNS = ["user_id", "item_id", "n_events", "n_purchase"]
-#: columns of features/sequences the micro-batch reads (arrays, one row per user)
+#: columns of features/sequences that re-scoring reads (arrays, one row per user; ``freshrec.userstate``)
 SEQUENCE_COLUMNS = ["user_id", "event_ids", "item_ids", "event_types", "ts"]
 SCORING_COLUMNS = ["user_id", "item_ids", "event_types", "t", "exclude"]
 
@@ -72,13 +72,6 @@ def last_events(events: pd.DataFrame, length: int) -> pd.DataFrame:
     """Each user's last ``length`` item events (:func:`item_events`), oldest first."""
     ev = item_events(events)
     return ev.loc[ev.groupby("user_id", sort=False).cumcount(ascending=False) < length].reset_index(drop=True)
-
-
-def sequence_rows(sequences: pd.DataFrame) -> pd.DataFrame:
-    """features/sequences rows (arrays per user) as one row per event."""
-    rows = sequences[SEQUENCE_COLUMNS].explode(["event_ids", "item_ids", "event_types", "ts"])
-    return rows.dropna(subset=["item_ids"]).rename(columns={"event_ids": "event_id", "item_ids": "item_id",
-                                                            "event_types": "event_type"})
 
 
 def event_counts(events: pd.DataFrame) -> pd.DataFrame:
