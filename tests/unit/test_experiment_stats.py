@@ -161,3 +161,30 @@ def test_interleaving_finds_the_preferred_team():
     assert result["preferred"] == "b" and result["ci_low"] > 0.5 and result["p_value"] < 0.05
     even = pd.DataFrame([(f"u{u}", t) for u in range(300) for t in ("a", "b")], columns=["user_id", "team"])
     assert interleave_preference(even)["ties"] == 300 and interleave_preference(even)["preferred"] is None
+
+
+def test_simulated_shoppers_a_a_a_b_interleaving_and_srm():
+    """The shopper simulator (freshrec.shoppers) through the same statistics: an A/A test rejects
+    at about alpha, a large lift is found by both modes, and lost impressions trip the SRM check."""
+    from freshrec.shoppers import ShopperConfig, ab_users, interleaved_credits
+
+    cfg = ShopperConfig()
+    aa = [compare(ab_users(np.random.default_rng(s), 2_000, 0.0, cfg, f"aa-{s}"), "control", "treatment",
+                  ["purchase_conversion"])[0] for s in range(100)]
+    assert binomtest(sum(c.p_value < 0.05 for c in aa), 100, 0.05, alternative="greater").pvalue > 0.01
+    assert sum(c.always_valid_p < 0.05 for c in aa) <= 6
+
+    ab = [compare(ab_users(np.random.default_rng(100 + s), 20_000, 0.5, cfg, f"ab-{s}"), "control", "treatment",
+                  ["purchase_conversion"])[0] for s in range(10)]
+    assert sum(c.p_value < 0.05 and c.difference > 0 for c in ab) >= 8
+    assert all(0.2 < c.relative_lift < 0.8 for c in ab if c.p_value < 0.05)  # about the planted 50%
+
+    preferred = [interleave_preference(interleaved_credits(np.random.default_rng(200 + s), 8_000, 0.5, cfg, f"il-{s}"))
+                 for s in range(10)]
+    assert sum(p["preferred"] == "b" for p in preferred) >= 8 and not any(p["preferred"] == "a" for p in preferred)
+
+    split = {"control": 50, "treatment": 50}
+    faithful = ab_users(np.random.default_rng(300), 40_000, 0.0, cfg, "srm")
+    lossy = ab_users(np.random.default_rng(300), 40_000, 0.0, cfg, "srm", lost_treatment_share=0.05)
+    assert not srm(faithful.groupby("variant").size().to_dict(), split)["mismatch"]
+    assert srm(lossy.groupby("variant").size().to_dict(), split)["mismatch"]

@@ -1,0 +1,111 @@
+"""A shopper simulator for experiments: what shoppers do with the lists they are shown, when one
+variant's lists are truly better by a set lift.
+
+A shown list is a row of positions, each holding an item that is relevant to the shopper or
+not (their planted taste). The control's lists hold relevant items with probability
+``relevant_share`` at each position, the treatment's with ``relevant_share x (1 + lift)``. A
+shopper examines rank r (0 first) with probability 1 / (1 + r / 3) (position bias), views an
+examined item with probability ``view_p`` when it is relevant (``noise_p`` when not), both times
+their activity, adds a viewed relevant item to the cart with ``cart_p`` and buys a carted item
+with ``buy_p``. Shoppers differ: activity is Gamma-distributed with mean 1 and shape
+``activity_shape`` (0.3: most shoppers rarely act, a few act a lot, as in every shop's log). That
+spread between shoppers is what an A/B test must average away and what interleaving, which
+compares both variants within each shopper, does not see. So the
+better lists sell more, in proportion to the lift, and every action is on one shown position:
+what attribution (A/B) and team credit (interleaving) need. Vectorised over shoppers and
+deterministic for a numpy Generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class ShopperConfig:
+    list_length: int = 10
+    relevant_share: float = 0.3  # the control's lists
+    view_p: float = 0.12
+    noise_p: float = 0.01
+    cart_p: float = 0.4
+    buy_p: float = 0.5
+    price: float = 20.0
+    activity_shape: float = 0.3  # Gamma shape of the shoppers' activity (mean 1); smaller: more spread
+
+
+def activity(rng: np.random.Generator, n: int, config: ShopperConfig) -> np.ndarray:
+    """Each shopper's activity multiplier (mean 1)."""
+    return rng.gamma(config.activity_shape, 1.0 / config.activity_shape, n)
+
+
+def shown_lists(rng: np.random.Generator, n: int, quality: float | np.ndarray, config: ShopperConfig) -> np.ndarray:
+    """(n, list_length) booleans: is the item at each position relevant to its shopper;
+    ``quality`` is the probability of a relevant item (one value, or one per shopper)."""
+    q = np.minimum(np.broadcast_to(np.asarray(quality, float), (n,)), 1.0)[:, None]
+    return rng.random((n, config.list_length)) < q
+
+
+def act(rng: np.random.Generator, relevant: np.ndarray, config: ShopperConfig, active: np.ndarray) -> dict[str, np.ndarray]:
+    """What each shopper (of activity ``active``) does at each position of their list:
+    ``views``, ``carts`` and ``purchases``, (n, list_length) booleans each."""
+    ranks = np.arange(relevant.shape[1])
+    examined = rng.random(relevant.shape) < 1.0 / (1.0 + ranks / 3.0)
+    view_p = np.minimum(np.where(relevant, config.view_p, config.noise_p) * active[:, None], 1.0)
+    views = examined & (rng.random(relevant.shape) < view_p)
+    carts = views & relevant & (rng.random(relevant.shape) < config.cart_p)
+    purchases = carts & (rng.random(relevant.shape) < config.buy_p)
+    return {"views": views, "carts": carts, "purchases": purchases}
+
+
+def ab_users(rng: np.random.Generator, n: int, lift: float, config: ShopperConfig, salt: str,
+             split: tuple[float, float] = (50, 50), lost_treatment_share: float = 0.0):
+    """An A/B test of ``n`` shoppers: each assigned by ``experiment_stats.assign`` (``salt``,
+    ``split``), shown one list of their variant and acting on it; returns
+    ``experiment_stats.per_user``'s rows. ``lost_treatment_share`` of the treatment's
+    impressions go missing (a logging fault the sample-ratio check must catch)."""
+    import pandas as pd
+
+    from freshrec.experiment_stats import assign, per_user
+
+    users = np.array([f"s{i}" for i in range(n)], dtype=object)
+    variant = np.array([assign(salt, u, ["control", "treatment"], split) for u in users], dtype=object)
+    quality = np.where(variant == "treatment", config.relevant_share * (1 + lift), config.relevant_share)
+    actions = act(rng, shown_lists(rng, n, quality, config), config, activity(rng, n, config))
+    served = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(n), unit="s")
+    logged = ~((variant == "treatment") & (rng.random(n) < lost_treatment_share))
+    impressions = pd.DataFrame({"recommendation_id": [f"r{i}" for i in range(n)], "user_id": users, "served_at": served,
+                                "variant": variant})[logged]
+    rows = []
+    for name, etype in (("views", "view"), ("carts", "add_to_cart"), ("purchases", "purchase")):
+        who, _ = np.nonzero(actions[name] & logged[:, None])
+        rows.append(pd.DataFrame({"variant": variant[who], "user_id": users[who], "event_type": etype,
+                                  "price": config.price, "quantity": 1}))
+    return per_user(impressions, pd.concat(rows, ignore_index=True))
+
+
+def interleaved_credits(rng: np.random.Generator, n: int, lift: float, config: ShopperConfig, salt: str):
+    """An interleaving test of ``n`` shoppers: each is shown the team-draft interleaving
+    (``experiment_stats.team_draft``) of a control list and a treatment list and acts on it;
+    returns one row per action, ``user_id, team`` (``a`` control, ``b`` treatment)."""
+    import pandas as pd
+
+    from freshrec.experiment_stats import team_draft
+
+    length = config.list_length
+    control = shown_lists(rng, n, config.relevant_share, config)
+    treatment = shown_lists(rng, n, config.relevant_share * (1 + lift), config)
+    a_ids, b_ids = [f"a{k}" for k in range(length)], [f"b{k}" for k in range(length)]
+    merged = np.zeros((n, length), bool)
+    team = np.empty((n, length), dtype=object)
+    for u in range(n):
+        for pos, (item, side) in enumerate(team_draft(a_ids, b_ids, length, f"{salt}:{u}")):
+            merged[u, pos] = (control if side == "a" else treatment)[u, int(item[1:])]
+            team[u, pos] = side
+    actions = act(rng, merged, config, activity(rng, n, config))
+    rows = []
+    for name in ("views", "carts", "purchases"):
+        who, pos = np.nonzero(actions[name])
+        rows.append(pd.DataFrame({"user_id": [f"s{i}" for i in who], "team": team[who, pos]}))
+    return pd.concat(rows, ignore_index=True)
