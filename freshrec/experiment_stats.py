@@ -109,7 +109,7 @@ def attribute(events: pd.DataFrame, impressions: pd.DataFrame, window_s: float =
     imp["served_at"] = pd.to_datetime(imp["served_at"], utc=True)
     if "teams" not in imp:
         imp["teams"] = None
-    imp["teams"] = [t if isinstance(t, (list, tuple, np.ndarray)) else [None] * len(i) for i, t in zip(imp["item_ids"], imp["teams"])]
+    imp["teams"] = [t if isinstance(t, (list, tuple, np.ndarray)) else [None] * len(i) for i, t in zip(imp["item_ids"], imp["teams"], strict=True)]
     shown = imp[["recommendation_id", "user_id", "served_at", "variant", "item_ids", "teams"]].explode(["item_ids", "teams"])
     shown = shown.rename(columns={"item_ids": "item_id", "teams": "team"}).dropna(subset=["item_id"])
 

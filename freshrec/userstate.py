@@ -4,13 +4,14 @@ The batch writes a user's last FRESHREC_SEQUENCE_LENGTH item events to features/
 their interaction counts to features/interactions, as Parquet. Re-scoring a few users (the
 real-time path every ~150 ms, the micro-batch every few minutes) needs only those users' rows,
 but a Parquet scan filtered on ``user_id`` reads every row group of a table whose size grows
-with the history. So ``matrices`` also writes the two tables into one SQLite file, with
-``user_id`` as the leading key of both, and re-scoring reads them by key: its cost follows the
-number of users re-scored, not the size of the history.
+with the history. So ``matrices`` also writes the two tables into one SQLite file, one row per
+user (their last events and the items they have seen, with counts: compressed JSON), and
+re-scoring reads the rows of its users by key: its cost follows the number of users
+re-scored, not the size of the history.
 
 The file is rebuilt whole by every ``matrices``, under the exclusive features lock, written
 under a temporary name and renamed into place, so a reader sees the old state or the new one.
-``freshrec forget`` deletes a user's rows. A home whose batch ran before this file existed gets
+``freshrec forget`` deletes a user's row. A home whose batch ran before this file existed gets
 it built from the Parquet tables on first use (:func:`ensure_user_state`).
 """
 
@@ -19,21 +20,31 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import zlib
 from contextlib import closing
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 from freshrec.settings import Settings
 
 #: the SQLite limit on bound parameters is 32,766 (3.32+); a chunk stays far below it
 CHUNK = 500
+#: one row per user: their last events (features/sequences: event ids, item ids, event types,
+#: epoch microseconds) and the items they have seen with their counts (features/interactions:
+#: item ids, n_events, n_purchase), each a zlib-compressed JSON array of arrays
 SCHEMA = """
-CREATE TABLE sequences (user_id TEXT PRIMARY KEY, event_ids TEXT NOT NULL, item_ids TEXT NOT NULL,
-                        event_types TEXT NOT NULL, ts_us TEXT NOT NULL) WITHOUT ROWID;
-CREATE TABLE seen (user_id TEXT NOT NULL, item_id TEXT NOT NULL, n_events INTEGER NOT NULL,
-                   n_purchase INTEGER NOT NULL, PRIMARY KEY (user_id, item_id)) WITHOUT ROWID;
+CREATE TABLE users (user_id TEXT PRIMARY KEY, events BLOB, seen BLOB) WITHOUT ROWID;
 """
-BATCH_ROWS = 50_000
+BATCH_ROWS = 20_000
+EMPTY = [[], [], [], []]
+
+
+def _pack(arrays: list) -> bytes:
+    return zlib.compress(json.dumps(arrays, separators=(",", ":")).encode("utf-8"), 1)
+
+
+def _unpack(blob: bytes | None, width: int) -> list:
+    return json.loads(zlib.decompress(blob)) if blob is not None else EMPTY[:width]
 
 
 def state_path(settings: Settings) -> Path:
@@ -51,15 +62,22 @@ def select_in(conn: sqlite3.Connection, sql: str, values: Sequence, *params) -> 
     return rows
 
 
-def _micros(values) -> list[int]:
-    """Timestamps (an Arrow list's values, naive = UTC) as epoch microseconds."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
+def _lists(column) -> tuple[list, Any]:
+    """A list column of a record batch as (its values as Python objects, row offsets from 0)."""
+    offsets = column.offsets.to_numpy()
+    return column.flatten().to_pylist(), offsets - offsets[0]
 
-    return pc.cast(pc.cast(values, pa.timestamp("us")), pa.int64()).to_pylist()
+
+def _rows(user_ids: list[str], columns: list) -> Iterator[tuple[str, list]]:
+    """(user, [each column's values of that user's row]) of list columns."""
+    lists = [_lists(c) for c in columns]
+    for r, user in enumerate(user_ids):
+        yield user, [values[offsets[r]:offsets[r + 1]] for values, offsets in lists]
 
 
 def _sequence_rows(settings: Settings) -> Iterator[list[tuple]]:
+    import pyarrow as pa
+    import pyarrow.compute as pc
     import pyarrow.dataset as ds
 
     from freshrec.jobs.history import SEQUENCE_COLUMNS
@@ -69,13 +87,14 @@ def _sequence_rows(settings: Settings) -> Iterator[list[tuple]]:
     if not has_table(path):
         return
     for batch in ds.dataset(str(path), format="parquet").to_batches(columns=SEQUENCE_COLUMNS, batch_size=BATCH_ROWS):
-        cols = batch.to_pydict()
-        ts = [_micros(batch.column("ts")[i].values) for i in range(batch.num_rows)]
-        yield [(u, json.dumps(e), json.dumps(i), json.dumps(t), json.dumps(s))
-               for u, e, i, t, s in zip(cols["user_id"], cols["event_ids"], cols["item_ids"], cols["event_types"], ts)]
+        ts = batch.column("ts")  # timestamps (naive = UTC) as epoch microseconds
+        micros = pa.ListArray.from_arrays(ts.offsets, pc.cast(pc.cast(ts.values, pa.timestamp("us"), safe=False), pa.int64()))
+        columns = [batch.column("event_ids"), batch.column("item_ids"), batch.column("event_types"), micros]
+        yield [(u, _pack(arrays)) for u, arrays in _rows(batch.column("user_id").to_pylist(), columns)]
 
 
 def _seen_rows(settings: Settings) -> Iterator[list[tuple]]:
+    """features/interactions grouped by user (Arrow's hash aggregation: one pass, in memory)."""
     import pyarrow.dataset as ds
 
     from freshrec.lake import has_table
@@ -83,10 +102,11 @@ def _seen_rows(settings: Settings) -> Iterator[list[tuple]]:
     path = settings.features_dir / "interactions"
     if not has_table(path):
         return
-    columns = ["user_id", "item_id", "n_events", "n_purchase"]
-    for batch in ds.dataset(str(path), format="parquet").to_batches(columns=columns, batch_size=BATCH_ROWS):
-        cols = batch.to_pydict()
-        yield list(zip(cols["user_id"], cols["item_id"], cols["n_events"], cols["n_purchase"]))
+    table = ds.dataset(str(path), format="parquet").to_table(columns=["user_id", "item_id", "n_events", "n_purchase"])
+    grouped = table.group_by("user_id").aggregate([("item_id", "list"), ("n_events", "list"), ("n_purchase", "list")])
+    for batch in grouped.to_batches(max_chunksize=BATCH_ROWS):
+        columns = [batch.column("item_id_list"), batch.column("n_events_list"), batch.column("n_purchase_list")]
+        yield [(u, _pack(arrays), len(arrays[0])) for u, arrays in _rows(batch.column("user_id").to_pylist(), columns)]
 
 
 def build_user_state(settings: Settings) -> dict[str, int]:
@@ -102,11 +122,13 @@ def build_user_state(settings: Settings) -> dict[str, int]:
             conn.execute("PRAGMA journal_mode=OFF")
             conn.execute("PRAGMA synchronous=OFF")  # a new file: fsync'd whole before the rename
             conn.executescript(SCHEMA)
-            for table, batches, marks in (("sequences", _sequence_rows(settings), "?,?,?,?,?"),
-                                          ("seen", _seen_rows(settings), "?,?,?,?")):
-                for rows in batches:
-                    conn.executemany(f"INSERT OR REPLACE INTO {table} VALUES ({marks})", rows)
-                    counts[table] += len(rows)
+            for rows in _sequence_rows(settings):
+                conn.executemany("INSERT INTO users (user_id, events) VALUES (?, ?)", rows)
+                counts["sequences"] += len(rows)
+            for rows in _seen_rows(settings):
+                conn.executemany("INSERT INTO users (user_id, seen) VALUES (?, ?) "
+                                 "ON CONFLICT (user_id) DO UPDATE SET seen = excluded.seen", [r[:2] for r in rows])
+                counts["seen"] += sum(r[2] for r in rows)
             conn.commit()
         fsync_path(tmp)
         os.replace(tmp, final)
@@ -136,36 +158,38 @@ def user_state(settings: Settings, users: Sequence[str]):
     from freshrec.jobs.history import COUNT_COLUMNS
 
     event_columns = ["user_id", "event_id", "item_id", "event_type", "ts"]
-    sequences: list[tuple] = []
-    seen: list[tuple] = []
+    rows: list[tuple] = []
     path = state_path(settings)
     if path.is_file():
         with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
-            sequences = select_in(conn, "SELECT user_id, event_ids, item_ids, event_types, ts_us FROM sequences "
-                                  "WHERE user_id IN ({marks})", users)
-            seen = select_in(conn, "SELECT user_id, item_id, n_events, n_purchase FROM seen WHERE user_id IN ({marks})",
-                             users)
-    parts = {c: [] for c in event_columns}
-    for user, *arrays in sequences:
-        event_ids, item_ids, event_types, ts = (json.loads(a) for a in arrays)
-        parts["user_id"] += [user] * len(item_ids)
-        for column, values in zip(event_columns[1:], (event_ids, item_ids, event_types, ts)):
-            parts[column] += values
-    events = pd.DataFrame({**{c: np.asarray(parts[c], dtype=object) for c in event_columns[:-1]},
-                           "ts": pd.to_datetime(np.asarray(parts["ts"], dtype=np.int64), unit="us", utc=True)})
-    return events, pd.DataFrame(seen, columns=COUNT_COLUMNS)
+            rows = select_in(conn, "SELECT user_id, events, seen FROM users WHERE user_id IN ({marks})", users)
+    events = {c: [] for c in event_columns}
+    seen = {c: [] for c in COUNT_COLUMNS}
+    for user, packed_events, packed_seen in rows:
+        arrays = _unpack(packed_events, 4)
+        events["user_id"] += [user] * len(arrays[1])
+        for column, values in zip(event_columns[1:], arrays, strict=True):
+            events[column] += values
+        arrays = _unpack(packed_seen, 3)
+        seen["user_id"] += [user] * len(arrays[0])
+        for column, values in zip(COUNT_COLUMNS[1:], arrays, strict=True):
+            seen[column] += values
+    return (pd.DataFrame({**{c: np.asarray(events[c], dtype=object) for c in event_columns[:-1]},
+                          "ts": pd.to_datetime(np.asarray(events["ts"], dtype=np.int64), unit="us", utc=True)}),
+            pd.DataFrame({"user_id": np.asarray(seen["user_id"], dtype=object), "item_id": np.asarray(seen["item_id"], dtype=object),
+                          "n_events": np.asarray(seen["n_events"], dtype=np.int64),
+                          "n_purchase": np.asarray(seen["n_purchase"], dtype=np.int64)}, columns=COUNT_COLUMNS))
 
 
 def forget_user_state(settings: Settings, user_id: str) -> int:
-    """Delete ``user_id``'s rows (``freshrec forget``, under the features lock); the file is
-    vacuumed so no free page keeps a copy. Returns the rows removed."""
+    """Delete ``user_id``'s row (``freshrec forget``, under the features lock); the file is
+    vacuumed so no free page keeps a copy. Returns the rows removed (0 or 1)."""
     path = state_path(settings)
     if not path.is_file():
         return 0
     with closing(sqlite3.connect(path, timeout=30)) as conn:
         with conn:
-            removed = sum(conn.execute(f"DELETE FROM {t} WHERE user_id = ?", (user_id,)).rowcount
-                          for t in ("sequences", "seen"))
+            removed = conn.execute("DELETE FROM users WHERE user_id = ?", (user_id,)).rowcount
         if removed:
             conn.execute("VACUUM")
     return removed

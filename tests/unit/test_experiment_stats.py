@@ -28,7 +28,7 @@ def test_assignment_is_stable_follows_the_split_and_depends_on_the_salt():
     share = first.count("treatment") / len(users)
     assert binomtest(first.count("treatment"), len(users), 0.1).pvalue > 0.001, share
     other = [assign("exp-2", u, ["control", "treatment"], [90, 10]) for u in users]
-    assert sum(a != b for a, b in zip(first, other)) > 0.1 * len(users)  # a new salt reshuffles
+    assert sum(a != b for a, b in zip(first, other, strict=True)) > 0.1 * len(users)  # a new salt reshuffles
     with pytest.raises(ValueError):
         assign("exp-1", "u1", ["control", "treatment"], [1.0])
     with pytest.raises(ValueError):
@@ -154,7 +154,7 @@ def test_interleaving_finds_the_preferred_team():
     rng = np.random.default_rng(3)
     rows = []
     for u in range(600):  # each user acts on 1-3 items; team b's items are chosen 60% of the time
-        for k in range(rng.integers(1, 4)):
+        for _ in range(rng.integers(1, 4)):
             rows.append((f"u{u}", "b" if rng.random() < 0.6 else "a"))
     credited = pd.DataFrame(rows, columns=["user_id", "team"])
     result = interleave_preference(credited)
