@@ -14,8 +14,11 @@ For a user at time ``now`` with recent item events e_1..e_L (oldest first):
   user did with it (counts per event type, distinct days, first and last age, share of the
   sequence, recency), the item's popularity and trend, and h.
 - Explore head: the expected number of new items the user takes, times a softmax over every other
-  catalogue item of h . e_i + b_i + w(h) . [popularity_i, trend_i] (popularity and trend read
-  from the log as of ``now``, so new users get a fresh list).
+  catalogue item of trend_i + h . e_i + b_i + w(h) . [popularity_i, trend_i]: the item's log
+  recent popularity (``trend``, decayed over ``trend_days``) is the anchor, with coefficient 1,
+  and the rest a learned correction that starts near 0, so a user the encoder knows little
+  about gets the trending list, not noise (popularity and trend read from the log as of
+  ``now``, so new users get a fresh list).
 - Score = log P(item among what the user takes in the horizon): own items from the repeat head,
   the others from the explore head shifted by an offset calibrated on the validation window
   (explore is far less predictable in some windows than in others: promotions come and go).
@@ -160,16 +163,18 @@ class _Net(nn.Module):
 
     def explore_logits(self, h: torch.Tensor, vec: torch.Tensor, bias: torch.Tensor, stats: torch.Tensor,
                        stats_row: torch.Tensor) -> torch.Tensor:
-        """(B, n) unnormalized explore scores of n items; stats[stats_row[b]] is (n, 2) for row b."""
+        """(B, n) unnormalized explore scores of n items; stats[stats_row[b]] is (n, 2) for row b:
+        the item's log recent popularity (the anchor) plus the learned correction."""
         w = self.stat_weight(h)
         if stats.shape[0] == 1:  # every row scored on the same day (serving): one matmul, no gather
-            return torch.addmm(bias[None, :], torch.cat([h, w], dim=1), torch.cat([vec, stats[0]], dim=1).T)
-        return h @ vec.T + bias[None, :] + w[:, :1] * stats[stats_row, :, 0] + w[:, 1:] * stats[stats_row, :, 1]
+            return torch.addmm((bias + stats[0, :, 1])[None, :], torch.cat([h, w], dim=1), torch.cat([vec, stats[0]], dim=1).T)
+        trend = stats[stats_row, :, 1]
+        return h @ vec.T + bias[None, :] + trend + w[:, :1] * stats[stats_row, :, 0] + w[:, 1:] * trend
 
     def pair_explore_logits(self, h: torch.Tensor, b: torch.Tensor, vec: torch.Tensor, bias: torch.Tensor,
                             stats: torch.Tensor) -> torch.Tensor:
-        """Explore scores of (row b, item) pairs; vec, bias, stats are per pair."""
-        return (h[b] * vec).sum(-1) + bias + (self.stat_weight(h)[b] * stats).sum(-1)
+        """Explore scores of (row b, item) pairs; vec, bias, stats are per pair (as explore_logits)."""
+        return (h[b] * vec).sum(-1) + bias + stats[:, 1] + (self.stat_weight(h)[b] * stats).sum(-1)
 
     def repeat_logit(self, h: torch.Tensor, b: torch.Tensor, x: torch.Tensor, stats: torch.Tensor) -> torch.Tensor:
         """Logit of P(the user takes this own item again in the horizon) for (row b, item) pairs."""
