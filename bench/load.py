@@ -104,12 +104,17 @@ def finish_load(proc: subprocess.Popen) -> dict[str, Any]:
 
 # -- the home and the server -------------------------------------------------------------------
 
-def build_home(settings, events: int) -> None:
+def build_home(settings, events: int, tafeng: Path | None = None) -> None:
+    """A published home: ``events`` synthetic events, or the Ta-Feng file ``tafeng`` imported."""
     from freshrec.generate import GenerateOptions, generate_to_landing
+    from freshrec.importers import import_sources
     from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
 
     settings.ensure_dirs()
-    generate_to_landing(settings, GenerateOptions(events=events, seed=7, days=30, start="2026-01-01"))
+    if tafeng is not None:
+        import_sources(settings, "tafeng", [tafeng])
+    else:
+        generate_to_landing(settings, GenerateOptions(events=events, seed=7, days=30, start="2026-01-01"))
     cleaned = clean_step(settings, "batch-1")
     matrices_step(settings)
     trained = train_step(settings, "batch-1", until=cleaned["until"])

@@ -11,8 +11,9 @@ re-scored, not the size of the history.
 
 The file is rebuilt whole by every ``matrices``, under the exclusive features lock, written
 under a temporary name and renamed into place, so a reader sees the old state or the new one.
-``freshrec forget`` deletes a user's row. A home whose batch ran before this file existed gets
-it built from the Parquet tables on first use (:func:`ensure_user_state`).
+``freshrec forget`` deletes a user's row. A home whose batch ran before this file existed (or
+before its layout, ``VERSION``) gets it built from the Parquet tables on first use
+(:func:`ensure_user_state`).
 """
 
 from __future__ import annotations
@@ -34,7 +35,10 @@ CHUNK = 500
 #: item ids, n_events, n_purchase), each a zlib-compressed JSON array of arrays
 SCHEMA = """
 CREATE TABLE users (user_id TEXT PRIMARY KEY, events BLOB, seen BLOB) WITHOUT ROWID;
+PRAGMA user_version = 2;
 """
+#: the file's layout (``PRAGMA user_version``): a file of another layout is rebuilt on first use
+VERSION = 2
 BATCH_ROWS = 20_000
 EMPTY = [[], [], [], []]
 
@@ -137,14 +141,26 @@ def build_user_state(settings: Settings) -> dict[str, int]:
     return counts
 
 
+def _current(path: Path) -> bool:
+    """Whether ``path`` is a user state file of this layout (VERSION)."""
+    if not path.is_file():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)) as conn:
+            return conn.execute("PRAGMA user_version").fetchone()[0] == VERSION
+    except sqlite3.Error:
+        return False
+
+
 def ensure_user_state(settings: Settings) -> None:
-    """Build features/user_state.db once for a home whose last ``matrices`` predates it."""
+    """Build features/user_state.db once for a home whose last ``matrices`` predates it, or
+    predates its layout."""
     from freshrec.lake import features_lock, has_table
 
-    if state_path(settings).is_file() or not has_table(settings.features_dir / "sequences"):
+    if _current(state_path(settings)) or not has_table(settings.features_dir / "sequences"):
         return
     with features_lock(settings, "user state"):
-        if not state_path(settings).is_file():
+        if not _current(state_path(settings)):
             build_user_state(settings)
 
 

@@ -74,6 +74,15 @@ def test_a_rebuild_replaces_the_state_whole_and_forget_erases_a_user(settings):
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 
+def test_a_file_of_an_older_layout_is_rebuilt_on_first_use(settings):
+    _features(settings)
+    with sqlite3.connect(state_path(settings)) as conn:  # a file some earlier freshrec wrote
+        conn.execute("CREATE TABLE sequences (user_id TEXT PRIMARY KEY, event_ids TEXT)")
+    ensure_user_state(settings)
+    events, _ = user_state(settings, ["u2"])
+    assert list(events["item_id"]) == ["i0", "i1", "i2"]
+
+
 def test_no_batch_yet_means_no_state(settings):
     ensure_user_state(settings)
     events, seen = user_state(settings, ["u1"])
