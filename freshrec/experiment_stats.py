@@ -175,13 +175,6 @@ class Comparison:
     p_value: float  # fixed-horizon, two-sided
     always_valid_p: float  # mSPRT: valid at any look
 
-    def as_dict(self) -> dict[str, float | str | None]:
-        return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in self.__dict__.items()}
-
-
-def _normal_sf(z: float) -> float:
-    return 0.5 * math.erfc(z / math.sqrt(2.0))
-
 
 def _mean_var(x: np.ndarray) -> tuple[float, float]:
     return float(x.mean()), float(x.var(ddof=1)) if len(x) > 1 else 0.0
@@ -227,7 +220,9 @@ def compare(users: pd.DataFrame, control: str, treatment: str, metrics: Sequence
     """Treatment against control on each metric of :func:`per_user`'s rows (in exposure order):
     the means (the ratio of sums for ``click_through``), the difference with its 1 - ``alpha``
     interval (normal), the relative lift, a fixed-horizon p-value, and the always-valid one."""
-    z = _normal_quantile(1 - alpha / 2)
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - alpha / 2))
     both = users.loc[users["variant"].isin([control, treatment])]
     order = (both["variant"] == treatment).to_numpy(int)
     out = []
@@ -238,7 +233,7 @@ def compare(users: pd.DataFrame, control: str, treatment: str, metrics: Sequence
             continue
         (ma, va), (mb, vb) = (_mean_var(x) for x in arms)
         diff, se = mb - ma, math.sqrt(va / len(arms[0]) + vb / len(arms[1]))
-        p = 2 * _normal_sf(abs(diff) / se) if se > 0 else (1.0 if diff == 0 else 0.0)
+        p = 2 * float(norm.sf(abs(diff) / se)) if se > 0 else (1.0 if diff == 0 else 0.0)
         out.append(Comparison(metric, ma, mb, diff, diff - z * se, diff + z * se, diff / ma if ma else None, p,
                               msprt_p_value(arms[0], arms[1], order)))
     return out
@@ -255,12 +250,6 @@ def _values(users: pd.DataFrame, metric: str) -> np.ndarray:
         return views
     ratio = views.sum() / shown.sum()
     return ratio + (views - ratio * shown) / shown.mean()
-
-
-def _normal_quantile(q: float) -> float:
-    from scipy.stats import norm
-
-    return float(norm.ppf(q))
 
 
 def srm(observed: dict[str, int], split: dict[str, float]) -> dict[str, float | bool]:

@@ -2,12 +2,13 @@
 
 ``matrices`` writes the tables under ``features_lock`` (``freshrec.lake``); readers that must not
 see a table half rewritten hold it shared. The Spark readers serve the batch steps, the pandas
-readers the micro-batch, which reads a few users' rows without starting a Spark job.
+reader the micro-batch's popular lists, without starting a Spark job; a few users' rows are read
+by key from ``freshrec.userstate``.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from freshrec.errors import UserError
 from freshrec.lake import has_table
@@ -32,17 +33,15 @@ def read_features(settings: Settings, name: str) -> "DataFrame":
     return get_spark(settings).read.parquet(str(settings.features_dir / name))
 
 
-def feature_rows(settings: Settings, name: str, columns: list[str], users: Sequence[str] | None = None) -> "pd.DataFrame":
-    """``columns`` of features/<name> (only the rows of ``users`` when given), in pandas; no rows
-    when the table is not there yet."""
+def feature_rows(settings: Settings, name: str, columns: list[str]) -> "pd.DataFrame":
+    """``columns`` of features/<name> in pandas; no rows when the table is not there yet."""
     import pandas as pd
     import pyarrow.dataset as ds
 
     path = settings.features_dir / name
     if not has_table(path):
         return pd.DataFrame(columns=columns)
-    flt = ds.field("user_id").isin(list(users)) if users is not None else None
-    return ds.dataset(str(path), format="parquet").to_table(columns=columns, filter=flt).to_pandas()
+    return ds.dataset(str(path), format="parquet").to_table(columns=columns).to_pandas()
 
 
 def read_catalogue(settings: Settings) -> "DataFrame | None":

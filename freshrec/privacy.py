@@ -10,7 +10,7 @@ Where a user lives, and how each place is erased:
 * **the lake** (``lake/events``), **the features** (``user_index``, ``interactions``,
   ``sequences``, ``recent``) and **every kept version's tables** (``recs/*/user_topn``): every
   Parquet file with a ``user_id`` column holding the id is rewritten without those rows; the
-  key-value copy of the features (``features/user_state.db``) loses the user's rows and is vacuumed;
+  key-value copy of the features (``features/user_state.db``) loses the user's row and is vacuumed;
 * **the quarantine** (``lake/quarantine``): the rows whose raw line is the user's;
 * **the serving store**: the user's list, in every version (SQLite is then vacuumed, so no
   deleted page keeps a copy).

@@ -40,7 +40,6 @@ PRAGMA user_version = 2;
 #: the file's layout (``PRAGMA user_version``): a file of another layout is rebuilt on first use
 VERSION = 2
 BATCH_ROWS = 20_000
-EMPTY = [[], [], [], []]
 
 
 def _pack(arrays: list) -> bytes:
@@ -48,7 +47,7 @@ def _pack(arrays: list) -> bytes:
 
 
 def _unpack(blob: bytes | None, width: int) -> list:
-    return json.loads(zlib.decompress(blob)) if blob is not None else EMPTY[:width]
+    return json.loads(zlib.decompress(blob)) if blob is not None else [[] for _ in range(width)]
 
 
 def state_path(settings: Settings) -> Path:
