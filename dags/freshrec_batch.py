@@ -36,6 +36,7 @@ Daily batch of the freshrec pipeline (02:00 UTC; each run covers the previous da
 | `gate` | promote to `champion` only if it beats the best baseline and the champion | `reports/gate.json` |
 | `score` | Spark job over user partitions: top-N per user, similar items, popular, query lists | `recs/<version>/` |
 | `publish` | write the version beside the live one, switch the live pointer atomically, prune; re-score the users of micro-batches the version was not built from | serving store |
+| `experiments` | for each running experiment (`freshrec experiment create`), publish each variant that is not the live version as a version of its own beside it, and refresh the reports (MLflow runs tagged `freshrec.kind=experiment`) | serving store, `reports/experiments/` |
 
 `freshrec_incremental` may run at any time beside it: `clean` holds the lake lock while it
 rebuilds the lake (a micro-batch waits, then its rows are in the rebuild), train and evaluate
@@ -122,8 +123,15 @@ with DAG(
 
         return run_step(publish_step, scored=scored)
 
+    @task(pool=SPARK_POOL, outlets=[SERVING])
+    def experiments(published: dict) -> dict:
+        """Publish every running experiment's variants from this batch, and refresh their reports."""
+        from freshrec.steps import experiments_step
+
+        return run_step(experiments_step)
+
     cleaned = clean()
     trained = train(cleaned)
     cleaned >> validate() >> matrices() >> trained
     evaluated = evaluate(trained, cleaned)
-    publish(score(gate(trained, evaluated)))
+    experiments(publish(score(gate(trained, evaluated))))

@@ -42,7 +42,7 @@ from fastapi.responses import HTMLResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -72,6 +72,7 @@ class Item(BaseModel):
     score: float
     category: str | None = None  # the item's details: null when unknown, absent with details=false
     price: float | None = None
+    team: str | None = Field(None, description="interleaved experiment answers only: the variant that contributed this item")
 
 
 class UserRecs(BaseModel):
@@ -79,6 +80,8 @@ class UserRecs(BaseModel):
     version: str | None
     source: Literal["personal", "fallback", "list"]
     updated_at: str | None
+    experiment: str | None = Field(None, description="the running experiment whose traffic the user is in, else null")
+    variant: str | None = Field(None, description="in an experiment: the user's variant, or `interleaved`; else null")
     recommendation_id: str  # new for every answer; logged with what was shown (freshrec.impressions)
     items: list[Item]
 
@@ -196,6 +199,7 @@ class _ScrapeCollector(Collector):
         if self.settings is not None:
             yield from _freshness_metrics(self.settings.state_db)
             yield from _realtime_metrics(self.settings)
+            yield from _experiment_metrics(self.settings)
 
 
 def _realtime_metrics(settings: Settings) -> list[GaugeMetricFamily]:
@@ -210,6 +214,23 @@ def _realtime_metrics(settings: Settings) -> list[GaugeMetricFamily]:
     for quantile, key in (("0.5", "p50"), ("0.95", "p95"), ("0.99", "p99")):
         family.add_metric((quantile,), report[f"event_to_served_{key}_s"])
     return [family]
+
+
+def _experiment_metrics(settings: Settings) -> list[GaugeMetricFamily]:
+    from freshrec.status import running_experiments
+
+    if not settings.state_db.is_file():
+        return []
+    running = GaugeMetricFamily("freshrec_experiment_running", "1 per running experiment.", labels=("experiment", "mode"))
+    exposed = GaugeMetricFamily("freshrec_experiment_exposed_users",
+                                "Users exposed per variant, at the experiment's last report.", labels=("experiment", "variant"))
+    for exp in running_experiments(settings):
+        running.add_metric((exp["name"], exp["mode"]), 1)
+        for variant, users in (exp.get("users") or {}).items():
+            exposed.add_metric((exp["name"], variant), users)
+        if exp["mode"] == "interleave" and exp.get("exposed_users") is not None:
+            exposed.add_metric((exp["name"], "interleaved"), exp["exposed_users"])
+    return [running, exposed]
 
 
 def _freshness_metrics(state_db: Path | None) -> list[GaugeMetricFamily]:
@@ -659,6 +680,8 @@ def create_app(settings: Settings | None = None, *, store: ServingStore | None =
     app.state.ingest = Ingest(settings, insecure_local) if settings is not None else None
     app.state.client = RecsClient.for_settings(settings or Settings(), store,
                                                app.state.ingest.impressions if app.state.ingest else None)
+    if settings is None:  # no state DB: no experiment
+        app.state.client.experiments = None
     app.state.uniform_answers = settings is not None and settings.uniform_answers
     app.state.reads = Reads(isinstance(store, SqliteStore) if inline_reads is None else inline_reads)
     app.state.metrics = Metrics(store, settings)

@@ -167,6 +167,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1000, metavar="N", help="events per request (1..10000, default 1000)")
     p.add_argument("--json", action="store_true", help="print the totals and every rejected event as JSON")
 
+    p = sub.add_parser("experiment", help="online experiments: champion against challenger on live traffic (docs/experiments.md)")
+    xsub = p.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    x = xsub.add_parser("create", help="start an experiment; its variants are published now (needs a published version)")
+    x.add_argument("name", metavar="NAME")
+    x.add_argument("--variants", default="control=champion,treatment=challenger",
+                   help="two NAME=WHAT pairs, control first; WHAT: champion, challenger, version:N or a baseline "
+                        "(default control=champion,treatment=challenger)")
+    x.add_argument("--split", default="50,50", help="the variants' shares of the users (A/B; default 50,50)")
+    x.add_argument("--mode", choices=("ab", "interleave"), default="ab")
+    x.add_argument("--metric", default="purchase_conversion",
+                   help="what the decision is made on: purchase_conversion (default), click_through, add_to_cart_rate, "
+                        "revenue_per_user")
+    x.add_argument("--traffic", type=float, default=100.0, metavar="PCT",
+                   help="percent of users in the experiment; the others get the live version (default 100)")
+    x.add_argument("--no-publish", dest="publish", action="store_false",
+                   help="only record it: the next batch publishes the variants")
+    x = xsub.add_parser("list", help="every experiment, newest first")
+    x.add_argument("--json", action="store_true")
+    x = xsub.add_parser("stop", help="stop an experiment: everyone gets the live version again")
+    x.add_argument("name", metavar="NAME")
+    x = xsub.add_parser("report", help="attribute the events, compute the statistics, and print the report")
+    x.add_argument("name", metavar="NAME")
+    x.add_argument("--json", action="store_true")
+    x.add_argument("--no-mlflow", dest="mlflow", action="store_false", help="do not log this report to MLflow")
+    x = xsub.add_parser("promote", help="move alias champion to the winning variant's model and make its lists live")
+    x.add_argument("name", metavar="NAME")
+    x.add_argument("--variant", default=None, help="promote this variant whatever the report says")
+
     p = sub.add_parser("airflow", help="run the Airflow UI and scheduler on this machine (airflow standalone, SQLite)")
     p.add_argument("--host", default="127.0.0.1", help="address the UI/API server binds to (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="UI/API port (default 8080)")
@@ -266,9 +294,60 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from freshrec.airflow.standalone import run_standalone
 
         return run_standalone(settings, host=args.host, port=args.port, require_login=args.require_login)
+    if args.command == "experiment":
+        return _experiment(args, settings)
     if args.command in ("recs", "similar", "popular", "rollback", "serve"):
         return _serving_command(args, settings)
     raise AssertionError(f"unhandled command {args.command}")
+
+
+def _experiment(args: argparse.Namespace, settings: Settings) -> int:
+    from freshrec.experiments import ExperimentStore, parse_split, parse_variants, publish_variants_step
+
+    store = ExperimentStore(settings.state_db)
+    if args.action == "create":
+        if not 0 < args.traffic <= 100:
+            raise UserError(f"--traffic is a percent in (0, 100], got {args.traffic:g}")
+        exp = store.create(args.name, parse_variants(args.variants), parse_split(args.split), args.mode,
+                           args.traffic / 100.0, args.metric)
+        print(f"experiment {exp.name} created ({exp.mode}): " + ", ".join(f"{v}={s}" for v, s in exp.variants.items()))
+        if args.publish:
+            try:
+                done = publish_variants_step(settings, exp.name)
+            except BaseException:
+                store.stop(exp.name)  # nothing half-made stays running
+                raise
+            if done.get("skipped"):
+                print(f"not published yet: {done['skipped']}")
+            else:
+                print("serving: " + ", ".join(f"{v} from version {ver}" for v, ver in done["versions"][exp.name].items()))
+        return 0
+    if args.action == "list":
+        found = [e.summary() for e in store.all()]
+        if args.json:
+            print(json.dumps(found, default=str))
+            return 0
+        for e in found:
+            verdict = (e.get("report") or {}).get("decision", {}).get("verdict", "no report yet")
+            print(f"{e['name']:<20} {e['state']:<8} {e['mode']:<10} "
+                  + ", ".join(f"{v}={s}" for v, s in e["variants"].items()) + f"  started {e['created_at']}  {verdict}")
+        if not found:
+            print("no experiments (create one with `freshrec experiment create NAME`)")
+        return 0
+    if args.action == "stop":
+        exp = store.stop(args.name)
+        print(f"experiment {exp.name} stopped at {exp.stopped_at}; everyone gets the live version")
+        return 0
+    from freshrec.experiment_report import format_report, promote, report_step
+
+    if args.action == "report":
+        report = report_step(settings, args.name, mlflow=args.mlflow)[args.name]
+        print(json.dumps(report, default=str) if args.json else format_report(report))
+        return 0
+    done = promote(settings, args.name, args.variant)
+    print(f"experiment {done['experiment']}: {done['winner']} promoted; champion {done['champion']['before']} -> "
+          f"{done['champion']['after']}; live version {done['live_version']}\n  {done['reason']}")
+    return 0
 
 
 def _watch(args: argparse.Namespace, settings: Settings) -> int:

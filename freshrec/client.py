@@ -3,11 +3,14 @@
     client = RecsClient(settings.serving)          # or RecsClient(store)
     client.recs("42", n=10)
     # {"user_id": "42", "version": "...", "source": "personal" | "fallback", "updated_at": "...",
-    #  "recommendation_id": "r-...",
+    #  "experiment": None, "variant": None, "recommendation_id": "r-...",
     #  "items": [{"item_id": "9", "score": 0.87, "category": "shoes", "price": 59.9}, ...]}
 
 Every answer carries a new ``recommendation_id`` (``freshrec.impressions``); a client built with
-``impressions=`` (the API's is) logs each answer as an impression.
+``impressions=`` (the API's is) logs each answer as an impression. A user's answer also carries
+``experiment`` and ``variant``: null, unless an experiment runs (``freshrec.experiments``) and
+the user is in its traffic; then they get their variant's list, or both variants' lists
+interleaved (``variant`` ``interleaved``, and each item carries its ``team``).
 
 A user, item, category or query the live version does not know gets the overall popular list
 with ``source: "fallback"``, never an error. Only "nothing is live yet" raises
@@ -34,31 +37,69 @@ MAX_QUERY_LENGTH = 1000
 class RecsClient:
     def __init__(self, store_or_url: ServingStore | str, max_id_length: int = DEFAULT_MAX_ID_LENGTH,
                  user_key: Callable[[str], str] | None = None,
-                 impressions: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 impressions: Callable[[dict[str, Any]], None] | None = None, experiments: Any = None) -> None:
         self._owns_store = isinstance(store_or_url, str)
         self.store = open_store(store_or_url) if isinstance(store_or_url, str) else store_or_url
         self.max_id_length = max_id_length
         self.user_key = user_key  # how a clear user id is stored (FRESHREC_PSEUDONYMISE), or None
         self.impressions = impressions  # where each served list is logged (freshrec.impressions), or None
+        self.experiments = experiments  # the running experiment (freshrec.experiments.ExperimentRouter), or None
 
     @classmethod
     def for_settings(cls, settings: "Settings", store: ServingStore | None = None,
                      impressions: Callable[[dict[str, Any]], None] | None = None) -> "RecsClient":
-        """A client with the settings' id rules and, when ids are pseudonymised, their key;
-        ``impressions`` (an :class:`~freshrec.impressions.ImpressionLog`) logs every list served."""
-        return cls(store if store is not None else settings.serving, settings.max_id_length,
-                   settings.user_key if settings.pseudonymise else None, impressions)
+        """A client with the settings' id rules and, when ids are pseudonymised, their key, which
+        serves the running experiment of the settings' state DB; ``impressions`` (an
+        :class:`~freshrec.impressions.ImpressionLog`) logs every list served."""
+        from freshrec.experiments import ExperimentRouter
 
-    def _served(self, result: dict[str, Any], kind: str, key: str | None) -> dict[str, Any]:
+        return cls(store if store is not None else settings.serving, settings.max_id_length,
+                   settings.user_key if settings.pseudonymise else None, impressions, ExperimentRouter(settings))
+
+    def _served(self, result: dict[str, Any], kind: str, key: str | None,
+                recommendation_id: str | None = None) -> dict[str, Any]:
         """``result`` with a new recommendation_id (before its items), logged as an impression."""
         from freshrec.impressions import impression, new_recommendation_id
 
         items = result.pop("items")
-        result["recommendation_id"] = new_recommendation_id()
+        result["recommendation_id"] = recommendation_id or new_recommendation_id()
         result["items"] = items
         if self.impressions is not None:
             self.impressions(impression(result, kind, key))
         return result
+
+    def _in_experiment(self, user_id: str, key: str, n: int, details: bool) -> dict[str, Any] | None:
+        """The answer of a user in the running experiment's traffic, or None (outside it, no
+        experiment, or a user the variants' versions do not list: the live version answers)."""
+        from freshrec.experiment_stats import team_draft
+        from freshrec.experiments import INTERLEAVED
+        from freshrec.impressions import new_recommendation_id
+        from freshrec.serving.base import VersionError
+
+        exp = self.experiments.current() if self.experiments is not None else None
+        variant = exp.variant_of(key) if exp is not None else None
+        if variant is None:
+            return None
+        names = list(exp.variants) if variant == INTERLEAVED else [variant]
+        try:
+            found = [self.store.get_user_recs(key, n, version=exp.versions[name], details=details) for name in names]
+        except VersionError:  # a variant's version went away (the experiment was stopped and pruned)
+            return None
+        if any(f is None for f in found):
+            return None
+        recommendation_id = new_recommendation_id()
+        if variant == INTERLEAVED:
+            by_item = [{i["item_id"]: i for i in f["items"]} for f in found]
+            drafted = team_draft([i["item_id"] for i in found[0]["items"]], [i["item_id"] for i in found[1]["items"]], n,
+                                 f"{exp.salt}:{recommendation_id}", teams=(names[0], names[1]))
+            items = [{**by_item[names.index(team)][item], "team": team} for item, team in drafted]
+            first = found[0]
+        else:
+            first = found[0]
+            items = first["items"]
+        result = {"user_id": str(user_id), "version": first["version"], "source": "personal",
+                  "updated_at": first["updated_at"], "experiment": exp.name, "variant": variant, "items": items}
+        return self._served(result, "user", key, recommendation_id)
 
     def _check(self, name: str, value: str | None, limit: int | None = None) -> None:
         if value is None:
@@ -76,12 +117,15 @@ class RecsClient:
     def recs(self, user_id: str, n: int = 10, *, details: bool = True) -> dict[str, Any]:
         self._check("user_id", user_id)
         key = self.user_key(user_id) if self.user_key else str(user_id)
+        in_experiment = self._in_experiment(user_id, key, n, details)
+        if in_experiment is not None:
+            return in_experiment
         found = self.store.get_user_recs(key, n, details=details)
-        if found is not None:
-            return self._served({**found, "user_id": str(user_id)}, "user", key)  # the id as the caller knows it
+        if found is not None:  # the id as the caller knows it; in no experiment
+            return self._served({**found, "user_id": str(user_id), "experiment": None, "variant": None}, "user", key)
         version, updated_at, items = self._fallback(n, details)
         return self._served({"user_id": str(user_id), "version": version, "source": "fallback", "updated_at": updated_at,
-                             "items": items}, "user", key)
+                             "experiment": None, "variant": None, "items": items}, "user", key)
 
     def _or_fallback(self, key_name: str, found: dict[str, Any] | None, source: str, fallback_key: Any,
                      n: int, details: bool, kind: str) -> dict[str, Any]:

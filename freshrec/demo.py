@@ -7,7 +7,10 @@
    newcomer arrives; a producer re-sends an event and sends some broken rows;
 3. the real-time loop: `freshrec serve` takes a new shopper's events over HTTP (POST
    /v1/events), and their list changes in about a second; a purchase leaves it as fast;
-4. the shopper's list before and after, the measured freshness, and where to look next.
+4. the shopper's list before and after, and the measured freshness;
+5. an A/B experiment of the live lists against the popularity list: simulated shoppers with
+   known tastes are served through the API, act, and the report attributes what they did;
+6. where to look next.
 
 Uses FRESHREC_HOME when set, else ./.freshrec/demo (wiped first, so the demo is repeatable), and
 then leaves a freshrec.toml here naming that home (unless there is one), so that ``freshrec
@@ -95,6 +98,8 @@ def main() -> int:
     if not _realtime(console, settings, story, now):
         return 1
     _what_changed(console, settings, story, before, freshness)
+    if not _experiment(console, settings):
+        return 1
     note = _point_here(home) if default_home else None
     _look_around(console, settings, home, story.shopper, note)
     return 0
@@ -162,26 +167,11 @@ REALTIME_SHOPPER = "demo-live-shopper"
 def _realtime(console, settings: Settings, story: "_Story", now: datetime) -> bool:
     """Part 3: a shopper sends events to the running API and their list follows within a second;
     then the micro-batch takes the API's segment into the lake. False when a run failed."""
-    import threading
-
-    import uvicorn
-
     from freshrec.airflow.local import run_dag
-    from freshrec.api import create_app
     from freshrec.client import RecsClient
     from freshrec.status import collect_status
 
     console.rule("3. the real-time loop: events over HTTP")
-    server = uvicorn.Server(uvicorn.Config(create_app(settings, insecure_local=True), host="127.0.0.1", port=0,
-                                           log_level="warning", access_log=False))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    server.config.app.state.ingest.scorer.wait_ready()  # its worker has the live recommender loaded
-    url = f"http://127.0.0.1:{port}"
-    console.print(f"freshrec serve is up at {url} (writes open to this machine only: --insecure-local)")
     shopper, items = REALTIME_SHOPPER, story.discovered
 
     run = f"{now:%Y%m%dT%H%M%S}"  # a demo run again on the same home sends new events, not duplicates
@@ -202,7 +192,8 @@ def _realtime(console, settings: Settings, story: "_Story", now: datetime) -> bo
         console.print(f"    {what}: the list did not change within 10 s")
         return before
 
-    try:
+    with _api(settings) as url:
+        console.print(f"freshrec serve is up at {url} (writes open to this machine only: --insecure-local)")
         fallback = [i for i, _ in story.top(shopper, 100)]
         console.print(f"{shopper} is new: {story.client.recs(shopper, 1)['source']} list")
         sent = RecsClient.send_events([ev("live-1", 30, "view", items[0]), ev("live-2", 20, "view", items[1]),
@@ -217,9 +208,6 @@ def _realtime(console, settings: Settings, story: "_Story", now: datetime) -> bo
         console.print(f"    {target} left the list: {target not in [i for i, _ in story.top(shopper, 100)]}")
         again = RecsClient.send_events([ev("live-4", 5, "purchase", target, quantity=1)], url=url)
         console.print(f"    the same purchase sent again: {again['accepted']} accepted, {again['duplicates']} duplicate")
-    finally:
-        server.should_exit = True  # a graceful stop moves the open segment into the landing zone
-        thread.join(30)
     realtime = collect_status(settings).get("realtime") or {}
     console.print(f"event -> served: p50 {realtime.get('event_to_served_p50_s')} s, p95 {realtime.get('event_to_served_p95_s')} s "
                   f"over {realtime.get('events')} events")
@@ -229,6 +217,80 @@ def _realtime(console, settings: Settings, story: "_Story", now: datetime) -> bo
         return False
     mb = collect_status(settings)["freshness"]
     console.print(f"    micro-batch {mb.get('last_microbatch_id')}: {mb.get('rows')} rows, {mb.get('users')} users re-scored")
+    return True
+
+
+@contextlib.contextmanager
+def _api(settings: Settings) -> Iterator[str]:
+    """`freshrec serve --insecure-local` in a thread, its real-time worker ready: its URL. A
+    graceful stop on exit moves the open event and impression segments into the landing zone."""
+    import threading
+
+    import uvicorn
+
+    from freshrec.api import create_app
+
+    server = uvicorn.Server(uvicorn.Config(create_app(settings, insecure_local=True), host="127.0.0.1", port=0,
+                                           log_level="warning", access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    port = server.servers[0].sockets[0].getsockname()[1]
+    server.config.app.state.ingest.scorer.wait_ready()  # its worker has the live recommender loaded
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+EXPERIMENT_SHOPPERS = 600
+
+
+def _experiment(console, settings: Settings) -> bool:
+    """Part 5: an A/B test of the live model against the popularity list. Simulated shoppers,
+    each liking the categories they bought or viewed most, are served through the API, act on
+    what they see, and their events come back with the lists' recommendation_id; a micro-batch
+    takes them in and the report attributes them. False when a run failed."""
+    import numpy as np
+    import pandas as pd
+
+    from freshrec.airflow.local import run_dag
+    from freshrec.experiment_report import format_report, report_step
+    from freshrec.experiments import ExperimentStore, publish_variants_step
+    from freshrec.serving import open_store
+    from freshrec.shoppers import ShopperConfig, shop_through_api
+
+    console.rule("5. an experiment: the live lists against the popularity list")
+    with open_store(settings.serving) as store:
+        live = store.status()["meta"].get("model") or {}
+    control = f"version:{live['version']}" if live.get("kind") == "model" else f"baseline:{live.get('name')}"
+    treatment = "baseline:trending" if control == "baseline:popularity" else "baseline:popularity"
+    name = f"demo-{datetime.now(timezone.utc):%Y%m%dT%H%M%S}"
+    experiments = ExperimentStore(settings.state_db)
+    for running in experiments.running():  # a demo run again on the same home
+        experiments.stop(running.name)
+    experiments.create(name, {"control": control, "treatment": treatment}, [50, 50])
+    with _step(console, f"`freshrec experiment create {name} --variants control={control},treatment={treatment}` "
+                        "(publishes the treatment's lists beside the live ones)"):
+        versions = publish_variants_step(settings, name)["versions"][name]
+    console.print(f"    control from version {versions['control']}, treatment from version {versions['treatment']}")
+    events = pd.read_parquet(settings.events_path, columns=["user_id", "category"]).dropna()
+    top = events.groupby(["user_id", "category"]).size().rename("n").reset_index()
+    top = top.sort_values(["user_id", "n"], ascending=[True, False], kind="mergesort").groupby("user_id").head(2)
+    likes = top.groupby("user_id")["category"].agg(set).to_dict()
+    users = sorted(likes)[:EXPERIMENT_SHOPPERS]
+    with _api(settings) as url:
+        counts = shop_through_api(url, users, likes, np.random.default_rng(11), ShopperConfig(view_p=0.3, noise_p=0.02))
+    console.print(f"{len(users)} simulated shoppers, each liking their two most visited categories, were served through "
+                  f"the API and acted: " + "; ".join(f"{v}: {c['users']} users, {c['views']} views, {c['carts']} carts, "
+                                                     f"{c['purchases']} purchases" for v, c in sorted(counts.items())))
+    if not run_dag(settings, "freshrec_incremental"):
+        console.print("[red]the incremental run failed; see the task line above[/]")
+        return False
+    console.print(format_report(report_step(settings, name)[name]), soft_wrap=True)
+    console.print(f"(`freshrec experiment report {name}` prints this again; `freshrec experiment stop {name}` ends it)")
     return True
 
 
@@ -258,7 +320,7 @@ def _look_around(console, settings: Settings, home: Path, shopper: str, note: st
     bin_dir = Path(sys.executable).parent
     # with the freshrec.toml just written, commands run here need no FRESHREC_HOME
     env = "" if note else f"FRESHREC_HOME={home} "
-    console.rule("5. look around")
+    console.rule("6. look around")
     console.print(f"Everything lives under {home}.")
     if note:
         console.print(note)

@@ -155,7 +155,7 @@ def per_user(impressions: pd.DataFrame, credited: pd.DataFrame) -> pd.DataFrame:
         c["revenue"] = c["purchases"] * price * quantity
         counts = c.groupby(["variant", "user_id"])[[*ACTIONS.values(), "revenue"]].sum().reset_index()
     out = exposure.merge(counts, on=["variant", "user_id"], how="left")
-    out[[*ACTIONS.values(), "revenue"]] = out[[*ACTIONS.values(), "revenue"]].fillna(0).astype(float)
+    out[[*ACTIONS.values(), "revenue"]] = out[[*ACTIONS.values(), "revenue"]].infer_objects().fillna(0).astype(float)
     out["click_through"] = out["views"] / out["impressions"]
     out["add_to_cart_rate"] = (out["carts"] > 0).astype(float)
     out["purchase_conversion"] = (out["purchases"] > 0).astype(float)

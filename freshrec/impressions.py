@@ -37,7 +37,17 @@ log = logging.getLogger(__name__)
 
 PREFIX = "imp-"
 FLUSH_S = 0.1
-COLUMNS = ("recommendation_id", "served_at", "version", "kind", "key", "source", "item_ids")
+COLUMNS = ("recommendation_id", "served_at", "version", "kind", "key", "source", "item_ids", "experiment", "variant",
+           "teams")
+
+
+def _schema():
+    import pyarrow as pa
+
+    text, names = pa.string(), pa.list_(pa.string())
+    return pa.schema([("recommendation_id", text), ("served_at", pa.timestamp("ns", tz="UTC")), ("version", text),
+                      ("kind", text), ("key", text), ("source", text), ("item_ids", names), ("experiment", text),
+                      ("variant", text), ("teams", names)])
 
 
 def new_recommendation_id() -> str:
@@ -45,11 +55,14 @@ def new_recommendation_id() -> str:
 
 
 def impression(result: dict[str, Any], kind: str, key: str | None) -> dict[str, Any]:
-    """The impression line of one served list (a RecsClient result)."""
+    """The impression line of one served list (a RecsClient result); in an experiment, also its
+    ``experiment``, ``variant`` and, interleaved, the ``teams`` of its items (else null)."""
+    items = result.get("items") or []
     return {"recommendation_id": result["recommendation_id"],
             "served_at": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "version": result.get("version"), "kind": kind, "key": key, "source": result.get("source"),
-            "item_ids": [i["item_id"] for i in result.get("items") or []]}
+            "item_ids": [i["item_id"] for i in items], "experiment": result.get("experiment"),
+            "variant": result.get("variant"), "teams": [i["team"] for i in items] if items and "team" in items[0] else None}
 
 
 def impressions_landing(settings: Settings) -> Path:
@@ -107,7 +120,6 @@ def fold_impressions(settings: Settings) -> int:
     """Move the impression files of ``landing/impressions`` into ``lake/impressions`` (Parquet,
     ``served_date=YYYY-MM-DD/<file>.parquet``, written atomically), then remove them from the
     landing zone; returns the impressions folded. A rerun after a crash rewrites the same files."""
-    import pandas as pd
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -116,21 +128,54 @@ def fold_impressions(settings: Settings) -> int:
     landing = impressions_landing(settings)
     total = 0
     for path in sorted(landing.glob(f"{PREFIX}*.jsonl")) if landing.is_dir() else []:
-        frame = pd.read_json(path, lines=True, dtype=False) if path.stat().st_size else pd.DataFrame(columns=COLUMNS)
-        for column in COLUMNS:
-            if column not in frame:
-                frame[column] = None
-        frame = frame[list(COLUMNS)]
-        frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+        frame = _frame(path)
         for date, part in frame.groupby(frame["served_at"].dt.strftime("%Y-%m-%d")):
             target = impressions_path(settings) / f"served_date={date}" / f"{path.stem}.parquet"
             with atomic_path(target) as tmp:
-                pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), preserve_index=False), tmp)
+                pq.write_table(pa.Table.from_pandas(part.reset_index(drop=True), schema=_schema(), preserve_index=False), tmp)
         total += len(frame)
         path.unlink()
     if total:
         log.info("folded %d impression(s) into %s", total, impressions_path(settings))
     return total
+
+
+def _frame(path: Path):
+    """One impression file (JSON lines) as a frame of COLUMNS, a missing column null."""
+    import pandas as pd
+
+    frame = pd.read_json(path, lines=True, dtype=False) if path.stat().st_size else pd.DataFrame(columns=COLUMNS)
+    for column in COLUMNS:
+        if column not in frame:
+            frame[column] = None
+    frame = frame[list(COLUMNS)].astype(object).where(frame[list(COLUMNS)].notna(), None)
+    frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+    return frame
+
+
+def read_impressions(settings: Settings, experiment: str | None = None):
+    """Every impression (of ``experiment`` only, when given) as a frame of COLUMNS: the lake's,
+    then the files not folded yet (the landing zone's and the API's open segments)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    parts = []
+    root = impressions_path(settings)
+    files = sorted(str(p) for p in root.rglob("*.parquet")) if root.is_dir() else []
+    if files:  # an explicit schema: files folded before a column existed read it as null
+        table = ds.dataset(files, schema=_schema(), format="parquet").to_table(
+            filter=None if experiment is None else ds.field("experiment") == experiment)
+        parts.append(table.to_pandas())
+    for folder in (impressions_landing(settings), settings.home / "api" / "impressions"):
+        for path in sorted(folder.glob(f"{PREFIX}*.jsonl")) if folder.is_dir() else []:
+            frame = _frame(path)
+            parts.append(frame if experiment is None else frame.loc[frame["experiment"] == experiment])
+    parts = [p for p in parts if len(p)]
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype="datetime64[ns, UTC]" if c == "served_at" else object) for c in COLUMNS})
+    frame = pd.concat(parts, ignore_index=True)
+    frame["served_at"] = pd.to_datetime(frame["served_at"], utc=True)
+    return frame.drop_duplicates("recommendation_id").reset_index(drop=True)
 
 
 def resolve(settings: Settings, recommendation_id: str) -> dict[str, Any] | None:

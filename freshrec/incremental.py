@@ -138,6 +138,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
     served = time.time()  # the users' new lists are readable from here on
     popular = refresh_popular_step(settings) if refreshed.get("version") else {"skipped": "nothing published yet"}
 
+    reports = _experiment_reports(settings)
     counts = _counts(per_file + intake.counts)
     landing = {p.name: t for p, t in todo}
     l50, l95 = _percentiles([served - landing.get(r["source_file"], started) for r in per_file],
@@ -150,6 +151,7 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
         "impressions": impressions,
         **counts, "rows": counts["read"], "users": refreshed.get("users", 0), "version": refreshed.get("version"),
         "refresh": refreshed.get("skipped") or "ok", "popular_lists": popular.get("lists", 0),
+        "experiment_versions": refreshed.get("variants", {}), "experiment_reports": reports,
         "landing_to_served_p50_s": l50, "landing_to_served_p95_s": l95,
         "event_to_served_p50_s": e50, "event_to_served_p95_s": e95,
         "seconds": round(time.time() - started, 2),
@@ -158,6 +160,18 @@ def process_microbatch(settings: Settings, spark, now: datetime | None = None) -
     ledger.finish_claim(batch_id)
     log.info("micro-batch %s: %s", batch_id, summary)
     return summary
+
+
+def _experiment_reports(settings: Settings) -> list[str]:
+    """Refresh the reports of the running experiments older than FRESHREC_EXPERIMENT_REPORT_MINUTES
+    (their names). A report that fails is logged: it never fails the micro-batch that served the lists."""
+    from freshrec.experiment_report import report_step
+
+    try:
+        return sorted(report_step(settings, min_interval_s=60.0 * settings.experiment_report_minutes))
+    except Exception as exc:  # noqa: BLE001 - the lists are served; the report is retried next time
+        log.warning("experiment reports not refreshed: %s", exc)
+        return []
 
 
 def _counts(per_file: list[dict[str, Any]]) -> dict[str, int]:

@@ -28,16 +28,23 @@ CATCH_UP_ACCEPTED_S = 3600.0
 ATTEMPTS = 3
 
 
+def catch_up_users(settings: Settings):
+    """The users a version built from the batch's features lacks news of: those of the
+    micro-batches since (``features/recent``) and of the events the event API accepted in the
+    last CATCH_UP_ACCEPTED_S; with those accepted events (``(users, accepted)``)."""
+    from freshrec.lake import read_recent
+    from freshrec.realtime import accepted_since
+
+    accepted = accepted_since(settings, time.time() - CATCH_UP_ACCEPTED_S)
+    return sorted(set(read_recent(settings)["user_id"].astype(str)) | set(accepted["user_id"])), accepted
+
+
 def catch_up_step(settings: Settings) -> dict[str, Any]:
     """Re-score the users of the micro-batches the live version was not built from (those that
     landed after the batch's ``matrices`` read the lake) and of the events the event API accepted
     in the last CATCH_UP_ACCEPTED_S (some may have reached the landing zone after ``clean`` read
     it), and refresh the popular lists, so a batch publish never takes a fresh list away."""
-    from freshrec.lake import read_recent
-    from freshrec.realtime import accepted_since
-
-    accepted = accepted_since(settings, time.time() - CATCH_UP_ACCEPTED_S)
-    users = sorted(set(read_recent(settings)["user_id"].astype(str)) | set(accepted["user_id"]))
+    users, accepted = catch_up_users(settings)
     if not users:
         return {"users": 0}
     refreshed = refresh_users_step(settings, users, accepted)
@@ -77,26 +84,53 @@ def refresh_users_step(settings: Settings, users: list[str], accepted=None) -> d
     FRESHREC_SEQUENCE_LENGTH kept (``jobs.history``); a user seen for the first time is scored
     from their recent events alone. Exclusions (FRESHREC_EXCLUDE_SEEN) and unavailable items
     hold as in the batch."""
+    from freshrec.experiments import protected_versions
+
     started = time.perf_counter()
     users = sorted({str(u) for u in users})
 
     def write(store, version: str) -> dict[str, Any]:
         if not users:
             return {"version": version, "users": 0, "skipped": "no users"}
-        scored = _score_users(settings, store, version, users, accepted)
-        return store.upsert_user_recs(
-            ((u, list(zip(items, scores, strict=True)))
-             for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True)),
-            expected_version=version)
+        return store.upsert_user_recs(_rows(_score_users(settings, store, version, users, accepted)),
+                                      expected_version=version)
 
     result = _into_live(settings, write)
     if result is None:
         return {"version": None, "users": 0, "skipped": "nothing published yet"}
     if result.get("skipped"):
         return result
+    variants = refresh_versions(settings, sorted(protected_versions(settings) - {result["version"]}), users, accepted)
+    if variants:
+        result["variants"] = variants
     result["seconds"] = round(time.perf_counter() - started, 3)
     log.info("refreshed %d users in version %s", result["users"], result["version"])
     return result
+
+
+def _rows(scored):
+    """``score_frame``'s lists as the store's ``(user, [(item, score), ...])`` rows."""
+    return ((u, list(zip(items, scores, strict=True)))
+            for u, items, scores in zip(scored["user_id"], scored["items"], scored["scores"], strict=True))
+
+
+def refresh_versions(settings: Settings, versions: list[str], users: list[str], accepted=None) -> dict[str, int]:
+    """``users``' lists in each of ``versions`` (those a running experiment serves besides the
+    live one), each scored with that version's own recommender ({version: users}). A version
+    pruned or unreadable meanwhile is logged and skipped: the live lists are already written."""
+    from freshrec.serving import ServingError, open_store
+
+    done: dict[str, int] = {}
+    if not versions or not users:
+        return done
+    with open_store(settings.serving) as store:
+        for version in versions:
+            try:
+                scored = _score_users(settings, store, version, users, accepted)
+                done[version] = store.upsert_lists("user", _rows(scored), version=version)["rows"]
+            except (ServingError, UserError) as exc:
+                log.warning("experiment version %s not refreshed: %s", version, exc)
+    return done
 
 
 def scoring_inputs(settings: Settings, users: list[str], accepted=None):
@@ -135,6 +169,8 @@ def _score_users(settings: Settings, store, version: str, users: list[str], acce
 
 
 _RECOMMENDERS: dict[str, Any] = {}
+#: recommenders kept in memory: the live version's and a running experiment's variants'
+KEEP_RECOMMENDERS = 3
 
 
 def live_recommender(settings: Settings):
@@ -174,7 +210,8 @@ def _live_recommender(settings: Settings, version: str, meta: dict[str, Any]):
                             "it was changed or damaged since; refusing to load it (run `freshrec run batch`)")
         rec = pickle.loads(payload)
         blocked = json.loads((recs_dir / "unavailable.json").read_text()) if (recs_dir / "unavailable.json").is_file() else []
-        _RECOMMENDERS.clear()
+        while len(_RECOMMENDERS) >= KEEP_RECOMMENDERS:  # the oldest goes: the live one and an experiment's
+            _RECOMMENDERS.pop(next(iter(_RECOMMENDERS)))
         _RECOMMENDERS[key] = (rec, blocked)
     return _RECOMMENDERS[key]
 

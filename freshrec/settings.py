@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     keep_versions: AtLeastOne = 5  # published versions kept for rollback, the live one included
     exclude_seen: ExcludeSeen = "purchased"  # items kept out of a user's own list: all they interacted with, the purchased ones, or none (repeat-buy domains)
     microbatch_minutes: AtLeastOne = 5  # schedule of the incremental DAG
+    experiment_report_minutes: AtLeastZero = 10  # a micro-batch refreshes a running experiment's report when it is older than this (0: every micro-batch)
     watch_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0  # processing-time trigger of `freshrec run incremental --watch`
     max_future_skew_hours: float = 24.0  # cleaning: events stamped more than this after processing time are quarantined
     min_event_ts: str = "1990-01-01T00:00:00Z"  # cleaning: events stamped before this are quarantined

@@ -109,3 +109,46 @@ def interleaved_credits(rng: np.random.Generator, n: int, lift: float, config: S
         who, pos = np.nonzero(actions[name])
         rows.append(pd.DataFrame({"user_id": [f"s{i}" for i in who], "team": team[who, pos]}))
     return pd.concat(rows, ignore_index=True)
+
+
+def shop_through_api(url: str, users: list[str], likes: dict[str, set[str]], rng: np.random.Generator,
+                     config: ShopperConfig = ShopperConfig(), api_key: str | None = None) -> dict[str, dict[str, int]]:
+    """Shoppers with known tastes (``likes``: the categories each user likes) on a running
+    ``freshrec serve`` at ``url``: each GETs their list (``config.list_length`` items, with
+    details) through the real API, examines positions with the same position bias as
+    :func:`act`, views an examined item with ``view_p`` when its category is one they like
+    (``noise_p`` otherwise, both times their activity), carts a viewed liked item with
+    ``cart_p`` and buys a carted one with ``buy_p``; the events, carrying the list's
+    ``recommendation_id``, are POSTed back to the event API. Returns the actions per variant
+    the server assigned (``{variant: {"users", "views", "carts", "purchases"}}``)."""
+    from datetime import datetime, timezone
+
+    import httpx
+
+    from freshrec.sender import send_events
+
+    run = f"{datetime.now(timezone.utc):%Y%m%dT%H%M%S%f}"
+    active = activity(rng, len(users), config)
+    events, counts = [], {}
+    with httpx.Client(base_url=url, timeout=30) as http:
+        for k, user in enumerate(users):
+            answer = http.get(f"/v1/users/{user}/recommendations", params={"n": config.list_length})
+            answer.raise_for_status()
+            got = answer.json()
+            stamp = datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")  # after the list was served
+            items = got["items"]
+            liked = np.array([i.get("category") in likes.get(user, set()) for i in items], bool)
+            acted = act(rng, liked[None, :], config, active[k:k + 1]) if len(items) else None
+            tally = counts.setdefault(got.get("variant") or "live", {"users": 0, "views": 0, "carts": 0, "purchases": 0})
+            tally["users"] += 1
+            for name, etype in (("views", "view"), ("carts", "add_to_cart"), ("purchases", "purchase")):
+                for pos in np.nonzero(acted[name][0])[0] if acted is not None else []:
+                    item = items[pos]
+                    events.append({"event_id": f"shop-{run}-{k}-{etype}-{pos}", "ts": stamp, "user_id": user,
+                                   "session_id": f"shop-{run}-{k}", "event_type": etype, "item_id": item["item_id"],
+                                   "recommendation_id": got["recommendation_id"],
+                                   **({"price": item.get("price") or config.price, "quantity": 1} if etype == "purchase" else {})})
+                    tally[name] += 1
+    if events:
+        send_events(url, events, api_key=api_key)
+    return counts

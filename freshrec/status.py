@@ -97,6 +97,7 @@ def collect_status(settings: Settings) -> dict[str, Any]:
                 warnings.append(f"landing file {name} changed after a run took it: the next batch reads it again, whole")
         except (sqlite3.Error, ValueError, OSError) as exc:
             warnings.append(f"cannot read {settings.state_db}: {exc}")
+        status["experiments"] = running_experiments(settings, warnings)
     status["quarantine_reasons"] = _quarantine_reasons(settings, warnings)
     from freshrec.realtime import latency_report
 
@@ -105,6 +106,28 @@ def collect_status(settings: Settings) -> dict[str, Any]:
     if warnings:
         status["warnings"] = warnings
     return status
+
+
+def running_experiments(settings: Settings, warnings: list[str] | None = None) -> list[dict[str, Any]]:
+    """The running experiments (``freshrec experiment list`` has them all): name, mode, variants,
+    the versions serving them, and their last report's exposed users and verdict."""
+    from freshrec.experiments import ExperimentStore
+
+    try:
+        running = ExperimentStore(settings.state_db).running()
+    except sqlite3.Error as exc:
+        if warnings is not None:
+            warnings.append(f"cannot read the experiments in {settings.state_db}: {exc}")
+        return []
+    out = []
+    for exp in running:
+        report = exp.report or {}
+        out.append({"name": exp.name, "mode": exp.mode, "variants": exp.variants, "versions": exp.versions,
+                    "started_at": exp.created_at, "exposed_users": report.get("exposed_users"),
+                    "users": report.get("users"), "report_at": report.get("generated_at"),
+                    "verdict": (report.get("decision") or {}).get("verdict"),
+                    "reason": (report.get("decision") or {}).get("reason")})
+    return out
 
 
 def _quarantine_reasons(settings: Settings, warnings: list[str]) -> dict[str, int]:
@@ -255,6 +278,12 @@ def format_status(status: dict[str, Any]) -> str:
         overview.add_row("real time", f"last served {realtime['last_served_at']}  event->served "
                                       f"p50 {realtime['event_to_served_p50_s']:.2f}s  p95 {realtime['event_to_served_p95_s']:.2f}s  "
                                       f"p99 {realtime['event_to_served_p99_s']:.2f}s  (last {realtime['events']:,} events)")
+    for exp in status.get("experiments") or []:
+        serving = ", ".join(f"{v}={spec}" for v, spec in exp["variants"].items())
+        published = "" if exp["versions"] else "  (variants not published yet: the next batch publishes them)"
+        seen = f"  {exp['exposed_users']:,} users exposed" if exp.get("exposed_users") is not None else ""
+        overview.add_row("experiment", f"{exp['name']} ({exp['mode']}, since {exp['started_at']}): {serving}{published}{seen}"
+                                       + (f"  {exp['verdict']}: {exp['reason']}" if exp.get("verdict") else ""))
     console.print(overview)
     for line in mlflow_links:
         console.print(line, soft_wrap=True)

@@ -319,6 +319,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
 def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
     """Publish recs/<version>/ as a new serving version and switch it live (atomically), keep
     the last FRESHREC_KEEP_VERSIONS versions. A version already published is left as it is."""
+    from freshrec.experiments import protected_versions
     from freshrec.rescore import catch_up_step
     from freshrec.serving import open_store
     from freshrec.serving.publish import publish_tables
@@ -340,7 +341,7 @@ def publish_step(settings: Settings, scored: dict[str, Any]) -> dict[str, Any]:
             log.info("publish: %s not published: %s", version, reason)
             return {"version": version, "state": "not published", "skipped": True, "reason": reason}
         result = publish_tables(store, version, scored["recs_dir"], meta, keep=settings.keep_versions,
-                                details=settings.features_dir / "item_stats")
+                                details=settings.features_dir / "item_stats", protect=protected_versions(settings))
         kept = {r["version"] for r in store.versions() if r["state"] in ("writing", "complete", "live")}
     for old in settings.recs_dir.iterdir() if settings.recs_dir.is_dir() else ():
         if old.is_dir() and old.name not in kept:  # the Parquet behind pruned versions
@@ -354,3 +355,16 @@ def _interval_end(batch_id: str | None) -> str | None:
     """The data interval end a batch id names (``batch-20260301T020000Z``), comparable as text."""
     match = re.search(r"-(\d{8}T\d{6}Z)$", batch_id or "")
     return match.group(1) if match else None
+
+
+def experiments_step(settings: Settings) -> dict[str, Any]:
+    """The batch's last task: publish every running experiment's variants from this batch's
+    features (``freshrec.experiments.publish_variants_step``) and refresh their reports."""
+    from freshrec.experiment_report import report_step
+    from freshrec.experiments import publish_variants_step
+
+    published = publish_variants_step(settings)
+    if not published["experiments"]:
+        return published
+    reports = report_step(settings)
+    return {**published, "decisions": {name: r["decision"]["verdict"] for name, r in reports.items()}}

@@ -353,7 +353,9 @@ class ServingStore(ABC):
                 records = {r["version"]: r for r in self._records()}
                 if to is None:
                     live_seq = records[live]["seq"] if live in records else float("inf")
-                    earlier = [r for r in records.values() if r["state"] == "complete" and r["seq"] < live_seq]
+                    # an experiment's variant lists (meta "experiment") are never a rollback's default target
+                    earlier = [r for r in records.values() if r["state"] == "complete" and r["seq"] < live_seq
+                               and not (r.get("meta") or {}).get("experiment")]
                     if not earlier:
                         raise VersionError(f"no earlier complete version to roll back to (live: {live})")
                     target = max(earlier, key=lambda r: r["seq"])["version"]
@@ -374,11 +376,11 @@ class ServingStore(ABC):
         raise ServingError("the live version kept changing during rollback; try again")
 
     def prune(self, keep: int = 5, *, grace_s: float = DEFAULT_GRACE_S,
-              stale_writing_s: float | None = DEFAULT_STALE_WRITING_S) -> list[str]:
-        """Keep the newest ``keep`` complete versions (the live one always, and the one live
-        until less than ``grace_s`` ago); delete the lists of the others and mark them
-        ``retired``. Versions still ``writing`` after ``stale_writing_s`` are aborted.
-        Returns the versions removed."""
+              stale_writing_s: float | None = DEFAULT_STALE_WRITING_S, protect: Iterable[str] = ()) -> list[str]:
+        """Keep the newest ``keep`` complete versions (the live one always, the one live
+        until less than ``grace_s`` ago, and every version in ``protect``: those a running
+        experiment serves); delete the lists of the others and mark them ``retired``. Versions
+        still ``writing`` after ``stale_writing_s`` are aborted. Returns the versions removed."""
         check_keep(keep)
         removed: list[str] = []
         now = time.time()
@@ -386,9 +388,10 @@ class ServingStore(ABC):
             live = self._live()
             records = sorted(self._records(), key=lambda r: r["seq"], reverse=True)
             published = [r for r in records if r["state"] in ("complete", "live")]
+            protect = set(protect)
             for record in published[keep:]:
                 replaced = iso_to_epoch(record.get("replaced_at"))
-                if record["version"] == live or (replaced is not None and now - replaced < grace_s):
+                if record["version"] == live or record["version"] in protect or (replaced is not None and now - replaced < grace_s):
                     continue
                 if self._retire(record["version"], "retired", from_state="complete"):
                     self._drop_data(record["version"])
@@ -421,13 +424,24 @@ class ServingStore(ABC):
         return {"version": result["version"], "users": result["rows"]}
 
     def upsert_lists(self, kind: str, rows: Iterable[Sequence[Any]], updated_at: str | None = None, *,
-                     expected_version: str | None = None) -> dict[str, Any]:
+                     expected_version: str | None = None, version: str | None = None) -> dict[str, Any]:
         """:meth:`upsert_user_recs` for any kind of list (``popular`` rows keyed by category,
-        None for the overall list). Returns ``{"version", "rows"}``."""
+        None for the overall list). ``version``: write into that published version instead of
+        the live one (an experiment's variant; VersionError unless it is complete or live).
+        Returns ``{"version", "rows"}``."""
         if kind not in KINDS:
             raise ValueError(f"unknown list kind {kind!r}; expected one of {', '.join(KINDS)}")
         if expected_version is not None:
             check_version_id(expected_version)
+        if version is not None:
+            check_version_id(version)
+            updated_at = updated_at or utc_now_iso()
+            encoded = [(_key(kind, key), encode_list(items, scores, updated_at))
+                       for key, items, scores in (split_row(row) for row in rows)]
+            if encoded:
+                with self._guard():
+                    self._upsert_into(kind, encoded, version)
+            return {"version": version, "rows": len(encoded)}
         updated_at = updated_at or utc_now_iso()
         encoded = []
         for row in rows:
@@ -512,6 +526,11 @@ class ServingStore(ABC):
     def _delete_key(self, kind: str, key: str) -> int:
         """Delete ``key``'s value of ``kind`` in every version, leaving no copy of it in the
         store's own files where the backend allows; how many values were deleted."""
+
+    @abstractmethod
+    def _upsert_into(self, kind: str, rows: list[tuple[str, str]], version: str) -> None:
+        """Write ``rows`` into ``version`` in one atomic step that checks it is complete or live
+        (else VersionError), so a version pruned meanwhile gets nothing."""
 
     @abstractmethod
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:

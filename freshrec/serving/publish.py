@@ -89,9 +89,11 @@ def _details_rows(path: Path, batch_rows: int) -> Iterator[tuple[Any, ...]] | No
 
 def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta: Mapping[str, Any] | None = None, *,
                    keep: int = DEFAULT_KEEP, batch_rows: int = 2000, activate: bool = True,
-                   prune_grace_s: float = DEFAULT_GRACE_S, details: Path | str | None = None) -> dict[str, Any]:
+                   prune_grace_s: float = DEFAULT_GRACE_S, details: Path | str | None = None,
+                   protect: Iterable[str] = ()) -> dict[str, Any]:
     """Write ``recs_dir``'s tables as ``version``, make it live, prune to ``keep`` versions
-    (:meth:`ServingStore.prune`: versions live less than ``prune_grace_s`` ago are kept too).
+    (:meth:`ServingStore.prune`: versions live less than ``prune_grace_s`` ago, and those in
+    ``protect``, are kept too).
     ``details``: the Parquet table of item details to store with it (missing: none, logged).
 
     Returns ``{"version", "users", "similar", "popular", "queries", "seconds", "pruned"}`` (and
@@ -125,7 +127,7 @@ def publish_tables(store: ServingStore, version: str, recs_dir: Path | str, meta
         raise
     result: dict[str, Any] = {"version": version, **writer.counts, "seconds": round(time.perf_counter() - started, 3)}
     try:
-        result["pruned"] = store.prune(keep=keep, grace_s=prune_grace_s)
+        result["pruned"] = store.prune(keep=keep, grace_s=prune_grace_s, protect=protect)
     except ServingError as exc:  # the new version is live and stays; the next publish prunes again
         log.error("publish of %s succeeded but pruning failed: %s", version, exc)
         result["pruned"] = []

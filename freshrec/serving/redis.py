@@ -214,6 +214,20 @@ class RedisStore(ServingStore):
         keys = [self.key(r["version"], kind, key) for r in self._records()]
         return int(self.r.unlink(*keys)) if keys else 0
 
+    def _upsert_into(self, kind: str, rows: list[tuple[str, str]], version: str) -> None:
+        def body(pipe: Any) -> None:
+            raw = pipe.hget(self.k_versions, version)
+            state = json.loads(raw)["state"] if raw else None
+            if state not in ("complete", "live"):
+                pipe.unwatch()
+                raise VersionError(f"version {version} is {state or 'unknown'}: its lists cannot be refreshed")
+            pipe.multi()
+            for k, v in rows:
+                pipe.set(self.key(version, kind, k), v)
+            pipe.execute()
+
+        self._atomic(body, self.k_versions)
+
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         def body(pipe: Any) -> str:
             live = pipe.get(self.k_live)

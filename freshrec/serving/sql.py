@@ -313,6 +313,13 @@ class SqlStore(ServingStore):
     def _compact(self) -> None:  # noqa: B027 - only where deleted rows would linger in our own files
         """Rewrite the store's files so deleted rows leave no copy behind."""
 
+    def _upsert_into(self, kind: str, rows: list[tuple[str, str]], version: str) -> None:
+        with self._txn() as c:
+            state = self._state(c, version, lock=True)
+            if state not in ("complete", "live"):
+                raise VersionError(f"version {version} is {state or 'unknown'}: its lists cannot be refreshed")
+            c.cursor().executemany(self._sql["upsert", kind], [(version, k, v) for k, v in rows])
+
     def _upsert(self, kind: str, rows: list[tuple[str, str]], expected_version: str | None) -> str:
         with self._txn() as c:
             live = check_live(self._lock_live(c, "share"), expected_version)

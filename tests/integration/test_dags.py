@@ -30,8 +30,8 @@ pytestmark = pytest.mark.integration
 REPO = Path(__file__).resolve().parents[2]
 RETAILROCKET_SAMPLE = REPO / "data" / "samples" / "retailrocket_sample_events.csv"
 RETAILROCKET_ROWS = 2_771
-BATCH_TASKS = ["clean", "validate", "matrices", "train", "evaluate", "gate", "score", "publish"]
-HEAVY_TASKS = {"clean", "validate", "matrices", "train", "evaluate", "score"}
+BATCH_TASKS = ["clean", "validate", "matrices", "train", "evaluate", "gate", "score", "publish", "experiments"]
+HEAVY_TASKS = {"clean", "validate", "matrices", "train", "evaluate", "score", "experiments"}  # experiments scores variants
 
 
 # --------------------------------------------------------------------------------------------
@@ -126,7 +126,8 @@ def test_batch_dag_wiring(dagbag):
     assert dag.task_dict["evaluate"].downstream_task_ids == {"gate"}
     assert dag.task_dict["gate"].downstream_task_ids == {"score"}
     assert dag.task_dict["score"].downstream_task_ids == {"publish"}
-    assert dag.task_dict["publish"].downstream_task_ids == set()
+    assert dag.task_dict["publish"].downstream_task_ids == {"experiments"}
+    assert dag.task_dict["experiments"].downstream_task_ids == set()
     # A data interval (not a trigger timetable): tasks name their batch after it.
     assert isinstance(dag.timetable, CronDataIntervalTimetable)
     assert dag.timetable.expression == "0 2 * * *"

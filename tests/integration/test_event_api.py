@@ -356,7 +356,7 @@ def test_every_answer_carries_a_recommendation_id_that_resolves_and_events_keep_
         again = http.get(f"/v1/users/{user}/recommendations?n=3").json()
         ids = [a["recommendation_id"] for a in answers.values()] + [again["recommendation_id"]]
         assert all(i.startswith("r-") and len(i) == 34 for i in ids) and len(set(ids)) == len(ids)
-        assert list(answers["user"]) == ["user_id", "version", "source", "updated_at", "recommendation_id", "items"]
+        assert list(answers["user"]) == ["user_id", "version", "source", "updated_at", "experiment", "variant", "recommendation_id", "items"]
         rid = answers["user"]["recommendation_id"]
         shown = answers["user"]["items"][0]["item_id"]
         buy = [_event("attr-1", user, "purchase", shown, 30, quantity=1, recommendation_id=rid)]
@@ -377,3 +377,159 @@ def test_every_answer_carries_a_recommendation_id_that_resolves_and_events_keep_
     assert incremental_step(home)["microbatches"] == 0 and len(pd.read_parquet(impressions_path(home))) == len(ids)
     events = pd.read_parquet(home.events_path, columns=["event_id", "recommendation_id"])
     assert events.loc[events["event_id"] == "attr-1", "recommendation_id"].tolist() == [rid], summary
+
+
+def _utc_now() -> str:
+    """An event time just after the lists were served (experiment events happen now)."""
+    from datetime import datetime, timezone
+
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_an_ab_experiment_end_to_end_through_freshrec_serve(home, spark):
+    """`freshrec experiment create` publishes the challenger beside the live version; a real
+    `freshrec serve` splits users stably (across a restart too), answers carry the experiment
+    and variant and log them; events posted with (or without) a recommendation_id are credited by
+    the report after a micro-batch, which also refreshed the challenger's lists; prune keeps the
+    experiment's version; stop and promote behave."""
+    from freshrec.models import tracking
+
+    from freshrec.experiment_stats import assign
+    from freshrec.experiments import ExperimentStore, protected_versions
+    from freshrec.serving import open_store
+
+    env = settings_to_env(home)
+    with open_store(home.serving) as store:
+        live = store.live_version()
+        model_version = store.status()["meta"]["model"]["version"]
+    bad = _cli("experiment", "create", "x", "--variants", "control=champion", env=env)
+    assert bad.returncode == 2 and "exactly two variants" in bad.stderr and "Traceback" not in bad.stderr
+    made = _cli("experiment", "create", "shoes", "--variants", f"control=version:{model_version},treatment=popularity",
+                "--metric", "purchase_conversion", env=env)
+    assert made.returncode == 0, made.stderr
+    exp = ExperimentStore(home.state_db).get("shoes")
+    assert exp.versions["control"] == live and exp.versions["treatment"] != live
+    treatment_version = exp.versions["treatment"]
+    again = _cli("experiment", "create", "boots", env=env)
+    assert again.returncode == 2 and "is running" in again.stderr
+
+    users = pd.read_parquet(home.features_dir / "user_index", columns=["user_id"])["user_id"].astype(str).tolist()[:40]
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    answers: dict[str, dict] = {}
+    for attempt in range(2):  # the same split after a restart
+        server = _serve(home, port)
+        try:
+            _wait_up(url, server)
+            for user in users:
+                got = httpx.get(f"{url}/v1/users/{user}/recommendations?n=5").json()
+                assert got["experiment"] == "shoes" and got["variant"] == assign(exp.salt, user, ["control", "treatment"], [50, 50])
+                if attempt == 0:  # each variant's own list, read before any event changed it
+                    answers[user] = got
+                    with open_store(home.serving) as store:
+                        expected = store.get_user_recs(user, 5, version=exp.versions[got["variant"]])
+                    assert [i["item_id"] for i in got["items"]] == [i["item_id"] for i in expected["items"]]
+                else:
+                    assert got["variant"] == answers[user]["variant"]
+                    assert got["recommendation_id"] != answers[user]["recommendation_id"]
+            if attempt == 1:
+                posted, now = [], _utc_now()
+                for k, user in enumerate(users):
+                    got = answers[user]
+                    item = got["items"][0]["item_id"]
+                    if got["variant"] == "treatment":  # an explicit purchase
+                        posted.append(_event(f"x-buy-{k}", user, "purchase", item, 0, quantity=2, price=10.0,
+                                             recommendation_id=got["recommendation_id"], ts=now))
+                    else:  # a view of a shown item: credited by the impression
+                        posted.append(_event(f"x-view-{k}", user, "view", item, 0, ts=now))
+                took = httpx.post(f"{url}/v1/events", json=posted, headers=_auth()).json()
+                assert took["accepted"] == len(posted), took
+                metrics = httpx.get(f"{url}/metrics").text
+                assert 'freshrec_experiment_running{experiment="shoes",mode="ab"} 1.0' in metrics
+        finally:
+            server.send_signal(signal.SIGTERM)
+            server.wait(timeout=30)
+    variants = Counter(a["variant"] for a in answers.values())
+    assert set(variants) == {"control", "treatment"}
+    with open_store(home.serving) as store:
+        popular = store.get_popular(None, 5, version=treatment_version)["items"]
+
+    mb = incremental_step(home)  # folds the impressions, cleans the events, refreshes both variants' lists
+    assert mb["microbatches"] == 1, mb
+    listed = _cli("experiment", "report", "shoes", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    report = json.loads(listed.stdout)
+    n_treatment, n_control = variants["treatment"], variants["control"]
+    assert report["exposed_users"] == len(users) and report["users"] == {"control": n_control, "treatment": n_treatment}
+    assert report["impressions"] == 2 * len(users)
+    assert report["credited_events"] == {"explicit": n_treatment, "impression": n_control}
+    per = report["per_variant"]
+    assert (per["treatment"]["purchases"], per["treatment"]["revenue"]) == (n_treatment, 20.0 * n_treatment)
+    assert (per["control"]["views"], per["control"]["purchases"]) == (n_control, 0)
+    conversion = next(c for c in report["comparisons"] if c["metric"] == "purchase_conversion")
+    assert (conversion["control"], conversion["treatment"]) == (0.0, 1.0)
+    assert report["decision"]["verdict"] in ("winner", "keep-running") and not report["srm"]["mismatch"]
+    assert (home.reports_dir / "experiments" / "shoes.json").is_file()
+    with tracking.tracking(home) as client:
+        run = client.get_run(report["mlflow_run_id"])
+        assert run.data.tags["freshrec.kind"] == "experiment" and "purchase_conversion_difference" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id, "experiment")} == {
+            "experiment/metric_over_time.png", "experiment/report.json"}
+    status = collect_status(home)
+    assert [e["name"] for e in status["experiments"]] == ["shoes"] and status["experiments"][0]["exposed_users"] == len(users)
+
+    # the challenger's version stays through a prune, and is never rollback's default target
+    with open_store(home.serving) as store:
+        assert treatment_version not in store.prune(keep=1, grace_s=0, protect=protected_versions(home))
+        assert store.version_info(treatment_version)["state"] == "complete"
+        assert [i["item_id"] for i in store.get_popular(None, 5, version=treatment_version)["items"]] == \
+            [i["item_id"] for i in popular]
+    refused = _cli("experiment", "promote", "shoes", "--variant", "treatment", env=env)
+    assert refused.returncode == 2 and "baseline" in refused.stderr
+    promoted = _cli("experiment", "promote", "shoes", "--variant", "control", env=env)
+    assert promoted.returncode == 0, promoted.stderr
+    with tracking.tracking(home) as client:
+        assert tracking.champion_version(client) == str(model_version)
+        tags = client.get_model_version(tracking.REGISTERED_MODEL, str(model_version)).tags
+        assert tags["freshrec.promoted_by_experiment"] == "shoes" and "decision" in json.loads(tags["freshrec.experiment_decision"])
+    stopped = ExperimentStore(home.state_db).get("shoes")
+    assert stopped.state == "stopped" and stopped.decision["variant"] == "control"
+    after = RecsClient.for_settings(home).recs(users[0], 5)
+    assert after["experiment"] is None and after["variant"] is None and after["version"] == live
+
+
+def test_an_interleaved_experiment_credits_each_team(home, spark):
+    """Interleave mode: every user in the traffic gets one list drafted from both variants, each
+    item with its team; purchases of one team's items make the report prefer that team."""
+    from freshrec.experiment_report import report_step
+    from freshrec.experiments import ExperimentStore, publish_variants_step
+    from freshrec.impressions import ImpressionLog
+    from freshrec.serving import open_store
+
+    with open_store(home.serving) as store:
+        model_version = store.status()["meta"]["model"]["version"]
+    ExperimentStore(home.state_db).create("mix", {"control": f"version:{model_version}", "treatment": "baseline:popularity"},
+                                          [50, 50], mode="interleave")
+    assert publish_variants_step(home)["experiments"] == 1
+    assert publish_variants_step(home)["versions"] == {"mix": ExperimentStore(home.state_db).get("mix").versions}  # a rerun reuses
+    users = pd.read_parquet(home.features_dir / "user_index", columns=["user_id"])["user_id"].astype(str).tolist()[:30]
+    log = ImpressionLog(home)
+    posted = []
+    with RecsClient.for_settings(home, impressions=log) as client:
+        for k, user in enumerate(users):
+            got = client.recs(user, 6)
+            assert got["variant"] == "interleaved" and {i["team"] for i in got["items"]} <= {"control", "treatment"}
+            teams = Counter(i["team"] for i in got["items"])
+            assert abs(teams["control"] - teams["treatment"]) <= 1
+            bought = next((i for i in got["items"] if i["team"] == "treatment"), None)
+            if bought is not None:
+                posted.append(_event(f"mix-{k}", user, "purchase", bought["item_id"], 0,
+                                     recommendation_id=got["recommendation_id"], ts=_utc_now()))
+    log.close()
+    landing = home.landing_events_dir / "mix.jsonl"
+    landing.write_text("".join(json.dumps(e) + "\n" for e in posted))
+    incremental_step(home)
+    report = report_step(home, "mix", mlflow=False)["mix"]
+    pref = report["preference"]
+    assert pref["wins"] == {"control": 0, "treatment": len(posted)} and pref["ties"] == 0
+    assert report["decision"]["winner"] == "treatment" and report["team_events"]["treatment"] == {"purchase": len(posted)}

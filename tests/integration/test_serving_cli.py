@@ -67,7 +67,7 @@ def test_recs_json_shape(home):
     r = run(["recs", "u3", "-n", "4", "--json"], home)
     assert r.returncode == 0, r.stderr
     body = json.loads(r.stdout)
-    assert list(body) == ["user_id", "version", "source", "updated_at", "recommendation_id", "items"]
+    assert list(body) == ["user_id", "version", "source", "updated_at", "experiment", "variant", "recommendation_id", "items"]
     assert (body["user_id"], body["version"], body["source"]) == ("u3", "v2", "personal")
     assert [i["item_id"] for i in body["items"]] == [f"v2:u3:{k}" for k in range(4)]
     unknown = json.loads(run(["recs", "stranger", "--json"], home).stdout)

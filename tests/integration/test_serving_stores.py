@@ -351,6 +351,29 @@ def test_prune_keeps_k_and_never_the_live_one(store):
         store.prune(keep=0)
 
 
+def test_an_experiment_version_is_refreshed_kept_by_prune_and_never_rolled_back_to(store):
+    """A variant's version: complete beside the live one, written by upserts naming it, kept by a
+    prune that protects it, skipped by a default rollback; once pruned it takes no upsert."""
+    publish(store, "v1")
+    with store.begin_version("x1", {"experiment": "e", "variant": "treatment"}) as w:
+        w.write_user_recs((f"u{i}", user_list("x1", f"u{i}", 5)) for i in range(20))
+        w.write_popular(None, [("x1:top", 1.0)])
+        w.commit(expected_users=20, activate=False)
+    publish(store, "v2")
+    assert store.upsert_lists("user", [("u1", [("variant-fresh", 3.0)])], version="x1") == {"version": "x1", "rows": 1}
+    assert store.get_user_recs("u1", version="x1")["items"] == [{"item_id": "variant-fresh", "score": 3.0}]
+    assert store.get_user_recs("u1")["items"][0]["item_id"] == "v2:u1:0"  # the live version is untouched
+    assert store.get_user_recs("u1", version="v1")["items"][0]["item_id"] == "v1:u1:0"
+    assert store.rollback() == "v1"  # not x1, although it is newer
+    store.rollback(to="v2")
+    assert store.prune(keep=1, grace_s=0, protect={"x1"}) == ["v1"]
+    assert store.version_info("x1")["state"] == "complete"
+    assert store.prune(keep=1, grace_s=0) == ["x1"]
+    with pytest.raises(VersionError, match="retired"):
+        store.upsert_lists("user", [("u1", [("late", 1.0)])], version="x1")
+    assert stored_rows(store, "x1") == 0
+
+
 def test_prune_removes_stale_unfinished_publishes(store):
     publish(store, "v1")
     w = store.begin_version("v2")

@@ -66,7 +66,7 @@ def test_recommendations_shape_and_n(client, store):
     r = client.get("/v1/users/42/recommendations", params={"n": 3})
     assert r.status_code == 200 and r.headers["content-type"] == "application/json"
     body = r.json()
-    assert list(body) == ["user_id", "version", "source", "updated_at", "recommendation_id", "items"]
+    assert list(body) == ["user_id", "version", "source", "updated_at", "experiment", "variant", "recommendation_id", "items"]
     assert body["user_id"] == "42" and body["version"] == "v1" and body["source"] == "personal"
     assert body["items"] == [{"item_id": "v1:i0", "score": 1.0, "category": "shoes", "price": 19.5},
                              unknown("v1:i1", 0.99), unknown("v1:i2", 0.98)]
