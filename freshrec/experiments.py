@@ -49,17 +49,6 @@ DEFAULT_METRIC = "purchase_conversion"
 #: the interleaved answer's variant: its items carry their team (the variant that gave each)
 INTERLEAVED = "interleaved"
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS experiments (
-    name TEXT PRIMARY KEY, mode TEXT NOT NULL, variants TEXT NOT NULL, split TEXT NOT NULL,
-    traffic REAL NOT NULL, metric TEXT NOT NULL, salt TEXT NOT NULL,
-    state TEXT NOT NULL CHECK (state IN ('running', 'stopped')),
-    created_at TEXT NOT NULL, stopped_at TEXT, versions TEXT NOT NULL DEFAULT '{}',
-    sources TEXT NOT NULL DEFAULT '{}', run_id TEXT, report TEXT, decision TEXT
-);
-"""
-
-
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -206,10 +195,9 @@ class ExperimentStore:
         self.path = Path(path)
 
     def _connect(self) -> sqlite3.Connection:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = sqlite3.connect(self.path, timeout=30)
-        conn.executescript(_SCHEMA)
-        return conn
+        from freshrec.ledger import Ledger
+
+        return Ledger(self.path)._connect()  # the state DB's schema, experiments included
 
     @staticmethod
     def _row(row: tuple) -> Experiment:

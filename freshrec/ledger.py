@@ -36,6 +36,13 @@ CREATE TABLE IF NOT EXISTS landing_files (
     batch_id TEXT NOT NULL, code TEXT, message TEXT, path TEXT, updated_at TEXT NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS experiments (
+    name TEXT PRIMARY KEY, mode TEXT NOT NULL, variants TEXT NOT NULL, split TEXT NOT NULL,
+    traffic REAL NOT NULL, metric TEXT NOT NULL, salt TEXT NOT NULL,
+    state TEXT NOT NULL CHECK (state IN ('running', 'stopped')),
+    created_at TEXT NOT NULL, stopped_at TEXT, versions TEXT NOT NULL DEFAULT '{}',
+    sources TEXT NOT NULL DEFAULT '{}', run_id TEXT, report TEXT, decision TEXT
+);
 CREATE TABLE IF NOT EXISTS erasures (
     subject TEXT NOT NULL, reason TEXT, state TEXT NOT NULL, erased_at TEXT NOT NULL, detail TEXT NOT NULL
 );

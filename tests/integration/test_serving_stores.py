@@ -129,7 +129,7 @@ def test_client_fallback_for_unknown_keys(store):
     unknown = client.recs("stranger", n=3)
     assert unknown.pop("recommendation_id").startswith("r-")
     assert unknown == {"user_id": "stranger", "version": "v1", "source": "fallback", "updated_at": unknown["updated_at"],
-                       "items": [{"item_id": f"v1:top{k}", "score": 100.0 - k, "category": None, "price": None}
+                       "experiment": None, "variant": None, "items": [{"item_id": f"v1:top{k}", "score": 100.0 - k, "category": None, "price": None}
                                  for k in range(3)]}
     assert client.similar("unknown-item")["source"] == "fallback"
     assert client.popular("hats")["source"] == "fallback"
