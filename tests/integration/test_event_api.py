@@ -533,3 +533,27 @@ def test_an_interleaved_experiment_credits_each_team(home, spark):
     pref = report["preference"]
     assert pref["wins"] == {"control": 0, "treatment": len(posted)} and pref["ties"] == 0
     assert report["decision"]["winner"] == "treatment" and report["team_events"]["treatment"] == {"purchase": len(posted)}
+
+
+def test_simulated_shoppers_act_on_the_lists_the_api_serves(home, spark):
+    """shoppers.shop_through_api (the demo's shoppers): each shopper's list comes from a running
+    server, what they do depends on whether an item's category is one they like, and every event
+    they post carries that list's recommendation_id and reaches the lake through a micro-batch."""
+    import numpy as np
+
+    from freshrec.demo import _api
+    from freshrec.shoppers import ShopperConfig, shop_through_api
+
+    events = pd.read_parquet(home.events_path, columns=["user_id", "category"]).dropna()
+    users = sorted(events["user_id"].astype(str).unique())[:40]
+    likes = {u: set(events.loc[events["user_id"] == u, "category"].value_counts().index[:2]) for u in users}
+    config = ShopperConfig(view_p=1.0, noise_p=0.0, cart_p=1.0, buy_p=1.0, activity_shape=1e6)  # every look at a liked item buys it
+    with _api(home.replace(api_keys="")) as url:
+        counts = shop_through_api(url, users, likes, np.random.default_rng(0), config)
+    assert counts["live"]["users"] == len(users) and counts["live"]["purchases"] == counts["live"]["views"] > 0
+    incremental_step(home)
+    lake = pd.read_parquet(home.events_path, columns=["event_id", "user_id", "item_id", "event_type", "recommendation_id"])
+    bought = lake.loc[lake["event_id"].str.startswith("shop-") & (lake["event_type"] == "purchase")]
+    assert len(bought) == counts["live"]["purchases"] and bought["recommendation_id"].str.startswith("r-").all()
+    category = _items_of(home).set_index("item_id")["category"]
+    assert all(category.get(i) in likes[u] for u, i in zip(bought["user_id"], bought["item_id"], strict=True))
