@@ -315,7 +315,7 @@ def _experiment(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 done = publish_variants_step(settings, exp.name)
             except BaseException:
-                store.stop(exp.name)  # nothing half-made stays running
+                store.discard(exp.name)  # nothing half-made stays: the name is free for a retry
                 raise
             if done.get("skipped"):
                 print(f"not published yet: {done['skipped']}")

@@ -263,6 +263,11 @@ class ExperimentStore:
             self._set(name, state="stopped", stopped_at=_now())
         return self.get(name)
 
+    def discard(self, name: str) -> None:
+        """Remove an experiment that never served anyone (its create failed): the name is free again."""
+        with closing(self._connect()) as conn, conn:
+            conn.execute("DELETE FROM experiments WHERE name = ? AND report IS NULL", (name,))
+
     def set_versions(self, name: str, versions: dict[str, str], sources: dict[str, dict[str, Any]]) -> None:
         self._set(name, versions=versions, sources=sources)
 

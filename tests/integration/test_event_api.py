@@ -404,6 +404,8 @@ def test_an_ab_experiment_end_to_end_through_freshrec_serve(home, spark):
         model_version = store.status()["meta"]["model"]["version"]
     bad = _cli("experiment", "create", "x", "--variants", "control=champion", env=env)
     assert bad.returncode == 2 and "exactly two variants" in bad.stderr and "Traceback" not in bad.stderr
+    ghost = _cli("experiment", "create", "shoes", "--variants", "control=version:99,treatment=popularity", env=env)
+    assert ghost.returncode == 2 and "version 99" in ghost.stderr  # and the name stays free:
     made = _cli("experiment", "create", "shoes", "--variants", f"control=version:{model_version},treatment=popularity",
                 "--metric", "purchase_conversion", env=env)
     assert made.returncode == 0, made.stderr

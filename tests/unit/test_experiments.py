@@ -157,6 +157,10 @@ def test_the_cli_refuses_bad_experiments_in_one_line(tmp_path, monkeypatch, caps
     assert main(["experiment", "report", "nope"]) == 2
     assert "no experiment 'nope'" in capsys.readouterr().err
     assert main(["experiment", "list"]) == 0 and "no experiments" in capsys.readouterr().out
-    assert main(["experiment", "create", "e", "--no-publish"]) == 0
-    assert main(["experiment", "list", "--json"]) == 0 and '"name": "e"' in capsys.readouterr().out
-    assert main(["experiment", "stop", "e"]) == 0 and "stopped" in capsys.readouterr().out
+    assert main(["experiment", "create", "e"]) == 0  # nothing published yet: recorded, the first batch publishes it
+    assert "not published yet" in capsys.readouterr().out
+    assert main(["experiment", "stop", "e"]) == 0
+    assert main(["experiment", "create", "e", "--no-publish"]) == 2 and "exists already" in capsys.readouterr().err
+    assert main(["experiment", "create", "f", "--no-publish"]) == 0
+    assert main(["experiment", "list", "--json"]) == 0 and '"name": "f"' in capsys.readouterr().out
+    assert main(["experiment", "stop", "f"]) == 0 and "stopped" in capsys.readouterr().out
