@@ -14,6 +14,10 @@ compares both variants within each shopper, does not see. So the
 better lists sell more, in proportion to the lift, and every action is on one shown position:
 what attribution (A/B) and team credit (interleaving) need. Vectorised over shoppers and
 deterministic for a numpy Generator.
+
+:func:`shop_through_api` puts the same shoppers in front of a running ``freshrec serve``: they
+get their lists from the real API, act on the items whose category they like, and post their
+events back with the list's ``recommendation_id`` (``make demo``'s experiment).
 """
 
 from __future__ import annotations
