@@ -117,13 +117,13 @@ def _summary(exp: Experiment, report: dict[str, Any], users: pd.DataFrame | None
     p of A/B, the binomial p of interleaving) and ``srm_p_value`` (A/B only)."""
     from scipy.stats import norm
 
-    from freshrec.experiment_stats import _values
+    from freshrec.experiment_stats import metric_values
 
     z = float(norm.ppf(1 - ALPHA / 2))
     for variant, entry in report["variants"].items():
         if exp.mode == "ab":
             rows = users.loc[users["variant"] == variant] if users is not None else None
-            values = _values(rows, exp.metric) if rows is not None and len(rows) else None
+            values = metric_values(rows, exp.metric) if rows is not None and len(rows) else None
             n = 0 if values is None else len(values)
             mean = float(values.mean()) if n else None
             half = z * float(values.std(ddof=1)) / n ** 0.5 if n > 1 else None

@@ -41,7 +41,7 @@ ATTRIBUTION_WINDOW_S = 24 * 3600
 ACTIONS = {"view": "views", "add_to_cart": "carts", "purchase": "purchases"}
 
 
-def _unit(*parts: str) -> float:
+def unit_hash(*parts: str) -> float:
     """A number in [0, 1) from a SHA-256 of ``parts``: stable across processes and machines."""
     digest = hashlib.sha256("\x00".join(parts).encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0 ** 64
@@ -56,7 +56,7 @@ def assign(salt: str, user_id: str, variants: Sequence[str], split: Sequence[flo
     if (weights <= 0).any():
         raise ValueError("every variant's share must be positive")
     bounds = np.cumsum(weights) / weights.sum()
-    return variants[min(int(np.searchsorted(bounds, _unit(salt, str(user_id)), side="right")), len(variants) - 1)]
+    return variants[min(int(np.searchsorted(bounds, unit_hash(salt, str(user_id)), side="right")), len(variants) - 1)]
 
 
 def team_draft(a: Sequence[str], b: Sequence[str], n: int, key: str, teams: tuple[str, str] = ("a", "b")) -> list[tuple[str, str]]:
@@ -77,7 +77,7 @@ def team_draft(a: Sequence[str], b: Sequence[str], n: int, key: str, teams: tupl
         if picks[0] != picks[1]:
             order = [0, 1] if picks[0] < picks[1] else [1, 0]
         else:
-            order = [0, 1] if _unit(key, str(len(out))) < 0.5 else [1, 0]
+            order = [0, 1] if unit_hash(key, str(len(out))) < 0.5 else [1, 0]
         for side in order:  # the team whose turn it is, or the other when its list ran out
             item = next_of(side)
             if item is not None:
@@ -227,7 +227,7 @@ def compare(users: pd.DataFrame, control: str, treatment: str, metrics: Sequence
     order = (both["variant"] == treatment).to_numpy(int)
     out = []
     for metric in metrics:
-        arms = [_values(both.loc[order == arm], metric) for arm in (0, 1)]
+        arms = [metric_values(both.loc[order == arm], metric) for arm in (0, 1)]
         if not all(len(x) for x in arms):
             out.append(Comparison(metric, math.nan, math.nan, math.nan, math.nan, math.nan, None, 1.0, 1.0))
             continue
@@ -239,7 +239,7 @@ def compare(users: pd.DataFrame, control: str, treatment: str, metrics: Sequence
     return out
 
 
-def _values(users: pd.DataFrame, metric: str) -> np.ndarray:
+def metric_values(users: pd.DataFrame, metric: str) -> np.ndarray:
     """Per-user values whose mean is the metric. Click-through is a ratio of sums (views over
     impressions): its per-user values are linearised (the delta method), so their mean is the
     ratio and their variance the ratio's."""

@@ -85,9 +85,9 @@ class Experiment:
         return self.state == "running" and all(v in self.versions for v in self.variants)
 
     def in_traffic(self, user_key: str) -> bool:
-        from freshrec.experiment_stats import _unit
+        from freshrec.experiment_stats import unit_hash
 
-        return self.traffic >= 1.0 or _unit(self.salt, "traffic", str(user_key)) < self.traffic
+        return self.traffic >= 1.0 or unit_hash(self.salt, "traffic", str(user_key)) < self.traffic
 
     def variant_of(self, user_key: str) -> str | None:
         """The A/B variant of ``user_key``, or None outside the traffic (interleave: INTERLEAVED)."""

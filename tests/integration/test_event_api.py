@@ -470,7 +470,8 @@ def test_an_ab_experiment_end_to_end_through_freshrec_serve(home, spark):
     assert (per["control"]["views"], per["control"]["purchases"]) == (n_control, 0)
     conversion = next(c for c in report["comparisons"] if c["metric"] == "purchase_conversion")
     assert (conversion["control"], conversion["treatment"]) == (0.0, 1.0)
-    assert report["decision"]["verdict"] in ("winner", "keep-running") and not report["srm"]["mismatch"]
+    # under 100 users per variant the always-valid test is still in its burn-in: no decision yet
+    assert report["decision"]["verdict"] == "keep-running" and not report["srm"]["mismatch"]
     assert (home.reports_dir / "experiments" / "shoes.json").is_file()
     with tracking.tracking(home) as client:
         run = client.get_run(report["mlflow_run_id"])
