@@ -1,10 +1,11 @@
 """Experiments by simulation: false positives, power, and the shoppers each mode needs. Prints one JSON object.
 
-    .venv/bin/python bench/experiments.py [--lift 0.1] [--runs 40] [--aa-runs 200] [--seed 0]
+    .venv/bin/python bench/experiments.py [--lift 0.1] [--visits 5] [--runs 40] [--aa-runs 200] [--seed 0]
 
 Shoppers (freshrec.shoppers: planted relevance, position bias, view -> cart -> purchase) are
 shown lists whose share of relevant items is ``relevant_share`` for the control and
-``relevant_share x (1 + lift)`` for the treatment. The statistics are freshrec.experiment_stats':
+``relevant_share x (1 + lift)`` for the treatment; over the experiment a shopper comes back
+for ``--visits`` lists on average, the active ones most. The statistics are freshrec.experiment_stats':
 
 - ``aa``: ``--aa-runs`` A/A tests (no lift) of ``--aa-users`` shoppers: the share of runs whose
   purchase-conversion test rejects at alpha 0.05, fixed-horizon and always-valid (mSPRT), and of
@@ -63,13 +64,15 @@ def interleave_found(seed: int, n: int, lift: float, cfg: ShopperConfig) -> tupl
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--lift", type=float, default=0.1, help="the treatment's relative lift in relevant items shown")
+    parser.add_argument("--visits", type=float, default=5.0,
+                        help="lists a shopper is shown over the experiment, on average (1: one list each)")
     parser.add_argument("--runs", type=int, default=40, help="runs per shopper count for the power curves")
     parser.add_argument("--aa-runs", type=int, default=200)
     parser.add_argument("--aa-users", type=int, default=4_000)
     parser.add_argument("--max-users", type=int, default=256_000)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
-    cfg = ShopperConfig()
+    cfg = ShopperConfig(visits_mean=args.visits)
     started = time.monotonic()
     out: dict = {"benchmark": "experiments", "lift": args.lift, "config": cfg.__dict__, "alpha": ALPHA}
 

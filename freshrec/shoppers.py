@@ -8,9 +8,12 @@ shopper examines rank r (0 first) with probability 1 / (1 + r / 3) (position bia
 examined item with probability ``view_p`` when it is relevant (``noise_p`` when not), both times
 their activity, adds a viewed relevant item to the cart with ``cart_p`` and buys a carted item
 with ``buy_p``. Shoppers differ: activity is Gamma-distributed with mean 1 and shape
-``activity_shape`` (0.3: most shoppers rarely act, a few act a lot, as in every shop's log). That
-spread between shoppers is what an A/B test must average away and what interleaving, which
-compares both variants within each shopper, does not see. So the
+``activity_shape`` (0.3: most shoppers rarely act, a few act a lot, as in every shop's log).
+An experiment runs for days, and shoppers come back: over it, a shopper is shown
+1 + Poisson((``visits_mean`` - 1) x activity) lists, a fresh one of their variant each visit, so
+the active shoppers also return most (``visits_mean`` 1: one list each). That spread between
+shoppers is what an A/B test must average away and what interleaving, which compares both
+variants within each shopper, does not see. So the
 better lists sell more, in proportion to the lift, and every action is on one shown position:
 what attribution (A/B) and team credit (interleaving) need. Vectorised over shoppers and
 deterministic for a numpy Generator.
@@ -37,11 +40,19 @@ class ShopperConfig:
     buy_p: float = 0.5
     price: float = 20.0
     activity_shape: float = 0.3  # Gamma shape of the shoppers' activity (mean 1); smaller: more spread
+    visits_mean: float = 1.0  # lists a shopper is shown over the experiment, on average (at least 1 each)
 
 
 def activity(rng: np.random.Generator, n: int, config: ShopperConfig) -> np.ndarray:
     """Each shopper's activity multiplier (mean 1)."""
     return rng.gamma(config.activity_shape, 1.0 / config.activity_shape, n)
+
+
+def visits(rng: np.random.Generator, active: np.ndarray, config: ShopperConfig) -> np.ndarray:
+    """For shoppers of activity ``active``: the row of each list shown over the experiment, as
+    the index of its shopper (1 + Poisson((visits_mean - 1) x activity) rows per shopper)."""
+    count = 1 + rng.poisson(max(config.visits_mean - 1.0, 0.0) * active)
+    return np.repeat(np.arange(len(active)), count)
 
 
 def shown_lists(rng: np.random.Generator, n: int, quality: float | np.ndarray, config: ShopperConfig) -> np.ndarray:
@@ -66,9 +77,10 @@ def act(rng: np.random.Generator, relevant: np.ndarray, config: ShopperConfig, a
 def ab_users(rng: np.random.Generator, n: int, lift: float, config: ShopperConfig, salt: str,
              split: tuple[float, float] = (50, 50), lost_treatment_share: float = 0.0):
     """An A/B test of ``n`` shoppers: each assigned by ``experiment_stats.assign`` (``salt``,
-    ``split``), shown one list of their variant and acting on it; returns
-    ``experiment_stats.per_user``'s rows. ``lost_treatment_share`` of the treatment's
-    impressions go missing (a logging fault the sample-ratio check must catch)."""
+    ``split``), shown the lists of their variant on each visit (:func:`visits`) and acting on
+    them; returns ``experiment_stats.per_user``'s rows. The impressions and events of
+    ``lost_treatment_share`` of the treatment's shoppers go missing (a logging fault the
+    sample-ratio check must catch)."""
     import pandas as pd
 
     from freshrec.experiment_stats import assign, per_user
@@ -76,42 +88,49 @@ def ab_users(rng: np.random.Generator, n: int, lift: float, config: ShopperConfi
     users = np.array([f"s{i}" for i in range(n)], dtype=object)
     variant = np.array([assign(salt, u, ["control", "treatment"], split) for u in users], dtype=object)
     quality = np.where(variant == "treatment", config.relevant_share * (1 + lift), config.relevant_share)
-    actions = act(rng, shown_lists(rng, n, quality, config), config, activity(rng, n, config))
-    served = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(n), unit="s")
-    logged = ~((variant == "treatment") & (rng.random(n) < lost_treatment_share))
-    impressions = pd.DataFrame({"recommendation_id": [f"r{i}" for i in range(n)], "user_id": users, "served_at": served,
-                                "variant": variant})[logged]
+    active = activity(rng, n, config)
+    shopper = visits(rng, active, config)
+    actions = act(rng, shown_lists(rng, len(shopper), quality[shopper], config), config, active[shopper])
+    served = pd.Timestamp("2026-01-01", tz="UTC") + pd.to_timedelta(np.arange(len(shopper)), unit="s")
+    logged = ~((variant == "treatment") & (rng.random(n) < lost_treatment_share))[shopper]
+    impressions = pd.DataFrame({"recommendation_id": [f"r{i}" for i in range(len(shopper))], "user_id": users[shopper],
+                                "served_at": served, "variant": variant[shopper]})[logged]
     rows = []
     for name, etype in (("views", "view"), ("carts", "add_to_cart"), ("purchases", "purchase")):
-        who, _ = np.nonzero(actions[name] & logged[:, None])
+        row, _ = np.nonzero(actions[name] & logged[:, None])
+        who = shopper[row]
         rows.append(pd.DataFrame({"variant": variant[who], "user_id": users[who], "event_type": etype,
                                   "price": config.price, "quantity": 1}))
     return per_user(impressions, pd.concat(rows, ignore_index=True))
 
 
 def interleaved_credits(rng: np.random.Generator, n: int, lift: float, config: ShopperConfig, salt: str):
-    """An interleaving test of ``n`` shoppers: each is shown the team-draft interleaving
-    (``experiment_stats.team_draft``) of a control list and a treatment list and acts on it;
-    returns one row per action, ``user_id, team`` (``a`` control, ``b`` treatment)."""
+    """An interleaving test of ``n`` shoppers: on each visit (:func:`visits`) a shopper is shown
+    the team-draft interleaving (``experiment_stats.team_draft``) of a control list and a
+    treatment list and acts on it; returns one row per action, ``user_id, team`` (``a`` control,
+    ``b`` treatment)."""
     import pandas as pd
 
     from freshrec.experiment_stats import team_draft
 
     length = config.list_length
-    control = shown_lists(rng, n, config.relevant_share, config)
-    treatment = shown_lists(rng, n, config.relevant_share * (1 + lift), config)
+    active = activity(rng, n, config)
+    shopper = visits(rng, active, config)
+    rows_n = len(shopper)
+    control = shown_lists(rng, rows_n, config.relevant_share, config)
+    treatment = shown_lists(rng, rows_n, config.relevant_share * (1 + lift), config)
     a_ids, b_ids = [f"a{k}" for k in range(length)], [f"b{k}" for k in range(length)]
-    merged = np.zeros((n, length), bool)
-    team = np.empty((n, length), dtype=object)
-    for u in range(n):
-        for pos, (item, side) in enumerate(team_draft(a_ids, b_ids, length, f"{salt}:{u}")):
-            merged[u, pos] = (control if side == "a" else treatment)[u, int(item[1:])]
-            team[u, pos] = side
-    actions = act(rng, merged, config, activity(rng, n, config))
+    merged = np.zeros((rows_n, length), bool)
+    team = np.empty((rows_n, length), dtype=object)
+    for r in range(rows_n):
+        for pos, (item, side) in enumerate(team_draft(a_ids, b_ids, length, f"{salt}:{r}")):
+            merged[r, pos] = (control if side == "a" else treatment)[r, int(item[1:])]
+            team[r, pos] = side
+    actions = act(rng, merged, config, active[shopper])
     rows = []
     for name in ("views", "carts", "purchases"):
-        who, pos = np.nonzero(actions[name])
-        rows.append(pd.DataFrame({"user_id": [f"s{i}" for i in who], "team": team[who, pos]}))
+        row, pos = np.nonzero(actions[name])
+        rows.append(pd.DataFrame({"user_id": [f"s{i}" for i in shopper[row]], "team": team[row, pos]}))
     return pd.concat(rows, ignore_index=True)
 
 

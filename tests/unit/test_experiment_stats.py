@@ -188,3 +188,26 @@ def test_simulated_shoppers_a_a_a_b_interleaving_and_srm():
     lossy = ab_users(np.random.default_rng(300), 40_000, 0.0, cfg, "srm", lost_treatment_share=0.05)
     assert not srm(faithful.groupby("variant").size().to_dict(), split)["mismatch"]
     assert srm(lossy.groupby("variant").size().to_dict(), split)["mismatch"]
+
+
+def test_returning_shoppers_see_a_list_each_visit_and_interleaving_uses_them():
+    """visits_mean: shoppers come back (the active ones most), each visit a fresh list of their
+    variant, an impression each; with 1 every shopper sees exactly one list. Interleaving credits
+    every visit to its shopper, and finds a 20% better team among 4,000 returning shoppers."""
+    from freshrec.shoppers import ShopperConfig, ab_users, activity, interleaved_credits, visits
+
+    rng = np.random.default_rng(5)
+    cfg = ShopperConfig(visits_mean=5.0)
+    active = activity(rng, 20_000, cfg)
+    rows = visits(rng, active, cfg)
+    per_shopper = np.bincount(rows, minlength=len(active))
+    assert per_shopper.min() >= 1 and 4.8 < per_shopper.mean() < 5.2
+    assert per_shopper[active > 2].mean() > 2 * per_shopper[active < 0.5].mean()
+    assert (np.bincount(visits(rng, active, ShopperConfig()), minlength=len(active)) == 1).all()
+
+    users = ab_users(np.random.default_rng(6), 3_000, 0.0, cfg, "visits")
+    assert len(users) == 3_000 and users["impressions"].sum() > 4 * 3_000
+
+    found = [interleave_preference(interleaved_credits(np.random.default_rng(400 + s), 4_000, 0.2, cfg, f"v-{s}"))
+             for s in range(5)]
+    assert all(p["preferred"] == "b" for p in found)
