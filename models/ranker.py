@@ -147,6 +147,48 @@ class TwoStageRanker(Recommender):
         self.train_seconds = time.perf_counter() - started
         return self
 
+    def refresh(self, train: Histories, catalogue: Catalogue, since: int, trees: int = 50, replay_share: float = 0.5,
+                seed: int | None = None) -> dict[str, Any]:
+        """Warm-start update: ``trees`` more boosting rounds on top of the fitted model
+        (LightGBM's ``init_model``, cut at its best iteration), the ranker's earlier trees kept.
+        They learn from the groups whose labels are the new events (candidates drawn from the
+        events before ``since``, labels = the target events at or after it), mixed with a
+        seeded replay sample of the label window before ``since`` making ``replay_share`` of
+        the groups. The groups and features are ``fit``'s own (``_groups``). Then the candidate
+        sources are refitted on ``train``: co-visitation, EASE, popularity and trend see the new
+        events, and items new since the fit become candidates as themselves."""
+        import lightgbm
+        from lightgbm import LGBMRanker
+
+        cfg = self.config
+        seed = cfg.seed if seed is None else seed
+        started = time.perf_counter()
+        window = int(round(cfg.label_window_days * SECONDS_PER_DAY))
+        in_new = (train.t >= since) & (train.item >= 0)
+        fresh = self._groups(train, catalogue, train.t < since, in_new & self._label_codes(train, in_new), since)
+        if fresh is None:
+            raise ValueError("no user of the new events has a target among their candidates: nothing to learn from")
+        in_old = (train.t >= since - window) & (train.t < since) & (train.item >= 0)
+        older = self._groups(train, catalogue, train.t < since - window, in_old & self._label_codes(train, in_old), since - window)
+        n_fresh = len(fresh.groups)
+        n_replay = 0
+        parts = [fresh]
+        if older is not None and replay_share > 0:
+            n_replay = min(len(older.groups), int(round(n_fresh * replay_share / max(1.0 - replay_share, 1e-9))))
+            picked = np.sort(np.random.default_rng([seed, since]).choice(len(older.groups), n_replay, replace=False))
+            parts.append(_take_groups(older, picked))
+        data = TrainingSet(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(TrainingSet)))
+        init = lightgbm.Booster(model_str=self.model.booster_.model_to_string(num_iteration=self.best_iteration))
+        params = {**LIGHTGBM_DEFAULTS, **cfg.lightgbm, "n_estimators": trees}
+        model = LGBMRanker(objective="lambdarank", random_state=seed, deterministic=True, force_row_wise=True,
+                           n_jobs=cfg.num_threads, verbose=-1, **params)
+        model.fit(data.features, data.labels, group=data.groups, init_model=init)
+        self.model = model
+        self.best_iteration = self.best_iteration + trees
+        self.prepare(catalogue, train)
+        return {"fresh_groups": n_fresh, "replay_groups": n_replay, "trees_added": trees,
+                "trees": self.best_iteration, "seconds": time.perf_counter() - started}
+
     def learning_curve(self) -> list[dict[str, float]]:
         """Per boosting iteration, LambdaRank's NDCG@10 on the held-out label users (empty without them)."""
         curves = getattr(self.model, "evals_result_", None) or {}
@@ -350,6 +392,15 @@ def _row_scaled(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
     np.maximum.at(hi, rows, raw)
     span = hi[rows] - lo[rows]
     return (1.0 + np.where(span > 0, (raw - lo[rows]) / np.where(span > 0, span, 1.0), 1.0)).astype(np.float32)
+
+
+def _take_groups(data: TrainingSet, picked: np.ndarray) -> TrainingSet:
+    """The groups ``picked`` (indices, in order) of ``data`` with their rows."""
+    ends = np.cumsum(data.groups)
+    rows = np.concatenate([np.arange(e - n, e) for e, n in zip(ends[picked], data.groups[picked], strict=True)]) \
+        if len(picked) else np.zeros(0, dtype=np.int64)
+    return TrainingSet(features=data.features[rows], items=data.items[rows], labels=data.labels[rows],
+                       groups=data.groups[picked], users=data.users[picked], window_start=data.window_start[picked])
 
 
 def _validation_groups(n_groups: int, share: float, seed: int) -> np.ndarray:

@@ -550,21 +550,10 @@ class SeqRec(nn.Module, Recommender):
             best, best_state, stale, seen = -np.inf, None, 0, 0
             started = time.perf_counter()
             for epoch in range(cfg.epochs):
-                self.net.train()
-                total, batches = 0.0, 0
-                for ex in _length_batches(lengths, cfg.batch_size, rng):
-                    targets = [examples.targets[i] for i in ex]
-                    targets = [tg if len(tg) <= cfg.max_targets else np.sort(rng.choice(tg, cfg.max_targets, replace=False))
-                               for tg in targets]
-                    loss = self._loss(train, examples, ex, targets, event_cat, proposal, rng)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-                    opt.step()
-                    total += float(loss.detach())
-                    batches += 1
-                    seen += len(ex)
-                row = {"loss": total / max(batches, 1), "seconds": time.perf_counter() - started}
+                batches = _length_batches(lengths, cfg.batch_size, rng)
+                total = self._steps(train, examples, batches, opt, event_cat, proposal, rng)
+                seen += sum(len(ex) for ex in batches)
+                row = {"loss": total / max(len(batches), 1), "seconds": time.perf_counter() - started}
                 if validation is not None and len(validation):
                     from freshrec.models.evaluate import evaluate
 
@@ -593,6 +582,88 @@ class SeqRec(nn.Module, Recommender):
                 self.explore_offset = best_state[1]
         self.net.eval()
         return self
+
+    def _steps(self, train: Histories, examples: "_Examples", batches: list[np.ndarray], opt: torch.optim.Optimizer,
+               event_cat: np.ndarray, proposal: np.ndarray, rng: np.random.Generator) -> float:
+        """One optimizer step per batch of example indices (``_loss``, clipped gradients); the
+        summed loss. The one training loop of ``fit`` and ``refresh``."""
+        cfg = self.config
+        self.net.train()
+        total = 0.0
+        for ex in batches:
+            targets = [examples.targets[i] for i in ex]
+            targets = [tg if len(tg) <= cfg.max_targets else np.sort(rng.choice(tg, cfg.max_targets, replace=False))
+                       for tg in targets]
+            loss = self._loss(train, examples, ex, targets, event_cat, proposal, rng)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+            opt.step()
+            total += float(loss.detach())
+        self.net.eval()
+        return total
+
+    # -- online refresh ------------------------------------------------------------------------
+    def extend(self, catalogue: Catalogue, train: Histories, since: int) -> dict[str, int]:
+        """Give an ID row to each item taken at least ``min_item_count`` times in the events of
+        ``train`` at or after ``since`` that has none, and a row to each new category.
+
+        Each new row starts as a copy of the unknown row it was scored through until now (items:
+        the ID embedding and bias; categories: the category embedding and bias), so extending
+        changes no score: not of an existing item, and not of the new item itself, which keeps
+        its category-and-price representation until training moves its row."""
+        new = (train.t >= since) & (train.item >= 0)
+        counts = np.bincount(train.item[new], minlength=len(catalogue))
+        items = [i for i in catalogue.item_ids[counts >= self.config.min_item_count] if i not in self.item_vocab]
+        cats = [c for c in catalogue.categories if c not in self.cat_vocab]
+        net = self.net
+        with torch.no_grad():
+            for emb, bias, vocab, added in ((net.item_emb, net.item_bias, self.item_vocab, items),
+                                            (net.cat_emb, net.cat_bias, self.cat_vocab, cats)):
+                if not added:
+                    continue
+                first = emb.num_embeddings
+                for table in (emb, bias):
+                    rows = table.weight[UNK].expand(len(added), -1)
+                    table.weight = nn.Parameter(torch.cat([table.weight, rows.clone()]))
+                    table.num_embeddings = table.weight.shape[0]
+                vocab.update({key: first + k for k, key in enumerate(added)})
+        return {"items_added": len(items), "categories_added": len(cats)}
+
+    def refresh(self, train: Histories, catalogue: Catalogue, since: int, steps: int = 200, replay_share: float = 0.5,
+                lr_scale: float = 1.0, seed: int | None = None) -> dict[str, Any]:
+        """Warm-start update on the events of ``train`` at or after ``since``: :meth:`extend`,
+        then ``steps`` optimizer steps of ``fit``'s loss on the examples whose target horizon
+        reaches into the new events, mixed with a seeded replay sample of older examples making
+        ``replay_share`` of the mix (it guards against forgetting what the older log taught).
+
+        The examples and the loss are ``fit``'s own (``_training_examples``, ``_loss``). The
+        optimizer is rebuilt (AdamW at ``lr x lr_scale``): Adam's moment estimates from the end
+        of the last fit describe other batches, and keeping them would add twice the weights to
+        every registered version. Deterministic for the seed on the CPU. Binds the model to
+        ``catalogue`` and ``train`` (popularity and trend refreshed) before returning."""
+        cfg = self.config
+        seed = cfg.seed if seed is None else seed
+        started = time.perf_counter()
+        with _deterministic(seed, cfg.num_threads, self.device):
+            added = self.extend(catalogue, train, since)
+            self.net.to(self.device)
+            self.prepare(catalogue, train)
+            examples = _training_examples(train, cfg)
+            fresh = np.flatnonzero(examples.now + int(cfg.horizon_days * SECONDS_PER_DAY) > since)
+            older = np.flatnonzero(examples.now + int(cfg.horizon_days * SECONDS_PER_DAY) <= since)
+            rng = np.random.default_rng(seed)
+            n_replay = min(len(older), int(round(len(fresh) * replay_share / max(1.0 - replay_share, 1e-9))))
+            chosen = np.sort(np.concatenate([fresh, rng.choice(older, n_replay, replace=False)])) if len(fresh) else fresh
+            batches: list[np.ndarray] = []
+            lengths = np.minimum(examples.end - examples.start, cfg.max_len)
+            while len(chosen) and len(batches) < steps:
+                batches += [chosen[b] for b in _length_batches(lengths[chosen], cfg.batch_size, rng)]
+            batches = batches[:steps]
+            opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr * lr_scale, weight_decay=cfg.weight_decay, fused=True)
+            total = self._steps(train, examples, batches, opt, self._event_cats(train), _proposal(train, len(catalogue)), rng)
+        return {**added, "fresh_examples": int(len(fresh)), "replay_examples": int(n_replay if len(fresh) else 0),
+                "steps": len(batches), "loss": total / max(len(batches), 1), "seconds": time.perf_counter() - started}
 
     def _loss(self, train: Histories, examples: "_Examples", ex: np.ndarray, targets: list[np.ndarray],
               event_cat: np.ndarray, proposal: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
