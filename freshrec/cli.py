@@ -112,7 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prefix", default="synthetic", help="landing file name prefix")
 
     p = sub.add_parser("run", help="run a DAG in-process through Airflow (dag.test)")
-    p.add_argument("dag", choices=("batch", "incremental"))
+    p.add_argument("dag", choices=("batch", "incremental", "refresh"),
+                   help="batch: the full pipeline; incremental: one micro-batch; refresh: the online model refresh")
     p.add_argument("--watch", action="store_true",
                    help="incremental only: keep running, picking up new landing files every --every seconds (Ctrl-C stops)")
     p.add_argument("--logical-date", type=_logical_date, default=None, metavar="DATE",
@@ -260,7 +261,8 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
         if args.logical_date is not None and args.dag != "batch":
             raise UserError("--logical-date applies to `freshrec run batch` only (a micro-batch takes whatever is new)")
-        ok = run_dag(settings, f"freshrec_{args.dag}", logical_date=args.logical_date)
+        ok = run_dag(settings, "freshrec_model_refresh" if args.dag == "refresh" else f"freshrec_{args.dag}",
+                     logical_date=args.logical_date)
         return 0 if ok else 1
     if args.command == "forget":
         from freshrec.privacy import forget_user

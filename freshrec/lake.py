@@ -87,6 +87,12 @@ def run_lock(settings: Settings, name: str) -> Iterator[bool]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def model_lock(settings: Settings, holder: str) -> contextlib.AbstractContextManager[None]:
+    """Held by a full batch's train step; an online refresh (``run_lock(settings, "model")``,
+    the same file) declines while it is held, and a train waits for a running refresh."""
+    return _flock(settings.home / ".model.lock", holder)
+
+
 def features_lock(settings: Settings, holder: str, shared: bool = False) -> contextlib.AbstractContextManager[None]:
     """``matrices`` rewrites the batch feature tables holding this exclusively; re-scoring reads
     them holding it shared, so it never sees a table half rewritten."""

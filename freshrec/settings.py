@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     model_epochs: AtLeastZero = 4  # training: epochs of the sequence model
     model_seed: int = 0  # training: random seed of the split sampling and the sequence model
     model_dim: AtLeastOne = 64  # training: embedding size of the sequence model
+    model_refresh_minutes: AtLeastOne = 60  # online refresh: schedule of the freshrec_model_refresh DAG
+    max_refreshes: AtLeastZero = 24  # online refresh: refreshes in a row on top of one full batch's model; then it waits for the next batch
+    refresh_steps: AtLeastOne = 200  # online refresh: optimizer steps of the sequence model (minibatches)
+    refresh_trees: AtLeastOne = 50  # online refresh: boosting rounds added to the two-stage ranker
+    refresh_replay_share: Annotated[float, Field(ge=0, le=0.95)] = 0.5  # online refresh: share of the examples drawn from before the new events (guards against forgetting)
+    refresh_holdout_days: Positive = 1.0  # online refresh: the newest slice of the new events, held out to compare the refreshed model with the live one
+    refresh_max_item_growth: Positive = 0.2  # online refresh: declines once the catalogue has grown by more than this share since the full batch's model
+    refresh_tolerance: Annotated[float, Field(allow_inf_nan=False)] = 0.0  # online refresh: fraction of the live model's metric on the held-out slice a refreshed model may trail it by
 
     def __init__(self, **values: Any) -> None:
         try:

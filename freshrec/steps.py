@@ -20,7 +20,7 @@ from typing import Any
 
 from freshrec.errors import QualityGateError, UserError
 from freshrec.fileio import atomic_path, atomic_write_bytes, atomic_write_text
-from freshrec.lake import has_table
+from freshrec.lake import has_table, model_lock
 from freshrec.ledger import Ledger
 from freshrec.settings import Settings
 
@@ -193,7 +193,8 @@ def train_step(settings: Settings, batch_id: str, until: str | None = None) -> d
         log.info("train %s: reusing model version %s registered for this batch and window", batch_id, previous["version"])
         return previous
     try:
-        _, trained = train_stage(settings, folds[-1], window, config, batch_id=batch_id)
+        with model_lock(settings, f"train {batch_id}"):  # no online refresh while a batch trains
+            _, trained = train_stage(settings, folds[-1], window, config, batch_id=batch_id)
     except ValueError as exc:  # e.g. no user of the training log has a label the ranker could learn from
         log.warning("train %s failed: %s", batch_id, exc)
         return {"skipped": f"the {config.model_kind} model could not be trained: {exc}"}

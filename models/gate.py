@@ -100,8 +100,10 @@ def decide(candidate: float | None, baselines: dict[str, float], champion: float
     return GateDecision(True, "candidate", f"{beats}; there was no champion", **common)
 
 
-def apply_decision(client, decision: GateDecision, model_name: str, version: str | None, run_id: str | None) -> None:
-    """Tag the run and the version with the decision and move ``champion`` when promoted."""
+def apply_decision(client, decision: GateDecision, model_name: str, version: str | None, run_id: str | None,
+                   move_alias: bool = True) -> None:
+    """Tag the run and the version with the decision and move ``champion`` when promoted
+    (``move_alias`` False: the caller moves it later, e.g. after publishing the version)."""
     if run_id is not None:
         for key, value in decision.as_tags().items():
             client.set_tag(run_id, key, value[:5000])
@@ -114,5 +116,5 @@ def apply_decision(client, decision: GateDecision, model_name: str, version: str
     if version is not None:
         client.set_model_version_tag(model_name, version, "freshrec.gate.promoted", str(decision.promote).lower())
         client.set_model_version_tag(model_name, version, "freshrec.gate.reason", decision.reason[:5000])
-        if decision.promote:
+        if decision.promote and move_alias:
             client.set_registered_model_alias(model_name, CHAMPION, version)

@@ -148,9 +148,13 @@ class TwoStageRanker(Recommender):
         return self
 
     def refresh(self, train: Histories, catalogue: Catalogue, since: int, trees: int = 50, replay_share: float = 0.5,
-                seed: int | None = None) -> dict[str, Any]:
+                seed: int | None = None, learning_rate_scale: float = 0.2) -> dict[str, Any]:
         """Warm-start update: ``trees`` more boosting rounds on top of the fitted model
-        (LightGBM's ``init_model``, cut at its best iteration), the ranker's earlier trees kept.
+        (LightGBM's ``init_model``, cut at its best iteration), the ranker's earlier trees kept,
+        at ``learning_rate_scale`` of the fit's learning rate: a few hundred new label groups
+        fine-tune the ranker rather than refit it (on the planted-taste log of the integration
+        tests, 20 trees at the fit's rate lost 6% NDCG@10 on the next week, at a fifth of it
+        they gained 1.5%).
         They learn from the groups whose labels are the new events (candidates drawn from the
         events before ``since``, labels = the target events at or after it), mixed with a
         seeded replay sample of the label window before ``since`` making ``replay_share`` of
@@ -179,7 +183,8 @@ class TwoStageRanker(Recommender):
             parts.append(_take_groups(older, picked))
         data = TrainingSet(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(TrainingSet)))
         init = lightgbm.Booster(model_str=self.model.booster_.model_to_string(num_iteration=self.best_iteration))
-        params = {**LIGHTGBM_DEFAULTS, **cfg.lightgbm, "n_estimators": trees}
+        params = {**LIGHTGBM_DEFAULTS, **cfg.lightgbm}
+        params.update(n_estimators=trees, learning_rate=params["learning_rate"] * learning_rate_scale)
         model = LGBMRanker(objective="lambdarank", random_state=seed, deterministic=True, force_row_wise=True,
                            n_jobs=cfg.num_threads, verbose=-1, **params)
         model.fit(data.features, data.labels, group=data.groups, init_model=init)

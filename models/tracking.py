@@ -252,8 +252,9 @@ def plot_popularity(eval_set: EvalSet, recs: np.ndarray, path: Path, label: str,
     plt.close(fig)
 
 
-def log_and_register_model(client, run_id: str, model) -> str:
-    """Log ``model`` into the run, registered as ``freshrec``; alias ``challenger``.
+def log_and_register_model(client, run_id: str, model, alias: str | None = CHALLENGER) -> str:
+    """Log ``model`` into the run, registered as ``freshrec``; alias ``challenger`` (``alias``;
+    None: none, as an online refresh registers).
 
     The sequence model (a torch module) goes through ``mlflow.pytorch`` with pickle
     serialization: a Python object with its vocabulary and item statistics beside the weights,
@@ -279,7 +280,8 @@ def log_and_register_model(client, run_id: str, model) -> str:
                 name="model", python_model=RecommenderModel(model), registered_model_name=REGISTERED_MODEL,
                 pip_requirements=[f"lightgbm=={lightgbm.__version__}", *requirements])
     version = str(info.registered_model_version)
-    client.set_registered_model_alias(REGISTERED_MODEL, CHALLENGER, version)
+    if alias is not None:
+        client.set_registered_model_alias(REGISTERED_MODEL, alias, version)
     return version
 
 

@@ -35,7 +35,7 @@ from freshrec.errors import UserError
 from freshrec.incremental import BUSY
 from freshrec.settings import Settings
 
-KNOWN_DAGS = ("freshrec_batch", "freshrec_incremental")
+KNOWN_DAGS = ("freshrec_batch", "freshrec_incremental", "freshrec_model_refresh")
 
 # `dags test` logs these at INFO ([DAG TEST] from the DAG's test loop, new_state from the
 # in-process execution API when a task instance reaches its state).
