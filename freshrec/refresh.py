@@ -34,12 +34,15 @@ version by its ``freshrec.refresh.key`` tag (and finishes its publish if that wa
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any
 
 import pandas as pd
 
+from freshrec.fileio import atomic_write_text
 from freshrec.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -67,8 +70,12 @@ def refresh_step(settings: Settings) -> dict[str, Any]:
 
     with run_lock(settings, "model") as held:
         if not held:
-            return _declined("a full batch is training the model (or another refresh is running); the next run tries again")
-        return _refresh(settings)
+            out = _declined("a full batch is training the model (or another refresh is running); the next run tries again")
+        else:
+            out = _refresh(settings)
+    out = {"at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **out}
+    atomic_write_text(settings.reports_dir / "refresh.json", json.dumps(out, indent=2, default=str))  # freshrec status
+    return out
 
 
 def _lineage(client, version: str) -> dict[str, Any]:

@@ -145,13 +145,7 @@ def _serving_status(settings: Settings, status: dict[str, Any], warnings: list[s
     """live_version and model: what the serving store says is live, and the last gate decision."""
     from freshrec.serving import ServingError, open_store
 
-    gate_file = settings.reports_dir / "gate.json"
-    gate = None
-    if gate_file.is_file():
-        try:
-            gate = json.loads(gate_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            warnings.append(f"cannot read {gate_file}: {exc}")
+    gate, refresh = (_report(settings.reports_dir / name, warnings) for name in ("gate.json", "refresh.json"))
     url = settings.serving
     if url.startswith("sqlite:///") and not Path(url[len("sqlite:///"):]).is_file():
         live = {}  # nothing published yet; do not create the database by looking
@@ -175,7 +169,20 @@ def _serving_status(settings: Settings, status: dict[str, Any], warnings: list[s
         model["gate"] = {"batch_id": gate.get("batch_id"), "decided_at": gate.get("decided_at"),
                          "candidate_version": (gate.get("model") or {}).get("version"),
                          "promoted": decision.get("promote"), "reason": decision.get("reason")}
+    if refresh:
+        model["refresh"] = refresh
     status["model"] = model or None
+
+
+def _report(path: Path, warnings: list[str]) -> dict[str, Any] | None:
+    """A JSON report a step left under reports/ (None when there is none yet)."""
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        warnings.append(f"cannot read {path}: {exc}")
+        return None
 
 
 def _mlflow_status(settings: Settings, source: dict[str, Any], gate: dict[str, Any] | None,
@@ -260,6 +267,14 @@ def format_status(status: dict[str, Any]) -> str:
         verdict = "promoted" if gate.get("promoted") else "not promoted"
         overview.add_row("last gate", f"v{_or_dash(gate.get('candidate_version'))} {verdict} at {_or_dash(gate.get('decided_at'))}: "
                                       f"{_or_dash(gate.get('reason'))}")
+    refresh = (model or {}).get("refresh") if isinstance(model, dict) else None
+    if refresh:
+        if refresh.get("refreshed"):
+            verdict = "promoted and published" if refresh.get("promoted") else "not promoted"
+            text = f"v{refresh.get('version')} from v{refresh.get('parent_version')} {verdict}: {_or_dash(refresh.get('reason'))}"
+        else:
+            text = f"declined: {refresh.get('declined')}"
+        overview.add_row("last refresh", f"{_or_dash(refresh.get('at'))} {text}")
     overview.add_row("counts", "  ".join(f"{key} {int(counts.get(key, 0)):,}" for key in COUNT_KEYS))
     reasons = status.get("quarantine_reasons") or {}
     if reasons:

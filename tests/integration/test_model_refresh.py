@@ -67,8 +67,13 @@ def test_without_a_champion_model_a_refresh_declines(batch):
     assert gate["publish"]["kind"] == "baseline" and _champion(settings) is None  # the planted log's gate: category popularity
     before = _versions(settings)
     out = refresh_step(settings)
-    assert out == {"refreshed": False, "declined": "no champion model to refresh: the last batch published a baseline"}
+    assert out["refreshed"] is False and out["declined"] == "no champion model to refresh: the last batch published a baseline"
     assert _versions(settings) == before
+    from freshrec.status import collect_status, format_status
+
+    status = collect_status(settings)
+    assert status["model"]["refresh"]["declined"] == out["declined"] and status["model"]["refresh"]["at"] == out["at"]
+    assert f"last refresh  {out['at']} declined: no champion model" in format_status(status)
 
 
 @pytest.fixture(scope="module")
@@ -111,6 +116,9 @@ def test_a_refresh_learns_the_new_events_registers_its_lineage_and_publishes(pro
     assert run.data.tags[PARENT_TAG] == parent and run.data.tags[KEY_TAG] == mv.tags[KEY_TAG]
     assert f"version {parent}" in run.data.tags["mlflow.note.content"]
     assert run.data.metrics["ndcg_at_10"] == out["refreshed_value"] and run.data.metrics["live/ndcg_at_10"] == out["live_value"]
+    from freshrec.status import collect_status
+
+    assert collect_status(settings)["model"]["refresh"]["version"] == version
 
 
 def test_a_refreshed_champion_waits_for_new_events(promoted):
