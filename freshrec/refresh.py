@@ -78,6 +78,27 @@ def refresh_step(settings: Settings) -> dict[str, Any]:
     return out
 
 
+def outcome_line(settings: Settings, since: str | None = None) -> str | None:
+    """The last refresh's outcome in one line (``freshrec run refresh`` prints it), or None when
+    none was recorded (at or after ``since``, an ISO time)."""
+    path = settings.reports_dir / "refresh.json"
+    try:
+        out = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if since is not None and str(out.get("at", "")) < since[:19]:
+        return None
+    return f"refresh {describe(out)}"
+
+
+def describe(out: dict[str, Any]) -> str:
+    """A refresh's outcome (``refresh_step``'s return value) in words."""
+    if not out.get("refreshed"):
+        return f"declined: {out.get('declined')}"
+    verdict = "promoted and published" if out.get("promoted") else "registered, not promoted"
+    return f"version {out.get('version')} from {out.get('parent_version')} {verdict}: {out.get('reason')}"
+
+
 def _lineage(client, version: str) -> dict[str, Any]:
     """What the champion ``version`` learned up to, how many refreshes it sits on, and the
     catalogue size of the full batch's model at the root of its chain."""

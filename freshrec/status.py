@@ -269,12 +269,9 @@ def format_status(status: dict[str, Any]) -> str:
                                       f"{_or_dash(gate.get('reason'))}")
     refresh = (model or {}).get("refresh") if isinstance(model, dict) else None
     if refresh:
-        if refresh.get("refreshed"):
-            verdict = "promoted and published" if refresh.get("promoted") else "not promoted"
-            text = f"v{refresh.get('version')} from v{refresh.get('parent_version')} {verdict}: {_or_dash(refresh.get('reason'))}"
-        else:
-            text = f"declined: {refresh.get('declined')}"
-        overview.add_row("last refresh", f"{_or_dash(refresh.get('at'))} {text}")
+        from freshrec.refresh import describe
+
+        overview.add_row("last refresh", f"{_or_dash(refresh.get('at'))} {describe(refresh)}")
     overview.add_row("counts", "  ".join(f"{key} {int(counts.get(key, 0)):,}" for key in COUNT_KEYS))
     reasons = status.get("quarantine_reasons") or {}
     if reasons:

@@ -252,7 +252,13 @@ def _run(settings: Settings, dag_id: str, logical_date: datetime) -> bool:
         return run["state"] == "success"
     # the run's rows sit above the verdict, which stays the last line
     rows = run_rows(settings, dag_id, started_at, run["tasks"])
-    print(_format_summary(dag_id, run_id, run["state"], run["tasks"], detail, elapsed, log_path, rows), flush=True)
+    summary = _format_summary(dag_id, run_id, run["state"], run["tasks"], detail, elapsed, log_path, rows).splitlines()
+    if dag_id == "freshrec_model_refresh":
+        from freshrec.refresh import outcome_line
+
+        if (line := outcome_line(settings, since=started_at)) is not None:
+            summary.insert(len(summary) - 1, line)  # the verdict stays the last line
+    print("\n".join(summary), flush=True)
     if rows is not None and (warning := quarantine_warning(rows)):
         print(warning, file=sys.stderr, flush=True)
     return run["state"] == "success"

@@ -90,7 +90,7 @@ def run_rows(settings: Settings, dag_id: str, started_at: str, tasks: list[Mappi
     from freshrec.ledger import COUNT_KEYS, Ledger
     from freshrec.quarantine import reason_counts
 
-    if not settings.state_db.is_file():
+    if not settings.state_db.is_file() or dag_id == "freshrec_model_refresh":  # a refresh reads the lake, lands no rows
         return None
     ledger = Ledger(settings.state_db)
     # the landing files this run set aside whole, by name

@@ -155,6 +155,20 @@ def test_incremental_dag_wiring(dagbag):
                                                           "freshrec://serving/live"}
 
 
+def test_model_refresh_dag_wiring(dagbag):
+    from airflow.sdk import DeltaDataIntervalTimetable
+
+    dag = dagbag.dags["freshrec_model_refresh"]
+    assert [t.task_id for t in dag.tasks] == ["refresh"]
+    assert isinstance(dag.timetable, DeltaDataIntervalTimetable)
+    assert dag.timetable.delta.total_seconds() == Settings.load().model_refresh_minutes * 60 == 3600
+    assert dag.max_active_runs == 1 and dag.catchup is False
+    task = dag.task_dict["refresh"]
+    assert task.pool == SPARK_POOL  # it re-scores every user when it publishes
+    assert {a.uri.rstrip("/") for a in task.outlets} == {"freshrec://mlflow/models/freshrec", "freshrec://recs",
+                                                          "freshrec://serving/live"}
+
+
 def test_dags_folder_parses_fast_without_heavy_imports(af_settings):
     """Guards the rule that pyspark/torch/great_expectations are imported inside tasks only."""
     probe = (
@@ -287,6 +301,17 @@ def test_batch_run_end_to_end_on_the_retailrocket_sample(af_settings, capfd):
     assert status["last_runs"][0]["dag_id"] == "freshrec_incremental"
     assert client.recs("dag-newcomer", n=5)["source"] == "personal"
     assert _parquet_rows(af_settings.events_path) == counts["clean"] + 3
+
+    # and the online refresh DAG, as `freshrec run refresh` runs it: whatever it decides (on this
+    # sample the gate publishes a baseline, so there is no champion model to refresh), the run
+    # succeeds and says why in freshrec status
+    capfd.readouterr()
+    assert run_dag(af_settings, "freshrec_model_refresh") is True
+    out, _ = capfd.readouterr()
+    assert list(_task_lines(out)) == ["refresh"] and "succeeded" in out, out
+    refresh = collect_status(af_settings)["model"]["refresh"]
+    assert refresh["refreshed"] or refresh["declined"], refresh
+    assert collect_status(af_settings)["last_runs"][0]["dag_id"] == "freshrec_model_refresh"
 
 
 def test_malformed_landing_fails_the_run_at_the_quality_gate(af_settings, capfd):
