@@ -37,15 +37,16 @@ def _live(settings) -> dict:
         return store.status()
 
 
-@pytest.fixture(scope="module")
-def batch(tmp_path_factory, spark):
-    """A full batch through the steps the batch DAG wires, on a log of shoppers with planted
-    tastes (test_models_planted), seen items excluded: the ranker wins the gate there."""
+@pytest.fixture(scope="module", params=["two_stage", "seqrec"])
+def batch(request, tmp_path_factory, spark):
+    """A full batch through the steps the batch DAG wires, training each model kind, on a log of
+    shoppers with planted tastes (test_models_planted), seen items excluded."""
     from freshrec.steps import clean_step, evaluate_step, gate_step, matrices_step, publish_step, score_step, train_step
 
     settings = Settings(home=tmp_path_factory.mktemp("refresh") / "home", spark_master="local[2]", spark_shuffle_partitions=4,
                         spark_driver_memory="2g", exclude_seen="all", min_test_users=50, eval_cutoffs=1,
-                        refresh_holdout_days=7.0, refresh_trees=20)
+                        model_kind=request.param, model_epochs=2, model_dim=16,
+                        refresh_holdout_days=7.0, refresh_trees=20, refresh_steps=60)
     settings.ensure_dirs()
     log = planted_log()
     rows = [{"event_id": f"p{i}", "ts": ts.isoformat(), "user_id": u, "item_id": it, "event_type": "purchase", "category": c,
@@ -98,7 +99,10 @@ def test_a_refresh_learns_the_new_events_registers_its_lineage_and_publishes(pro
     assert out["refreshed"] and not out["reused"] and out["parent_version"] == parent, out
     version = out["version"]
     assert _versions(settings) == sorted([*before, version])
-    assert out["learned"]["fresh_groups"] > 0 and out["learned"]["trees_added"] == 20
+    if settings.model_kind == "two_stage":  # more trees on the new labels, the earlier ones kept
+        assert out["learned"]["fresh_groups"] > 0 and out["learned"]["trees_added"] == 20
+    else:  # the sequence model's own loss on the new examples, with replay
+        assert out["learned"]["fresh_examples"] > 0 and out["learned"]["replay_examples"] > 0 and out["learned"]["steps"] == 60
     # judged on the held-out week against the live model and the cheap baselines, and published
     assert out["promoted"], out["reason"]
     assert out["refreshed_value"] >= out["live_value"] * (1 - settings.refresh_tolerance)
@@ -153,24 +157,34 @@ def test_no_refresh_while_a_batch_trains(promoted):
 
 
 def test_a_refresh_that_makes_the_model_worse_is_not_promoted_and_its_rerun_registers_nothing(promoted, monkeypatch):
-    """A refresh whose ranker is replaced by one fitted to random labels: registered (with its
-    evidence), not promoted; the champion and the live lists stay. Rerun on the same events, it
-    finds that version and registers nothing new."""
+    """A refresh broken after it learned (the ranker replaced by one fitted to random labels; the
+    sequence model's item rows shuffled): registered, with its evidence, and not promoted; the
+    champion and the live lists stay. Rerun on the same events, it finds that version and
+    registers nothing new."""
+    import torch
     from freshrec.models.ranker import FEATURES, TwoStageRanker
+    from freshrec.models.seqrec import SeqRec
     from lightgbm import LGBMRanker
 
     from freshrec.refresh import refresh_step
 
-    real = TwoStageRanker.refresh
-
-    def worse(self, *args, **kwargs):
-        out = real(self, *args, **kwargs)
+    def break_ranker(model):
         rng = np.random.default_rng(0)
-        self.model = LGBMRanker(n_estimators=20, min_child_samples=5, verbose=-1).fit(
+        model.model = LGBMRanker(n_estimators=20, min_child_samples=5, verbose=-1).fit(
             rng.random((2_000, len(FEATURES))), rng.integers(0, 2, 2_000), group=[20] * 100)
-        return out
 
-    monkeypatch.setattr(TwoStageRanker, "refresh", worse)
+    def break_seqrec(model):
+        with torch.no_grad():
+            weight = model.net.item_emb.weight
+            weight.copy_(weight[torch.randperm(len(weight), generator=torch.Generator().manual_seed(0))] * 20)
+
+    for cls, breaker in ((TwoStageRanker, break_ranker), (SeqRec, break_seqrec)):
+        def worse(self, *args, _real=cls.refresh, _breaker=breaker, **kwargs):
+            out = _real(self, *args, **kwargs)
+            _breaker(self)
+            return out
+
+        monkeypatch.setattr(cls, "refresh", worse)
     settings, _ = promoted
     settings = settings.replace(refresh_holdout_days=3.0)  # the champion's events end 7 days back: 4 to learn, 3 to judge
     champion, live = _champion(settings), _live(settings)["live_version"]
