@@ -145,8 +145,11 @@ def main() -> int:
             arms["retrain"] = (TwoStageRanker(ranker_cfg).fit(hist, catalogue), time.process_time() - cpu)
         else:
             arms["refresh"] = arms["retrain"] = (champion, 0.0)
+        scored: dict[int, tuple[float, float]] = {}  # day 0: one model in every arm, scored once
         for name, (model, seconds) in arms.items():
-            recall, ndcg = list_metrics(top_ids(model, known, users, day, args.exclude_seen), targets)
+            if id(model) not in scored:
+                scored[id(model)] = list_metrics(top_ids(model, known, users, day, args.exclude_seen), targets)
+            recall, ndcg = scored[id(model)]
             row[name] = {"recall_at_20": round(recall, 5), "ndcg_at_20": round(ndcg, 5), "update_cpu_seconds": round(seconds, 1)}
         rows.append(row)
         print(f"[{time.strftime('%H:%M:%S')}] {row}", file=sys.stderr, flush=True)
