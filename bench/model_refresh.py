@@ -107,10 +107,10 @@ def main() -> int:
     def before(day: int):
         return ev.loc[t < day]
 
-    def bound(day: int) -> tuple[Catalogue, Histories]:
+    def bound(day: int) -> tuple[Catalogue, Histories]:  # as the batch and the refresh bind a log: as of its cutoff
         known = before(day)
         catalogue = Catalogue.from_events(known)
-        return catalogue, Histories.from_events(known, catalogue)
+        return catalogue, Histories.from_events(known, catalogue, now=day)
 
     cpu = time.process_time()
     catalogue, hist = bound(cutoff)
@@ -141,7 +141,7 @@ def main() -> int:
             cpu = time.process_time()
             learned = refreshed.refresh(hist, catalogue, day - DAY, trees=args.trees, replay_share=args.replay_share)
             arms["refresh"] = (refreshed, time.process_time() - cpu)
-            row["refresh_groups"] = learned["fresh_groups"]
+            row["refresh_groups"], row["refresh_sources_reused"] = learned["fresh_groups"], learned["sources_reused"]
             cpu = time.process_time()
             arms["retrain"] = (TwoStageRanker(ranker_cfg).fit(hist, catalogue), time.process_time() - cpu)
         else:

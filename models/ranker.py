@@ -169,7 +169,12 @@ class TwoStageRanker(Recommender):
         started = time.perf_counter()
         window = int(round(cfg.label_window_days * SECONDS_PER_DAY))
         in_new = (train.t >= since) & (train.item >= 0)
-        fresh = self._groups(train, catalogue, train.t < since, in_new & self._label_codes(train, in_new), since)
+        before = train.t < since
+        # the sources were last fitted on exactly the events before `since` (the previous refresh
+        # ended there): the new labels' candidates come from them, with no refit
+        reuse = getattr(self, "sources_log", None) == _log_key(train.filter(before, now=since))
+        fresh = self._groups(train, catalogue, before, in_new & self._label_codes(train, in_new), since,
+                             generator=self.generator if reuse else None)
         if fresh is None:
             raise ValueError("no user of the new events has a target among their candidates: nothing to learn from")
         in_old = (train.t >= since - window) & (train.t < since) & (train.item >= 0)
@@ -191,7 +196,7 @@ class TwoStageRanker(Recommender):
         self.model = model
         self.best_iteration = self.best_iteration + trees
         self.prepare(catalogue, train)
-        return {"fresh_groups": n_fresh, "replay_groups": n_replay, "trees_added": trees,
+        return {"fresh_groups": n_fresh, "replay_groups": n_replay, "trees_added": trees, "sources_reused": bool(reuse),
                 "trees": self.best_iteration, "seconds": time.perf_counter() - started}
 
     def learning_curve(self) -> list[dict[str, float]]:
@@ -220,6 +225,7 @@ class TwoStageRanker(Recommender):
         as SeqRec.prepare binds a later log or a newer catalogue without retraining."""
         self.catalogue = catalogue
         self.generator = CandidateGenerator(self.config.candidates).fit(train, catalogue)
+        self.sources_log = _log_key(train)
         return self
 
     def training_set(self, train: Histories, catalogue: Catalogue) -> TrainingSet:
@@ -253,9 +259,10 @@ class TwoStageRanker(Recommender):
         return is_target
 
     def _groups(self, train: Histories, catalogue: Catalogue, keep: np.ndarray, is_label: np.ndarray,
-                now: int, draw: int = 0) -> TrainingSet | None:
+                now: int, draw: int = 0, generator: CandidateGenerator | None = None) -> TrainingSet | None:
         """Groups of one label set: candidates from the events where ``keep`` holds (as of ``now``),
-        labels = the items of the events where ``is_label`` holds."""
+        labels = the items of the events where ``is_label`` holds. ``generator``: sources already
+        fitted on exactly those events (in their own catalogue), used instead of a new fit."""
         cfg = self.config
         users = np.unique(train.row_of_event[is_label])
         if not keep.any():  # a label window at the start of the log has no history to draw candidates from
@@ -265,15 +272,20 @@ class TwoStageRanker(Recommender):
         if not len(users):
             return None
         earlier = train.filter(keep, now=now)
+        code = np.arange(len(catalogue))  # item codes in the generator's catalogue
         with self._timed("candidates"):
-            generator = CandidateGenerator(cfg.candidates).fit(earlier, catalogue)
+            if generator is None:
+                generator = CandidateGenerator(cfg.candidates).fit(earlier, catalogue)
+            elif generator.catalogue is not catalogue:
+                code = generator.catalogue.lookup(catalogue.item_ids)
+                earlier = dataclasses.replace(earlier, item=np.where(earlier.item >= 0, code[np.maximum(earlier.item, 0)], -1))
             hist = earlier.subset(users)
             cands = generator.generate(hist, seen_items(hist, cfg.exclude_seen))
+        n_items = len(generator.catalogue)
         row_of = np.full(len(train), -1, dtype=np.int64)
         row_of[users] = np.arange(len(users))
         label_rows = row_of[train.row_of_event[is_label]]
-        labels = np.isin(cands.rows * len(catalogue) + cands.item,
-                         label_rows * len(catalogue) + train.item[is_label]).astype(np.int32)
+        labels = np.isin(cands.rows * n_items + cands.item, label_rows * n_items + code[train.item[is_label]]).astype(np.int32)
         with self._timed("features"):
             features = candidate_features(cands, hist, generator)
         sizes = np.diff(cands.offsets)
@@ -397,6 +409,11 @@ def _row_scaled(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
     np.maximum.at(hi, rows, raw)
     span = hi[rows] - lo[rows]
     return (1.0 + np.where(span > 0, (raw - lo[rows]) / np.where(span > 0, span, 1.0), 1.0)).astype(np.float32)
+
+
+def _log_key(train: Histories) -> tuple[int, int, int]:
+    """What a fit of the candidate sources saw: events, the newest one, and ``now``."""
+    return len(train.t), int(train.t.max()) if len(train.t) else -1, int(train.now.max()) if len(train) else -1
 
 
 def _take_groups(data: TrainingSet, picked: np.ndarray) -> TrainingSet:

@@ -35,7 +35,7 @@ def log():
     new = normalize_events(_with_hot_item(events, since))
     old_cat, new_cat = Catalogue.from_events(old), Catalogue.from_events(new)
     return {"since": int(since.timestamp()), "old_cat": old_cat, "old": Histories.from_events(old, old_cat),
-            "new_cat": new_cat, "new": Histories.from_events(new, new_cat)}
+            "new_cat": new_cat, "new": Histories.from_events(new, new_cat), "events": new}
 
 
 @pytest.fixture(scope="module")
@@ -99,3 +99,39 @@ def test_the_ranker_adds_trees_and_lists_a_new_best_seller(log):
     assert np.array_equal(lists, two.recommend(log["new"], 10)[0])
     hot = int(log["new_cat"].lookup([HOT])[0])
     assert (lists == hot).any(axis=1).sum() >= 5  # a candidate as itself: the sources were refitted on the new events
+
+
+def test_a_chained_ranker_refresh_reuses_the_sources_fitted_on_the_events_before_the_new_ones(log):
+    """A refresh ends by fitting the candidate sources on every event it was given; the next
+    refresh's new labels need candidates from exactly those events, so it takes them as they
+    are (in their own catalogue) instead of fitting them again: same groups, same features."""
+    pytest.importorskip("lightgbm")
+    from freshrec.models.candidates import CandidateConfig
+    from freshrec.models.ranker import RankerConfig, TwoStageRanker
+
+    cfg = RankerConfig(label_window_days=7, n_label_windows=1, min_target_users=10, lightgbm={"n_estimators": 20},
+                       candidates=CandidateConfig(n_candidates=40, ease_items=30))
+    ev, since = log["events"], log["since"]
+    middle = since + 2 * 86_400
+    cat_a = Catalogue.from_events(ev.loc[ev["t"] < middle])
+    first = TwoStageRanker(cfg).fit(log["old"], log["old_cat"])
+    assert not first.refresh(Histories.from_events(ev.loc[ev["t"] < middle], cat_a, now=middle), cat_a, since, trees=5)["sources_reused"]
+    # an item table that grew in between, its new item sorted first: every code moves by one
+    grown = Catalogue(item_ids=np.insert(log["new_cat"].item_ids, 0, "a-new"), category=np.insert(log["new_cat"].category, 0, ""),
+                      price=np.insert(log["new_cat"].price, 0, np.nan))
+    new = Histories.from_events(ev, grown)
+    second = copy.deepcopy(first).refresh(new, grown, middle, trees=5)
+    assert second["sources_reused"] and second["fresh_groups"] > 0
+
+    label = (new.t >= middle) & (new.item >= 0)
+    reused = first._groups(new, grown, new.t < middle, label, middle, generator=first.generator)
+    fitted = first._groups(new, grown, new.t < middle, label, middle)
+    assert reused.labels.sum() > 0
+
+    def rows(groups, catalogue):
+        user = np.repeat(groups.users, groups.groups)
+        order = np.lexsort((catalogue.item_ids[groups.items].astype(str), user.astype(str)))
+        return user[order], catalogue.item_ids[groups.items][order], groups.labels[order], groups.features[order]
+
+    for a, b in zip(rows(reused, cat_a), rows(fitted, grown), strict=True):
+        np.testing.assert_array_equal(a, b)
