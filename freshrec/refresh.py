@@ -222,9 +222,10 @@ def refresh_model(settings: Settings, champion: str, lineage: dict[str, Any], ev
 
 
 def judge(settings: Settings, config, champion: str, refreshed, fold) -> dict[str, Any]:
-    """The refreshed model and the live one (``champion``) on the held-out slice ``fold``: the
-    batch's metrics, and ``gate.decide`` against the cheap baselines with the live model as the
-    champion (``refresh_tolerance``)."""
+    """The refreshed model (``refresh`` left it bound to ``fold``'s catalogue and training log) and
+    the live one (``champion``) on the held-out slice ``fold``: the batch's metrics, and
+    ``gate.decide`` against the cheap baselines with the live model as the champion
+    (``refresh_tolerance``)."""
     from freshrec.models import tracking
     from freshrec.models.baselines import Popularity, Trending
     from freshrec.models.evaluate import evaluate
@@ -238,7 +239,6 @@ def judge(settings: Settings, config, champion: str, refreshed, fold) -> dict[st
     with tracking.tracking(settings):
         live = tracking.load_model_version(champion)
     live.prepare(fold.catalogue, fold.train)
-    refreshed.prepare(fold.catalogue, fold.train)
     weights = dict(settings.event_weights)
     results = {"refreshed": evaluate(refreshed, fold, config.ks), "live": evaluate(live, fold, config.ks)}
     baselines = {}

@@ -155,7 +155,8 @@ class TwoStageRanker(Recommender):
         fine-tune the ranker rather than refit it (on the planted-taste log of the integration
         tests, 20 trees at the fit's rate lost 6% NDCG@10 on the next week, at a fifth of it
         they gained 1.5%).
-        They learn from the groups whose labels are the new events (candidates drawn from the
+
+        The trees learn from the groups whose labels are the new events (candidates drawn from the
         events before ``since``, labels = the target events at or after it), mixed with a
         seeded replay sample of the label window before ``since`` making ``replay_share`` of
         the groups. The groups and features are ``fit``'s own (``_groups``). Then the candidate
