@@ -327,7 +327,7 @@ def _look_around(console, settings: Settings, home: Path, shopper: str, note: st
     console.print(f"  status:   {env}{bin_dir / 'freshrec'} status")
     console.print(f"  a list:   {env}{bin_dir / 'freshrec'} recs {shopper} -n 10")
     console.print(f"  quarantine: {env}{bin_dir / 'freshrec'} quarantine --limit 5   (the broken rows and why)")
-    console.print(f"  Airflow:  {env}make airflow     then http://127.0.0.1:8080 (both DAGs, their runs)")
+    console.print(f"  Airflow:  {env}make airflow     then http://127.0.0.1:8080 (the DAGs, their runs)")
     _print_mlflow(console, f"{bin_dir / 'mlflow'} ui --backend-store-uri {settings.tracking_uri}",
                   collect_status(settings).get("model") or {})
     console.print(f"  Data Docs: {settings.reports_dir / 'data_docs' / 'index.html'}")

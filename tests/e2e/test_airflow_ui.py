@@ -1,7 +1,7 @@
 """End to end through the Airflow UI in a real headless Chromium (Playwright).
 
 `freshrec airflow --require-login` runs Airflow standalone on a fresh FRESHREC_HOME; the test logs
-in through the login form with the generated admin password, finds both freshrec DAGs in the DAG
+in through the login form with the generated admin password, finds the freshrec DAGs in the DAG
 list, unpauses freshrec_incremental, triggers a run from the UI and waits until the run page
 says Success. One small event file is landed first, so the run has work to do.
 
@@ -35,7 +35,7 @@ from freshrec.settings import Settings
 
 pytestmark = pytest.mark.e2e
 
-DAGS = ("freshrec_batch", "freshrec_incremental")
+DAGS = ("freshrec_batch", "freshrec_incremental", "freshrec_model_refresh")
 DAG = "freshrec_incremental"
 STARTUP_TIMEOUT_S = 180
 PARSE_TIMEOUT_S = 90
@@ -234,12 +234,12 @@ def test_login_unpause_trigger_and_the_run_succeeds(airflow: Airflow, browser, t
         page.get_by_role("button", name="Sign in").click()
         page.wait_for_url(lambda url: "/auth/login" not in url)
 
-        # 2. The DAG list shows both freshrec DAGs.
+        # 2. The DAG list shows every freshrec DAG.
         if not page.url.rstrip("/").endswith("/dags"):
             page.goto(f"{airflow.base_url}/dags")
         for dag_id in DAGS:
             expect(page.get_by_role("link", name=dag_id, exact=True)).to_be_visible()
-        expect(page.get_by_role("heading", name="2 Dags")).to_be_visible()
+        expect(page.get_by_role("heading", name=f"{len(DAGS)} Dags")).to_be_visible()
 
         # The UI's login is a JWT in a cookie; the REST API accepts the same token.
         token = next(c["value"] for c in context.cookies() if c["name"] == "_token")
