@@ -5,6 +5,7 @@ For a user at time ``now`` with recent item events e_1..e_L (oldest first):
 - Item representation: ID embedding + category embedding + price-bucket embedding. Items seen
   fewer than ``min_item_count`` times in training (and items new since training) share the
   unknown-ID row, so they are scored from their category and price: a new item can be listed.
+  An online refresh (``extend``, ``refresh``) gives the new items that sell a row of their own.
 - Sequence encoder (SASRec-style): each event is its item representation plus embeddings of its
   event type, the gap since the previous event, its age at ``now`` and its recency rank; attention
   from a query token reads them into the user vector h. There is no user-ID parameter: a user
