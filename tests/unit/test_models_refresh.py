@@ -135,3 +135,29 @@ def test_a_chained_ranker_refresh_reuses_the_sources_fitted_on_the_events_before
 
     for a, b in zip(rows(reused, cat_a), rows(fitted, grown), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_ranker_replays_a_bounded_buffer_of_the_groups_it_learned_from(log):
+    """The fit keeps a seeded sample of its label groups with the model (``replay_groups``); a
+    refresh replays from it, with no fit of the sources for older labels, and its own groups
+    join the buffer, which stays bounded and survives pickling."""
+    pytest.importorskip("lightgbm")
+    import pickle
+
+    from freshrec.models.candidates import CandidateConfig
+    from freshrec.models.ranker import RankerConfig, TwoStageRanker
+
+    cfg = RankerConfig(label_window_days=7, n_label_windows=2, min_target_users=10, replay_groups=12,
+                       lightgbm={"n_estimators": 20, "min_child_samples": 20}, candidates=CandidateConfig(n_candidates=40, ease_items=30))
+    ranker = TwoStageRanker(cfg).fit(log["old"], log["old_cat"])
+    buffer = ranker.replay
+    assert len(buffer.groups) == 12 and buffer.features.shape == (buffer.groups.sum(), ranker.model.n_features_in_)
+    assert set(buffer.window_start) <= {int(log["old"].now.max()) - w * 7 * 86_400 for w in (1, 2)}  # both label windows
+    report = ranker.refresh(log["new"], log["new_cat"], log["since"], trees=5, replay_share=0.25)
+    assert report["replay_groups"] == min(12, round(report["fresh_groups"] / 3))
+    after = ranker.replay
+    assert len(after.groups) == 12 and (after.window_start == log["since"]).any()  # the new groups joined it
+    assert (after.window_start < log["since"]).any()  # and older ones stayed
+    kept = pickle.loads(pickle.dumps(ranker)).replay
+    for name in ("features", "labels", "groups", "users", "window_start"):
+        np.testing.assert_array_equal(getattr(kept, name), getattr(after, name))
