@@ -36,6 +36,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,15 +44,20 @@ DAY = 86_400
 K = 20
 
 
-def list_metrics(recs: list[list[str]], targets: list[set[str]]) -> tuple[float, float]:
-    """Mean recall@K and NDCG@K (models/metrics.py's definitions) of item-id lists."""
-    discount = 1.0 / np.log2(np.arange(2, K + 2))
-    recall, ndcg = [], []
-    for items, wanted in zip(recs, targets, strict=True):
-        hits = np.array([i in wanted for i in items[:K]], dtype=float)
-        recall.append(hits.sum() / len(wanted))
-        ndcg.append(float(hits @ discount[:len(hits)]) / discount[:min(len(wanted), K)].sum())
-    return float(np.mean(recall)), float(np.mean(ndcg))
+def list_metrics(recs: list[list[str]], targets: list[set[str]], code: "pd.Index") -> tuple[float, float]:
+    """Mean recall@K and NDCG@K (models/metrics.per_user_metrics) of item-id lists, the ids coded
+    in ``code`` (every item of the log)."""
+    from freshrec.models.data import Ragged
+    from freshrec.models.metrics import per_user_metrics
+
+    coded = np.full((len(recs), K), -1, dtype=np.int64)
+    for row, items in enumerate(recs):
+        coded[row, :len(items[:K])] = code.get_indexer(items[:K])
+    sizes = [len(t) for t in targets]
+    wanted = Ragged.from_pairs(np.repeat(np.arange(len(targets)), sizes),
+                               code.get_indexer([i for t in targets for i in t]), len(targets))
+    out = per_user_metrics(coded, wanted, (K,))
+    return float(out[f"recall_at_{K}"].mean()), float(out[f"ndcg_at_{K}"].mean())
 
 
 def top_ids(model, events, users: list[str], now: int, exclude_seen: str) -> list[list[str]]:
@@ -98,6 +104,7 @@ def main() -> int:
     started = time.monotonic()
     ev = normalize_events(load_tafeng(args.data))
     t = ev["t"].to_numpy()
+    code = pd.Index(ev["item_id"].unique())
     cutoff = int(datetime.fromisoformat(args.cutoff).replace(tzinfo=timezone.utc).timestamp())
     if cutoff + (days - 1) * DAY + args.horizon_days * DAY > int(t.max()) + DAY:
         print(f"the log ends {datetime.fromtimestamp(int(t.max()), timezone.utc):%Y-%m-%d}: too early a horizon for "
@@ -149,7 +156,7 @@ def main() -> int:
         scored: dict[int, tuple[float, float]] = {}  # day 0: one model in every arm, scored once
         for name, (model, seconds) in arms.items():
             if id(model) not in scored:
-                scored[id(model)] = list_metrics(top_ids(model, known, users, day, args.exclude_seen), targets)
+                scored[id(model)] = list_metrics(top_ids(model, known, users, day, args.exclude_seen), targets, code)
             recall, ndcg = scored[id(model)]
             row[name] = {"recall_at_20": round(recall, 5), "ndcg_at_20": round(ndcg, 5), "update_cpu_seconds": round(seconds, 1)}
         rows.append(row)
