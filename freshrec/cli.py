@@ -260,7 +260,7 @@ def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
         from freshrec.airflow.local import run_dag
 
         if args.logical_date is not None and args.dag != "batch":
-            raise UserError("--logical-date applies to `freshrec run batch` only (a micro-batch takes whatever is new)")
+            raise UserError(f"--logical-date applies to `freshrec run batch` only (`run {args.dag}` takes whatever is new)")
         ok = run_dag(settings, "freshrec_model_refresh" if args.dag == "refresh" else f"freshrec_{args.dag}",
                      logical_date=args.logical_date)
         return 0 if ok else 1
