@@ -3,6 +3,8 @@
 For each backend (SQLite always; Redis and PostgreSQL when --redis-url / --postgres-url or
 FRESHREC_TEST_REDIS_URL / FRESHREC_TEST_POSTGRES_URL are given) it publishes USERS x ITEMS
 synthetic lists, then measures
+- the bytes one user's list costs the store (Redis: MEMORY USAGE, for JSON and for
+  ``?encoding=packed``; PostgreSQL: the user table's total size; SQLite: the file),
 - p50/p99 of in-process reads of 10 and 100 items (random users),
 - throughput of THREADS reader threads for SECONDS,
 - p50/p99 of reads while another process publishes a second version of the same size (the
@@ -46,6 +48,35 @@ def synthetic_rows(version: str, users: int, items: int, catalogue: int = 50_000
         start = (u * 7919) % catalogue
         yield (f"u{u}", [f"i{(start + 13 * k) % catalogue}" for k in range(items)],
                [round(1.0 - k / (items + 1), 6) for k in range(items)])
+
+
+def version_id(name: str) -> str:
+    """A version id as long as a batch's (``batch-<data interval>-<fingerprint>``): key names
+    count in Redis's memory per list."""
+    return f"batch-20261206T020000Z-{name:0>8}"
+
+
+def stored_bytes(store: ServingStore, version: str, users: int, sample: int = 2000) -> dict[str, Any]:
+    """Bytes a user's list costs the store: Redis MEMORY USAGE (exact, SAMPLES 0) of a sample of
+    user keys; PostgreSQL the user table's total size (TOAST and indexes included) over users;
+    SQLite the whole file over users."""
+    kind = type(store).__name__
+    if kind == "RedisStore":
+        keys = [store.key(version, "user", f"u{u}") for u in random.Random(3).sample(range(users), min(sample, users))]
+        sizes = [store.r.memory_usage(k, samples=0) for k in keys]
+        out = {"bytes_per_user": round(statistics.fmean(sizes)), "measured": "MEMORY USAGE, mean of sampled user keys",
+               "encoding": store.encoding, "key_bytes": round(statistics.fmean(len(k) for k in keys))}
+        if store.encoding == "packed":  # shared by every list and version: per item, not per user
+            table = [store.r.memory_usage(k, samples=0) or 0 for k in (store.k_item_code, store.k_item_id)]
+            out.update(item_table_items=int(store.r.hlen(store.k_item_id)), item_table_bytes=sum(table))
+        return out
+    if kind == "PostgresStore":
+        import psycopg
+
+        with psycopg.connect(store.url) as conn:
+            size = conn.execute("SELECT pg_total_relation_size(%s)", (f"{store.schema}.user_recs",)).fetchone()[0]
+        return {"bytes_per_user": round(size / users), "measured": "pg_total_relation_size(user_recs) / users"}
+    return {"bytes_per_user": round(Path(store.path).stat().st_size / users), "measured": "database file size / users"}
 
 
 def publish(store: ServingStore, version: str, users: int, items: int) -> float:
@@ -97,7 +128,7 @@ def throughput(read: Callable[[str], Any], users: int, threads: int, seconds: fl
 
 def reads_during_publish(store: ServingStore, url: str, users: int, items: int) -> dict[str, Any]:
     """Read in this process while a second process publishes version b2 (and switches to it)."""
-    worker = subprocess.Popen([sys.executable, __file__, "--publish-worker", url, "b2", str(users), str(items)],
+    worker = subprocess.Popen([sys.executable, __file__, "--publish-worker", url, version_id("b2"), str(users), str(items)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
     rng = random.Random(7)
     samples: list[float] = []
@@ -123,9 +154,10 @@ def bench_backend(name: str, url: str, args: argparse.Namespace) -> dict[str, An
     store = open_store(url)
     try:
         result: dict[str, Any] = {}
-        secs = publish(store, "b1", args.users, args.items)
+        secs = publish(store, version_id("b1"), args.users, args.items)
         result["publish_s"] = round(secs, 2)
         result["publish_lists_per_s"] = round(args.users / secs)
+        result["stored"] = stored_bytes(store, version_id("b1"), args.users)
         store.get_user_recs("u0", 100)  # warm connections and statement caches
         for n in (10, 100):
             result[f"read_{n}"] = percentiles(timed_reads(lambda u, n=n: store.get_user_recs(u, n), args.users, args.reads))
@@ -154,7 +186,7 @@ def bench_http(url: str, args: argparse.Namespace) -> dict[str, Any]:
     import httpx
 
     store = open_store(url)
-    publish(store, "h1", args.users, args.items)
+    publish(store, version_id("h1"), args.users, args.items)
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_")}
     env.update(FRESHREC_SERVING_URL=url, FRESHREC_HOME=str(Path(tempfile.gettempdir()) / "freshrec-bench-home"))
@@ -214,7 +246,8 @@ def main() -> None:
     parser.add_argument("--redis-url", default=os.environ.get("FRESHREC_TEST_REDIS_URL"))
     parser.add_argument("--postgres-url", default=os.environ.get("FRESHREC_TEST_POSTGRES_URL"))
     parser.add_argument("--skip-http", action="store_true")
-    parser.add_argument("--backends", default="sqlite,redis,postgres", help="comma-separated subset to run in process ('' for none)")
+    parser.add_argument("--backends", default="sqlite,redis,redis-packed,postgres",
+                        help="comma-separated subset to run in process ('' for none)")
     parser.add_argument("--publish-worker", nargs=4, metavar=("URL", "VERSION", "USERS", "ITEMS"), help=argparse.SUPPRESS)
     args = parser.parse_args()
 
@@ -234,6 +267,7 @@ def main() -> None:
         urls = {"sqlite": f"sqlite:///{Path(tmp) / 'serving.db'}"}
         if args.redis_url:
             urls["redis"] = f"{args.redis_url}{'&' if '?' in args.redis_url else '?'}prefix=freshrec-bench-{tag}"
+            urls["redis-packed"] = f"{urls['redis']}&encoding=packed"
         if args.postgres_url:
             urls["postgres"] = f"{args.postgres_url}{'&' if '?' in args.postgres_url else '?'}schema=freshrec_bench_{tag}"
         wanted = {b.strip() for b in args.backends.split(",") if b.strip()}

@@ -34,10 +34,12 @@ SCHEMES = ("sqlite", "redis", "rediss", "postgresql", "postgres")
 
 def open_store(url: str) -> ServingStore:
     """The store named by ``url``: ``sqlite:///relative.db`` or ``sqlite:////abs/path.db``,
-    ``redis://host:port/db[?prefix=P]``, ``postgresql://user@host:port/db[?schema=S]``.
+    ``redis://host:port/db[?prefix=P][&encoding=packed]``, ``postgresql://user@host:port/db[?schema=S]``.
     Opening connects to nothing; the first read or write does."""
     parsed = parse_url(url)
     scheme = parsed.drivername.lower()
+    if "encoding" in parsed.query and scheme not in ("redis", "rediss"):
+        raise ServingError(f"?encoding= is for Redis URLs (json or packed); {scheme} stores lists as JSON")
     if scheme == "sqlite":
         if parsed.host or not parsed.database:
             raise ServingError(f"a SQLite serving URL looks like sqlite:///path/serving.db, got {redacted(parsed)!r}")

@@ -26,10 +26,13 @@ import json
 import logging
 import math
 import re
+import struct
 import time
 from abc import ABC, abstractmethod
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence
+
+import numpy as np
 
 from freshrec.errors import UserError
 
@@ -161,6 +164,15 @@ def popular_key(category: str | None) -> str:
 
 def encode_list(items: Sequence[Any], scores: Sequence[Any], updated_at: str) -> str:
     """One stored list: ``{"items":[...],"scores":[...],"updated_at":"..."}`` (compact JSON)."""
+    items, scores = checked_list(items, scores)
+    try:
+        return json.dumps({"items": items, "scores": scores, "updated_at": updated_at}, separators=(",", ":"), allow_nan=False)
+    except ValueError:
+        raise PublishError("scores must be finite numbers (NaN or infinity found)") from None
+
+
+def checked_list(items: Sequence[Any], scores: Sequence[Any]) -> tuple[list[str], list[float]]:
+    """``(item ids as str, scores as float)``; PublishError for a list no encoding can store."""
     if len(items) != len(scores):
         raise PublishError(f"items and scores differ in length ({len(items)} != {len(scores)})")
     if any(i is None for i in items):
@@ -170,10 +182,65 @@ def encode_list(items: Sequence[Any], scores: Sequence[Any], updated_at: str) ->
         scores = [s if type(s) is float else float(s) for s in scores]
     except (TypeError, ValueError):
         raise PublishError(f"scores must be numbers, got {[s for s in scores if not isinstance(s, (int, float))][:3]}") from None
+    return items, scores
+
+
+#: the first byte of a packed list; a JSON list starts with "{"
+PACKED_MAGIC = 1
+#: magic, n (uint16), lowest and highest score (float64), updated_at (int64 ms since the epoch)
+PACKED_HEADER = struct.Struct("<BHddq")
+
+
+def encode_packed(codes: Sequence[int], scores: Sequence[float], updated_at: str) -> bytes:
+    """One stored list, packed (``?encoding=packed`` on a Redis URL): a 27-byte header, each
+    item as its uint32 code in the store's item table, and each score quantised to 16 bits
+    between the list's lowest and highest (kept exactly). 100 items take 627 bytes, against
+    about 3 KB of JSON. ``scores`` come from :func:`checked_list`."""
+    if len(codes) > 0xFFFF:
+        raise PublishError(f"a packed list holds at most 65,535 items, got {len(codes)}")
     try:
-        return json.dumps({"items": items, "scores": scores, "updated_at": updated_at}, separators=(",", ":"), allow_nan=False)
+        at = iso_to_epoch(updated_at) if isinstance(updated_at, str) else None
     except ValueError:
-        raise PublishError("scores must be finite numbers (NaN or infinity found)") from None
+        at = None
+    if at is None:
+        raise PublishError(f"updated_at must be an ISO timestamp to be packed, got {updated_at!r}")
+    values = np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise PublishError("scores must be finite numbers (NaN or infinity found)")
+    lo, hi = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
+    span = hi - lo
+    quantised = np.zeros(len(values), dtype="<u2") if span <= 0 else \
+        np.clip(np.rint((values - lo) / span * 65535.0), 0, 65535).astype("<u2")
+    return (PACKED_HEADER.pack(PACKED_MAGIC, len(codes), lo, hi, round(at * 1000))
+            + np.asarray(codes, dtype="<u4").tobytes() + quantised.tobytes())
+
+
+def packed_codes(raw: bytes, n: int) -> list[int]:
+    """The item-table codes of a packed list's first ``n`` items."""
+    length = PACKED_HEADER.unpack_from(raw)[1]
+    return np.frombuffer(raw, dtype="<u4", count=min(n, length), offset=PACKED_HEADER.size).tolist()
+
+
+def is_packed(raw: Any) -> bool:
+    return isinstance(raw, (bytes, bytearray, memoryview)) and len(raw) > 0 and raw[0] == PACKED_MAGIC
+
+
+def decode_packed(raw: bytes, n: int, item_ids: Sequence[str]) -> dict[str, Any]:
+    """A packed list as the JSON encoding's object, its first ``n`` items (``item_ids``: their
+    ids, looked up in the item table). A score comes back within 1/10,000 of the list's range:
+    quantised to 1/65,535 of it, then rounded to the decimals that step allows, so that 0.99
+    in a list from 0.5 to 1 reads 0.99."""
+    _, length, lo, hi, at_ms = PACKED_HEADER.unpack_from(raw)
+    n = min(n, length)
+    if len(item_ids) != n:
+        raise ServingError(f"a packed list's item codes are missing from the store's item table ({len(item_ids)} of {n} found)")
+    q = np.frombuffer(raw, dtype="<u2", count=n, offset=PACKED_HEADER.size + 4 * length).astype(np.float64)
+    step = (hi - lo) / 65535.0
+    scores = lo + q * step
+    if step > 0:
+        scores = np.round(scores, max(0, int(math.floor(-math.log10(step)))))
+    at = datetime.fromtimestamp(at_ms / 1000, timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return {"items": [i.decode() if isinstance(i, bytes) else i for i in item_ids], "scores": scores.tolist(), "updated_at": at}
 
 
 def decode_list(raw: Any, n: int) -> tuple[list[dict[str, Any]], str | None]:
@@ -234,6 +301,11 @@ class ServingStore(ABC):
     #: shown in messages; never holds a password
     display_url: str = ""
 
+    def _encode(self, items: Sequence[Any], scores: Sequence[Any], updated_at: str) -> str | bytes:
+        """One list as this store writes it: compact JSON (:func:`encode_list`), unless the
+        backend packs it (Redis with ``?encoding=packed``)."""
+        return encode_list(items, scores, updated_at)
+
     # ---- reads (hot path) ------------------------------------------------------------
     def get_user_recs(self, user_id: str, n: int = 10, version: str | None = None, *,
                       details: bool = False) -> dict[str, Any] | None:
@@ -276,7 +348,7 @@ class ServingStore(ABC):
         if version is not None:
             check_version_id(version)
         with self._guard():
-            v, raw = self._read(kind, key, version)
+            v, raw = self._read(kind, key, version, n)
             if v is None:
                 raise NothingPublished()
             if raw is None:
@@ -436,7 +508,7 @@ class ServingStore(ABC):
         if version is not None:
             check_version_id(version)
             updated_at = updated_at or utc_now_iso()
-            encoded = [(_key(kind, key), encode_list(items, scores, updated_at))
+            encoded = [(_key(kind, key), self._encode(items, scores, updated_at))
                        for key, items, scores in (split_row(row) for row in rows)]
             if encoded:
                 with self._guard():
@@ -446,7 +518,7 @@ class ServingStore(ABC):
         encoded = []
         for row in rows:
             key, items, scores = split_row(row)
-            encoded.append((_key(kind, key), encode_list(items, scores, updated_at)))
+            encoded.append((_key(kind, key), self._encode(items, scores, updated_at)))
         if not encoded:
             live = self.live_version()
             if expected_version is not None:
@@ -480,9 +552,10 @@ class ServingStore(ABC):
 
     # ---- backend primitives ----------------------------------------------------------
     @abstractmethod
-    def _read(self, kind: str, key: str, version: str | None) -> tuple[str | None, Any]:
+    def _read(self, kind: str, key: str, version: str | None, n: int = MAX_N) -> tuple[str | None, Any]:
         """``(version, raw value or None)`` resolved consistently; ``(None, None)`` when no
-        version is live (and ``version`` is None)."""
+        version is live (and ``version`` is None). ``n``: the items the read will use (a packed
+        value's item ids are looked up for those only)."""
 
     @abstractmethod
     def _read_details(self, version: str, item_ids: list[str]) -> list[Any]:
@@ -638,7 +711,7 @@ class VersionWriter:
                 self._seen_queries.add(key)
             elif kind == "popular" and key == "":
                 self._has_overall_popular = True
-            yield key, encode_list(items, scores, self.updated_at)
+            yield key, self.store._encode(items, scores, self.updated_at)
 
     def _write_pairs(self, kind: str, pairs: Iterable[tuple[str, str]]) -> int:
         if self.state != "writing":

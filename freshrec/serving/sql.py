@@ -23,7 +23,7 @@ from contextlib import AbstractContextManager, contextmanager
 from datetime import timezone
 from typing import Any, Iterator
 
-from freshrec.serving.base import DETAILS, PublishError, ServingStore, VersionError, _Conflict, check_live
+from freshrec.serving.base import DETAILS, MAX_N, PublishError, ServingStore, VersionError, _Conflict, check_live
 
 #: kind -> (table, key column); the item details are a table like the lists, never upserted
 TABLES = {"user": ("user_recs", "user_id"), "similar": ("similar_items", "item_id"),
@@ -236,7 +236,7 @@ class SqlStore(ServingStore):
         c.execute(self._sql["point"], (version, at))
 
     # -- primitives ----------------------------------------------------------------------
-    def _read(self, kind: str, key: str, version: str | None) -> tuple[str | None, Any]:
+    def _read(self, kind: str, key: str, version: str | None, n: int = MAX_N) -> tuple[str | None, Any]:
         if version is None:
             rows = self._fetch(self._sql["read_live", kind], (key,))
             return (rows[0][0], rows[0][1]) if rows else (None, None)

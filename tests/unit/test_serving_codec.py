@@ -7,7 +7,17 @@ import json
 import pytest
 
 from freshrec.serving import ServingError, StoreUnavailable, VersionError, normalise_query, open_store
-from freshrec.serving.base import PublishError, check_version_id, decode_list, encode_list, split_row
+from freshrec.serving.base import (
+    PublishError,
+    check_version_id,
+    decode_list,
+    decode_packed,
+    encode_list,
+    encode_packed,
+    is_packed,
+    packed_codes,
+    split_row,
+)
 from freshrec.serving.postgres import PostgresStore
 from freshrec.serving.redis import RedisStore
 from freshrec.serving.sqlite import SqliteStore
@@ -37,6 +47,30 @@ def test_encode_rejects_bad_lists():
         encode_list(["a", None], [1.0, 0.5], "t")
     with pytest.raises(PublishError, match="numbers"):
         encode_list(["a", "b"], [1.0, None], "t")
+
+
+def test_a_packed_list_keeps_order_codes_and_scores_to_the_step_of_its_range():
+    scores = [round(1.0 - k / 200, 6) for k in range(100)]
+    raw = encode_packed(list(range(7, 107)), scores, "2025-01-01T00:00:00.123Z")
+    assert len(raw) == 27 + 100 * 6 and is_packed(raw) and not is_packed(encode_list(["a"], [1.0], "t").encode())
+    assert packed_codes(raw, 3) == [7, 8, 9] and len(packed_codes(raw, 1000)) == 100
+    value = decode_packed(raw, 3, ["a", "b", "c"])
+    assert value == {"items": ["a", "b", "c"], "scores": [1.0, 0.995, 0.99], "updated_at": "2025-01-01T00:00:00.123Z"}
+    assert decode_list(value, 2)[0] == [{"item_id": "a", "score": 1.0}, {"item_id": "b", "score": 0.995}]
+    odd = [0.123456789 * k for k in range(50)]  # not round: within 1/10,000 of the range
+    back = decode_packed(encode_packed(list(range(50)), odd, "2025-01-01T00:00:00.000Z"), 50, [str(k) for k in range(50)])
+    assert max(abs(a - b) for a, b in zip(back["scores"], odd, strict=True)) <= (odd[-1] - odd[0]) / 10_000
+    assert decode_packed(encode_packed([3], [0.9], "2025-01-01T00:00:00.000Z"), 10, ["x"])["scores"] == [0.9]
+    assert decode_packed(encode_packed([], [], "2025-01-01T00:00:00.000Z"), 10, [])["items"] == []
+
+
+def test_a_packed_list_refuses_what_it_cannot_hold():
+    with pytest.raises(PublishError, match="ISO timestamp"):
+        encode_packed([1], [1.0], "yesterday")
+    with pytest.raises(PublishError, match="finite"):
+        encode_packed([1], [float("nan")], "2025-01-01T00:00:00.000Z")
+    with pytest.raises(Exception, match="item table"):
+        decode_packed(encode_packed([1, 2], [1.0, 0.5], "2025-01-01T00:00:00.000Z"), 2, ["only-one"])
 
 
 def test_rows_as_pairs_or_columns():
@@ -77,6 +111,14 @@ def test_open_store_picks_the_backend_by_scheme(tmp_path):
         open_store("redis://h/0?prefix=bad*prefix")
     with pytest.raises(ServingError, match="schema"):
         open_store("postgresql://h/db?schema=Bad-Name")
+    packed = open_store("redis://h/0?encoding=packed&prefix=p")
+    assert (packed.encoding, packed.prefix, packed.url) == ("packed", "p", "redis://h/0")
+    assert packed.display_url.endswith("(encoding packed)") and open_store("redis://h/0").encoding == "json"
+    with pytest.raises(ServingError, match="json or packed"):
+        open_store("redis://h/0?encoding=zip")
+    for url in ("sqlite:///x.db?encoding=packed", "postgresql://h/db?encoding=packed"):
+        with pytest.raises(ServingError, match="for Redis"):
+            open_store(url)
 
 
 def test_url_parameters_are_removed_and_passwords_hidden():
