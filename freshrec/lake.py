@@ -178,3 +178,85 @@ def read_recent(settings: Settings, users: list[str] | None = None) -> "pd.DataF
     dataset = ds.dataset([str(p / "part-0.parquet") for p in parts], format="parquet")
     flt = ds.field("user_id").isin(users) if users is not None else None
     return dataset.to_table(columns=RECENT_COLUMNS, filter=flt).to_pandas()
+
+
+#: users are sampled by xxhash64 of their id into this many buckets; a sample is buckets 0..k-1
+SAMPLE_BUCKETS = 1024
+
+
+def read_training_events(settings: Settings, end: "pd.Timestamp | None" = None) -> "pd.DataFrame":
+    """The lake's events a model learns from, before ``end`` (all when None), bounded:
+
+    - only the last ``train_window_days`` days before the newest of them (0: the whole lake);
+    - at most ``train_max_events`` events (0: no cap). A window that holds more is sampled by
+      user in Spark: each user falls in one of 1,024 buckets by xxhash64 of their id and
+      ``model_seed``, and the lowest buckets are kept while they fit (one at least). Users are
+      kept whole, the same ones on every read, and only the sample reaches the driver.
+
+    Below the cap the events are read straight from Parquet (models.data.read_lake_events)."""
+    import pandas as pd
+    import pyarrow.dataset as ds
+
+    from freshrec.models.data import read_lake_events, ts_filter
+
+    path = settings.events_path
+    end = None if end is None else _utc(end)
+    dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+    start = None
+    if settings.train_window_days > 0:
+        newest = _newest_event(dataset, end)
+        start = None if newest is None else newest - pd.Timedelta(days=settings.train_window_days)
+    if not settings.train_max_events:
+        return read_lake_events(path, start, end)
+    n_events = dataset.count_rows(filter=ts_filter(dataset, start, end))
+    if n_events <= settings.train_max_events:
+        return read_lake_events(path, start, end)
+    return _sampled_events(settings, dataset, start, end, n_events)
+
+
+def _newest_event(dataset, end: "pd.Timestamp | None") -> "pd.Timestamp | None":
+    """The newest event before ``end``, scanning the ``ts`` column batch by batch (bounded memory)."""
+    import pyarrow.compute as pc
+
+    from freshrec.models.data import ts_filter
+
+    newest = None
+    for batch in dataset.to_batches(columns=["ts"], filter=ts_filter(dataset, None, end)):
+        top = pc.max(batch.column(0)).as_py()
+        if top is not None and (newest is None or top > newest):
+            newest = top
+    return None if newest is None else _utc(newest)
+
+
+def _sampled_events(settings: Settings, dataset, start: "pd.Timestamp | None", end: "pd.Timestamp | None",
+                    n_events: int) -> "pd.DataFrame":
+    import pyarrow as pa
+    from pyspark.sql import functions as F
+
+    from freshrec.models.data import EVENT_COLUMNS
+    from freshrec.spark import get_spark
+
+    events = get_spark(settings).read.parquet(str(settings.events_path))
+    for bound, keep in ((start, lambda ts, b: ts >= b), (end, lambda ts, b: ts < b)):
+        if bound is not None:  # the session's time zone is UTC: naive UTC literals
+            events = events.where(keep(F.col("ts"), F.lit(bound.tz_localize(None).to_pydatetime())))
+    columns = [c for c in EVENT_COLUMNS if c in events.columns]
+    bucket = F.pmod(F.xxhash64(F.lit(settings.model_seed), F.col("user_id")), F.lit(SAMPLE_BUCKETS))
+    events = events.select(*columns).withColumn("_bucket", bucket)
+    sizes = dict(events.groupBy("_bucket").count().collect())
+    kept, total = 0, 0
+    while kept < SAMPLE_BUCKETS and (kept == 0 or total + sizes.get(kept, 0) <= settings.train_max_events):
+        total += sizes.get(kept, 0)
+        kept += 1
+    table = events.where(F.col("_bucket") < kept).select(*columns).toArrow()
+    log.info("training events: %d of the %d in the window, the users of %d of %d buckets (FRESHREC_TRAIN_MAX_EVENTS=%d)",
+             table.num_rows, n_events, kept, SAMPLE_BUCKETS, settings.train_max_events)
+    return table.cast(pa.schema([dataset.schema.field(c) for c in columns])).to_pandas()
+
+
+def _utc(value) -> "pd.Timestamp":
+    import pandas as pd
+
+    stamp = pd.Timestamp(value)
+    return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
+

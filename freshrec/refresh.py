@@ -123,9 +123,8 @@ def _find_refresh(client, key: str) -> str | None:
 
 def _refresh(settings: Settings) -> dict[str, Any]:
     from freshrec.features import read_catalogue
-    from freshrec.lake import has_table
+    from freshrec.lake import has_table, read_training_events
     from freshrec.models import tracking
-    from freshrec.models.data import read_lake_events
 
     started = time.perf_counter()
     with tracking.tracking(settings) as client:
@@ -139,7 +138,7 @@ def _refresh(settings: Settings) -> dict[str, Any]:
                          champion=champion)
     if not has_table(settings.events_path):
         return _declined("no clean events in the lake", champion=champion)
-    events = read_lake_events(settings.events_path)
+    events = read_training_events(settings)
     catalogue_df = read_catalogue(settings)
     items = catalogue_df.toPandas() if catalogue_df is not None else None
     return refresh_model(settings, champion, lineage, events, items, started)

@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     decay_half_life_days: Positive = 30.0  # half-life of the time decay of interaction weights
     sequence_length: AtLeastOne = 50  # most recent events kept per user (features/sequences) and read by the model
     trending_window_days: float = 7.0  # window of the trending list and of the model's trend feature
+    train_window_days: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 0.0  # training and refresh: read only the last this many days of the lake (0: all of it)
+    train_max_events: AtLeastZero = 10_000_000  # training and refresh: at most this many events reach the driver; a larger window is sampled by user in Spark (0: no cap)
     eval_window_days: Positive = 14.0  # training: the held-out test window (and the model's validation window before it)
     gate_tolerance: Annotated[float, Field(allow_inf_nan=False)] = 0.01  # training: fraction of the champion's metric a new model may trail it by; negative demands a gain
     ease_max_items: AtLeastZero = 10_000  # training: the EASE baseline runs only on catalogues up to this many items (dense items x items inverse)

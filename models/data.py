@@ -249,13 +249,22 @@ def event_weight_array(weights: dict[str, float] | None = None) -> np.ndarray:
 
 def read_lake_events(path: Path, start: pd.Timestamp | None = None, end: pd.Timestamp | None = None) -> pd.DataFrame:
     """Read lake/events Parquet (only the columns models need), optionally within [start, end)."""
-    import pyarrow as pa
     import pyarrow.dataset as ds
 
     dataset = ds.dataset(str(path), format="parquet", partitioning="hive")
+    cols = [c for c in EVENT_COLUMNS if c in dataset.schema.names]
+    return dataset.to_table(columns=cols, filter=ts_filter(dataset, start, end)).to_pandas()
+
+
+def ts_filter(dataset, start: pd.Timestamp | None, end: pd.Timestamp | None):
+    """The pyarrow filter ``start <= ts < end`` (None: no bound) in the column's own type
+    (Spark writes naive UTC)."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
     ts_type = dataset.schema.field("ts").type
 
-    def bound(value: pd.Timestamp | str) -> pa.Scalar:  # compare in the column's own type (Spark writes naive UTC)
+    def bound(value: pd.Timestamp | str) -> pa.Scalar:
         value = pd.Timestamp(value)
         if value.tzinfo is not None and ts_type.tz is None:
             value = value.tz_convert("UTC").tz_localize(None)
@@ -267,8 +276,7 @@ def read_lake_events(path: Path, start: pd.Timestamp | None = None, end: pd.Time
     if end is not None:
         cond = ds.field("ts") < bound(end)
         flt = cond if flt is None else flt & cond
-    cols = [c for c in EVENT_COLUMNS if c in dataset.schema.names]
-    return dataset.to_table(columns=cols, filter=flt).to_pandas()
+    return flt
 
 
 @dataclass(frozen=True)

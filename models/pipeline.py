@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
 from freshrec.models.candidates import CandidateConfig
-from freshrec.models.data import Catalogue, Histories, normalize_events, read_lake_events
+from freshrec.models.data import Catalogue, Histories, normalize_events
 from freshrec.models.evaluate import DEFAULT_KS, EvalResult, evaluate
 from freshrec.models.gate import GateDecision, apply_decision, decide
 from freshrec.models.metrics import per_user_metrics
@@ -196,7 +196,9 @@ def training_window(settings, config: TrainingConfig, events: pd.DataFrame | Non
 
     Deterministic: the train, evaluate and gate tasks each rebuild the same windows."""
     if events is None:
-        events = read_lake_events(settings.events_path, end=pd.Timestamp(until) if until else None)
+        from freshrec.lake import read_training_events
+
+        events = read_training_events(settings, end=pd.Timestamp(until) if until else None)
     folds, how = evaluation_folds(events, config, settings.exclude_seen, items)
     eval_set = folds[-1]
     window = {
