@@ -257,10 +257,10 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     from pyspark.sql import functions as F
 
     from freshrec.features import read_catalogue, read_features, require_features
-    from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_items, user_inputs
+    from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_item_blocks, user_inputs
     from freshrec.models.data import read_lake_events
     from freshrec.models.pipeline import serving_recommender
-    from freshrec.serving.publish import write_list_table
+    from freshrec.serving.publish import write_list_blocks, write_list_table
     from freshrec.spark import get_spark
 
     started = time.perf_counter()
@@ -302,7 +302,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
         (query_items(lake, settings.event_weights, settings.top_n, settings.query_min_users, blocked_df)
          .coalesce(1).write.parquet(str(tmp)))
     with atomic_path(recs_dir / "similar") as tmp:
-        write_list_table(tmp, "item_id", similar_items(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
+        write_list_blocks(tmp, "item_id", similar_item_blocks(knn.similarity, cat, knn.popularity, settings.top_n, unavailable))
     # the incremental path re-scores users with it; it checks the checksum before unpickling
     payload = pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL)
     atomic_write_bytes(recs_dir / "recommender.pkl", payload)

@@ -7,8 +7,8 @@
 - ``popular_lists``: per category, from features/item_stats (one row per item, pandas).
 - ``query_items``: a Spark aggregation over the lake.
 - ``similar_items``: per item, its co-occurrence neighbours, filled up from its category's and
-  then the overall popular items; a Python loop over the rows of a sparse matrix on the driver,
-  one item at a time.
+  then the overall popular items; vectorised over blocks of items on the driver
+  (``similar_item_blocks``), each block written as it is computed.
 
 Items marked unavailable in the catalogue never appear in any list.
 """
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pickle
 import uuid
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -216,11 +216,25 @@ def query_items(events: "DataFrame", weights: Mapping[str, float], n: int, min_u
 
 
 def similar_items(similarity, catalogue, popularity: np.ndarray, n: int,
-                  unavailable: np.ndarray | None = None) -> list[tuple[str, list[tuple[str, float]]]]:
+                  unavailable: np.ndarray | None = None) -> Iterator[tuple[str, list[tuple[str, float]]]]:
+    """``(item_id, [(item_id, score), ...])`` per catalogue item: the rows of
+    :func:`similar_item_blocks`."""
+    for keys, offsets, items, scores in similar_item_blocks(similarity, catalogue, popularity, n, unavailable):
+        for k, key in enumerate(keys.tolist()):
+            lo, hi = offsets[k], offsets[k + 1]
+            yield key, list(zip(items[lo:hi].tolist(), scores[lo:hi].tolist(), strict=True))
+
+
+def similar_item_blocks(similarity, catalogue, popularity: np.ndarray, n: int, unavailable: np.ndarray | None = None,
+                        block: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]]:
     """Per catalogue item: its top-``n`` neighbours in ``similarity`` (items x items, sparse,
-    e.g. cosine co-occurrence), filled up with its category's and then the overall most popular
-    items (score 0.0: "popular beside it", not "bought with it"). Unavailable items and the
-    item itself never appear."""
+    e.g. cosine co-occurrence; ties by item order), filled up with its category's and then the
+    overall most popular items (score 0.0: "popular beside it", not "bought with it").
+    Unavailable items and the item itself never appear.
+
+    Vectorised over ``block`` items at a time, so memory stays within one block's lists: yields
+    ``(item ids, offsets, listed item ids, scores)`` per block, item k's list at
+    ``offsets[k]:offsets[k + 1]``."""
     import scipy.sparse as sp
 
     sim = sp.csr_matrix(similarity)
@@ -230,26 +244,48 @@ def similar_items(similarity, catalogue, popularity: np.ndarray, n: int,
         blocked[np.asarray(unavailable, np.int64)] = True
     order = np.lexsort((np.arange(n_items), -np.asarray(popularity, np.float64)))
     order = order[~blocked[order]]
-    codes = catalogue.category_code
-    fill = {c: order[codes[order] == c][: n + 1] for c in np.unique(codes) if c >= 0}
+    codes = np.asarray(catalogue.category_code)
+    # per category its n + 1 best sellers (-1 padded), then the overall 2n + 1: the fill order
+    fill = np.full((int(codes.max(initial=-1)) + 2, n + 1), -1, dtype=np.int64)
+    by_code = order[codes[order] >= 0]
+    by_code = by_code[np.argsort(codes[by_code], kind="stable")]
+    starts = np.searchsorted(codes[by_code], codes[by_code], side="left")
+    rank = np.arange(len(by_code)) - starts
+    first = rank <= n
+    fill[codes[by_code][first], rank[first]] = by_code[first]
     top_overall = order[: 2 * n + 1]
-    ids = catalogue.item_ids
-    out = []
-    for i in range(n_items):
-        lo, hi = sim.indptr[i], sim.indptr[i + 1]
-        cols, vals = sim.indices[lo:hi], sim.data[lo:hi]
-        ok = (~blocked[cols]) & (cols != i) & (vals > 0)
-        cols, vals = cols[ok], vals[ok]
-        best = np.lexsort((cols, -vals))[:n]
-        chosen, scores = list(cols[best]), list(vals[best].astype(float))
-        if len(chosen) < n:
-            taken = set(chosen) | {i}
-            for j in np.concatenate([fill.get(codes[i], np.zeros(0, np.int64)), top_overall]):
-                if len(chosen) >= n:
-                    break
-                if j not in taken:
-                    taken.add(j)
-                    chosen.append(j)
-                    scores.append(0.0)
-        out.append((ids[i], list(zip(ids[chosen].tolist(), scores, strict=True))))
-    return out
+    ids = np.asarray(catalogue.item_ids, dtype=object)
+    for a in range(0, n_items, block):
+        b = min(a + block, n_items)
+        span = np.arange(a, b)
+        lo, hi = sim.indptr[a], sim.indptr[b]
+        rows = np.repeat(span, np.diff(sim.indptr[a:b + 1]))
+        cols, vals = sim.indices[lo:hi].astype(np.int64), sim.data[lo:hi]
+        ok = (~blocked[cols]) & (cols != rows) & (vals > 0)
+        rows, cols, vals = rows[ok], cols[ok], vals[ok]
+        o = np.lexsort((cols, -vals, rows))
+        rows, cols, vals = rows[o], cols[o], vals[o]
+        kept = (np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")) < n
+        rows, cols, vals = rows[kept], cols[kept], vals[kept].astype(np.float64)
+        found = np.bincount(rows - a, minlength=b - a)
+        # fill candidates in order: the category's, then overall; each item once, never the
+        # item itself nor one of its neighbours
+        cats = codes[a:b]
+        cand = np.concatenate([np.where(cats[:, None] >= 0, fill[np.maximum(cats, 0)], -1),
+                               np.broadcast_to(top_overall, (b - a, len(top_overall)))], axis=1)
+        key = span[:, None] * n_items + cand
+        valid = (cand >= 0) & (cand != span[:, None]) & ~np.isin(key, rows * n_items + cols)
+        flat = np.flatnonzero(valid.ravel())
+        _, first_seen = np.unique(key.ravel()[flat], return_index=True)
+        once = np.zeros(valid.size, bool)
+        once[flat[first_seen]] = True
+        valid &= once.reshape(valid.shape)
+        take = valid & (np.cumsum(valid, axis=1) <= (n - found)[:, None])
+        f_rows, f_pos = np.nonzero(take)
+        all_rows = np.concatenate([rows - a, f_rows])
+        all_items = np.concatenate([cols, cand[f_rows, f_pos]])
+        all_scores = np.concatenate([vals, np.zeros(len(f_rows))])
+        # neighbours first (already in order), then the fill in its order
+        o = np.lexsort((np.concatenate([np.arange(len(rows)), len(rows) + f_pos]), all_rows))
+        offsets = np.concatenate([[0], np.cumsum(np.bincount(all_rows, minlength=b - a))])
+        yield ids[a:b], offsets, ids[all_items[o]], all_scores[o]

@@ -170,12 +170,45 @@ def write_list_table(out: Path | str, key: str, rows: ListRows, rows_per_file: i
     return out
 
 
+def write_list_blocks(out: Path | str, key: str, blocks: Iterable[tuple[Any, Any, Any, Any]],
+                      rows_per_file: int = 100_000) -> Path:
+    """:func:`write_list_table` for lists given as arrays, a block at a time: ``(keys, offsets,
+    items, scores)`` with key k's list at ``offsets[k]:offsets[k + 1]`` (what
+    jobs.score.similar_item_blocks yields), written without a Python object per item."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.parquet"):
+        old.unlink()
+    part, pending, n_rows = 0, [], 0
+    for keys, offsets, items, scores in blocks:
+        offsets = pa.array(offsets, pa.int32())
+        pending.append(pa.table({key: pa.array(keys, pa.string()),
+                                 "items": pa.ListArray.from_arrays(offsets, pa.array(items, pa.string())),
+                                 "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, pa.float64()))},
+                                schema=_list_schema(key)))
+        n_rows += len(keys)
+        if n_rows >= rows_per_file:
+            pq.write_table(pa.concat_tables(pending), out / f"part-{part:05d}.parquet")
+            part, pending, n_rows = part + 1, [], 0
+    if pending or part == 0:
+        pq.write_table(pa.concat_tables(pending) if pending else _list_schema(key).empty_table(), out / f"part-{part:05d}.parquet")
+    return out
+
+
+def _list_schema(key: str):
+    import pyarrow as pa
+
+    return pa.schema([pa.field(key, pa.string()), pa.field("items", pa.list_(pa.string())),
+                      pa.field("scores", pa.list_(pa.float64()))])
+
+
 def _write_part(path: Path, key: str, rows: list) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    schema = pa.schema([pa.field(key, pa.string()), pa.field("items", pa.list_(pa.string())),
-                        pa.field("scores", pa.list_(pa.float64()))])
     table = pa.table({key: [r[0] for r in rows], "items": [[p[0] for p in r[1]] for r in rows],
-                      "scores": [[float(p[1]) for p in r[1]] for r in rows]}, schema=schema)
+                      "scores": [[float(p[1]) for p in r[1]] for r in rows]}, schema=_list_schema(key))
     pq.write_table(table, path)

@@ -85,6 +85,28 @@ def test_similar_items_are_neighbours_then_category_then_popular():
     assert all("b" not in [i for i, _ in lst] for lst in rows.values())
 
 
+def test_similar_lists_are_written_in_blocks_as_the_rows_would_be(tmp_path):
+    """similar_item_blocks in blocks of 2 items, written by write_list_blocks, gives the table that
+    write_list_table writes from similar_items' rows."""
+    import pyarrow.parquet as pq
+    from freshrec.jobs.score import similar_item_blocks
+
+    from freshrec.serving.publish import write_list_blocks, write_list_table
+
+    catalogue = Catalogue(item_ids=np.array([f"i{k}" for k in range(7)], dtype=object),
+                          category=np.array(["x", "x", "y", "y", "", "x", "y"], dtype=object), price=np.ones(7))
+    sim = sp.random(7, 7, density=0.4, random_state=3, format="csr")
+    popularity = np.arange(7, dtype=float)
+    rows = write_list_table(tmp_path / "rows", "item_id", similar_items(sim, catalogue, popularity, 4), rows_per_file=3)
+    blocks = write_list_blocks(tmp_path / "blocks", "item_id",
+                               similar_item_blocks(sim, catalogue, popularity, 4, block=2), rows_per_file=3)
+    assert len(list(blocks.glob("*.parquet"))) == 2  # 4 rows, then 3: whole blocks per file
+    whole = pq.read_table(blocks).to_pylist()
+    assert pq.read_table(rows).to_pylist() == whole and len(whole) == 7 and all(len(r["items"]) == 4 for r in whole)
+    empty = write_list_blocks(tmp_path / "empty", "item_id", iter(()))
+    assert pq.read_table(empty).schema.names == ["item_id", "items", "scores"] and pq.read_table(empty).num_rows == 0
+
+
 def test_popular_lists_rank_available_items_overall_and_per_category():
     stats = pd.DataFrame({
         "item_id": ["a", "b", "c", "d", "e", "f"],
