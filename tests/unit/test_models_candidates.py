@@ -3,8 +3,6 @@ scores and ranks, exclusions, and batches that do not change a user's candidates
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -122,22 +120,3 @@ def test_candidates_do_not_depend_on_the_batch():
     assert np.all(np.diff(whole.offsets) <= 40)
     keys = whole.rows * len(catalogue) + whole.item
     assert len(np.unique(keys)) == len(keys)  # a user's candidates are distinct items
-
-
-def test_on_a_small_catalogue_the_ease_source_scores_exactly_as_the_ease_baseline():
-    """Up to ``ease_dense_items`` every EASE weight is kept, negative ones too; past it the
-    ``ease_neighbors`` largest per item."""
-    from freshrec.models.baselines import EASE, _recent_binary
-
-    events = normalize_events(synthetic_sequential(n_users=120, n_items=80, seed=3))
-    catalogue = Catalogue.from_events(events)
-    train = Histories.from_events(events, catalogue)
-    cfg = CandidateConfig(n_candidates=40, ease_items=100, ease_neighbors=5, ease_l2=50.0)
-    dense = CandidateGenerator(cfg).fit(train, catalogue)
-    cands = dense.generate(train)
-    full = np.asarray(_recent_binary(train, len(catalogue), None) @ EASE(l2=50.0).fit(train, catalogue).weights_)
-    ease = SOURCES.index("ease")
-    np.testing.assert_allclose(cands.score[:, ease], full[cands.rows, cands.item], rtol=1e-4, atol=1e-6)
-    assert (dense.ease_weights.data < 0).any()
-    sparse = CandidateGenerator(dataclasses.replace(cfg, ease_dense_items=10)).fit(train, catalogue)
-    assert np.diff(sparse.ease_weights.indptr).max() <= 5 and (sparse.ease_weights.data > 0).all()
