@@ -258,7 +258,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
 
     from freshrec.features import read_catalogue, read_features, require_features
     from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_item_blocks, user_inputs
-    from freshrec.models.data import read_lake_events
+    from freshrec.lake import read_training_events
     from freshrec.models.pipeline import serving_recommender
     from freshrec.serving.publish import write_list_blocks, write_list_table
     from freshrec.spark import get_spark
@@ -266,14 +266,21 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     started = time.perf_counter()
     spark = get_spark(settings)
     require_features(settings, "user_index", "sequences", "interactions", "item_stats")
-    events = read_lake_events(settings.events_path)
+    # the model binds to the bounded window training reads (FRESHREC_TRAIN_WINDOW_DAYS and
+    # FRESHREC_TRAIN_MAX_EVENTS), never the whole lake; the catalogue is every item of
+    # features/item_stats (one row per item, built in Spark) and of the catalogue files, so no
+    # item drops out with a sample
+    events = read_training_events(settings)
     catalogue_df = read_catalogue(settings)
     items = catalogue_df.toPandas() if catalogue_df is not None else None
-    rec, knn = serving_recommender(settings, gate["publish"], events, items)
-    cat = rec.catalogue
-    now = int(pd.Timestamp(events["ts"].max()).timestamp()) + 1  # every user is scored as of the newest event
-
     stats = read_features(settings, "item_stats")
+    known = stats.select("item_id", "category", "price", "last_seen").toPandas()
+    table = pd.concat([known[["item_id", "category", "price"]]]  # the catalogue files' values win
+                      + ([items[[c for c in ("item_id", "category", "price") if c in items]]] if items is not None else []),
+                      ignore_index=True)
+    rec, knn = serving_recommender(settings, gate["publish"], events, table)
+    cat = rec.catalogue
+    now = int(pd.Timestamp(known["last_seen"].max()).timestamp()) + 1  # every user is scored as of the newest item event
     blocked = {r.item_id for r in stats.where(~F.coalesce("available", F.lit(True))).select("item_id").collect()}
     if items is not None and "available" in items:
         blocked |= set(items.loc[items["available"] == False, "item_id"].astype(str))  # noqa: E712 - pandas mask
@@ -312,6 +319,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     summary = {"batch_id": batch_id, "version": version, "recs_dir": str(recs_dir), "source": source,
                "recommender_sha256": hashlib.sha256(payload).hexdigest(),
                "scored_at_epoch": now, "users": n_users, "items": len(cat), "unavailable": len(unavailable),
+               "events_read": len(events),
                "score_users_seconds": round(scored_at - scoring, 1), "seconds": round(time.perf_counter() - started, 1)}
     log.info("score: %s", summary)
     return summary

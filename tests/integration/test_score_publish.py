@@ -118,6 +118,23 @@ def test_rerun_of_score_and_publish_changes_nothing(published):
         assert [(v["version"], v["state"]) for v in store.versions()] == before
 
 
+def test_score_binds_the_model_to_a_bounded_sample_of_a_lake_ten_times_larger(published):
+    """With FRESHREC_TRAIN_MAX_EVENTS a tenth of the lake, the score step reads at most that many
+    events into the driver, and still lists every known user and every item."""
+    import pyarrow.dataset as ds
+
+    cap = 2500
+    s = published.settings.model_copy(update={"train_max_events": cap})
+    lake = ds.dataset(str(s.events_path), format="parquet", partitioning="hive").count_rows()
+    assert lake >= 10 * cap
+    scored = score_step(s, "batch-bounded", published.gate)
+    assert 0 < scored["events_read"] <= cap
+    assert scored["users"] == published.scored["users"] and scored["items"] == published.scored["items"]
+    recs = pd.read_parquet(f"{scored['recs_dir']}/user_topn")
+    assert len(recs) == scored["users"] and recs["items"].map(len).min() > 0
+    assert len(pd.read_parquet(f"{scored['recs_dir']}/similar")) == scored["items"]
+
+
 def test_failed_publish_leaves_the_last_good_version_serving(published, tmp_path):
     s = published.settings
     broken = tmp_path / "broken"
