@@ -155,19 +155,23 @@ def write_recs_tables(recs_dir: Path | str, *, users: ListRows = (), popular: Li
 
 def write_list_table(out: Path | str, key: str, rows: ListRows, rows_per_file: int = 100_000) -> Path:
     """One table of ``(key, [(item, score), ...])`` rows as Parquet files under ``out`` (replaced)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.parquet"):
-        old.unlink()
-    part, buffer = 0, []
-    for row in rows.items() if isinstance(rows, Mapping) else rows:
-        buffer.append(row)
-        if len(buffer) >= rows_per_file:
-            _write_part(out / f"part-{part:05d}.parquet", key, buffer)
-            part, buffer = part + 1, []
-    if buffer or part == 0:
-        _write_part(out / f"part-{part:05d}.parquet", key, buffer)
-    return out
+    return write_list_blocks(out, key, _row_blocks(rows.items() if isinstance(rows, Mapping) else rows, rows_per_file),
+                             rows_per_file)
+
+
+def _row_blocks(rows: Iterable[tuple[Any, Sequence[tuple[str, float]]]], size: int) -> Iterator[tuple[list, list, list, list]]:
+    """Rows as :func:`write_list_blocks`' blocks of ``size`` keys."""
+    keys, offsets, items, scores = [], [0], [], []
+    for key, pairs in rows:
+        keys.append(key)
+        items.extend(p[0] for p in pairs)
+        scores.extend(float(p[1]) for p in pairs)
+        offsets.append(len(items))
+        if len(keys) >= size:
+            yield keys, offsets, items, scores
+            keys, offsets, items, scores = [], [0], [], []
+    if keys:
+        yield keys, offsets, items, scores
 
 
 def write_list_blocks(out: Path | str, key: str, blocks: Iterable[tuple[Any, Any, Any, Any]],
@@ -204,11 +208,3 @@ def _list_schema(key: str):
     return pa.schema([pa.field(key, pa.string()), pa.field("items", pa.list_(pa.string())),
                       pa.field("scores", pa.list_(pa.float64()))])
 
-
-def _write_part(path: Path, key: str, rows: list) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    table = pa.table({key: [r[0] for r in rows], "items": [[p[0] for p in r[1]] for r in rows],
-                      "scores": [[float(p[1]) for p in r[1]] for r in rows]}, schema=_list_schema(key))
-    pq.write_table(table, path)
