@@ -20,11 +20,15 @@ from freshrec.airflow.runtime import (
     run_step,
 )
 from freshrec.assets import FEATURES, LAKE_EVENTS, LAKE_QUARANTINE, MODEL, RECS, SERVING, VALIDATED_EVENTS
+from freshrec.settings import Settings
 
-DOC_MD = """
+CRON = Settings.load().batch_schedule
+WHEN = "triggered runs only" if CRON == "manual" else f"cron `{CRON}` UTC; each run covers the interval before it"
+
+DOC_MD = f"""
 ### freshrec_batch
 
-Daily batch of the freshrec pipeline (02:00 UTC; each run covers the previous day's data interval).
+Daily batch of the freshrec pipeline ({WHEN}; `FRESHREC_BATCH_SCHEDULE`).
 
 | task | what | produces |
 |---|---|---|
@@ -57,7 +61,9 @@ Run it locally with `freshrec run batch` (`airflow dags test` with the environme
 with DAG(
     dag_id="freshrec_batch",
     description="Daily: clean, validate, features, train, evaluate, gate, score and publish",
-    schedule=CronDataIntervalTimetable("0 2 * * *", timezone="UTC"),
+    # A data interval, not a trigger timetable: tasks name their batch after it. Manual: a
+    # triggered run's interval is its logical date.
+    schedule=None if CRON == "manual" else CronDataIntervalTimetable(CRON, timezone="UTC"),
     start_date=datetime(2024, 1, 1, tzinfo=timezone.utc),
     catchup=False,
     max_active_runs=1,

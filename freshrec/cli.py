@@ -196,6 +196,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("name", metavar="NAME")
     x.add_argument("--variant", default=None, help="promote this variant whatever the report says")
 
+    p = sub.add_parser("stack", help="the production-shaped stack on this machine: Spark master and workers, Airflow on "
+                                      "PostgreSQL with Celery, MLflow server, the API on Redis (docs/deploy.md)")
+    ssub = p.add_subparsers(dest="stack_command", required=True, metavar="{up,down,status,env}")
+    x = ssub.add_parser("up", help="start every service that is not running, each healthy before the next")
+    x.add_argument("--timeout", type=_positive_float, default=300.0, help="seconds to wait for health (default 300)")
+    x.add_argument("--only", default=None, metavar="GROUPS",
+                   help="start only these comma-separated groups: spark, mlflow, airflow (brings the rest), freshrec")
+    ssub.add_parser("down", help="stop every service of the stack")
+    x = ssub.add_parser("status", help="each service: healthy, unhealthy (and why) or stopped; exit 3 unless all are healthy")
+    x.add_argument("--json", action="store_true", help="one JSON object")
+    ssub.add_parser("env", help="print export lines that point this shell's freshrec, airflow and mlflow at the stack")
+
     p = sub.add_parser("airflow", help="run the Airflow UI and scheduler on this machine (airflow standalone, SQLite)")
     p.add_argument("--host", default="127.0.0.1", help="address the UI/API server binds to (default 127.0.0.1)")
     p.add_argument("--port", type=_port, default=8080, help="UI/API port (default 8080)")
@@ -217,6 +229,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
+def _stack(args: argparse.Namespace, settings: Settings) -> int:
+    from freshrec import stack
+
+    if args.stack_command == "up":
+        print(f"freshrec stack {settings.stack_name} under {stack.stack_dir(settings)}:", flush=True)
+        only = [g.strip() for g in args.only.split(",") if g.strip()] if args.only else stack.GROUPS
+        plan = stack.stack_up(settings, timeout_s=args.timeout, say=lambda line: print(line, flush=True), only=only)
+        urls = [f"{label} {url}" for group, label, url in (("airflow", "Airflow", plan.airflow_url), ("mlflow", "MLflow", plan.mlflow_url),
+                                                           ("spark", "Spark", plan.spark_ui), ("freshrec", "API", plan.api_url))
+                if group in only or "airflow" in only]
+        print(f"up: {', '.join(urls)}; `freshrec stack env` points this shell at it")
+        return 0
+    if args.stack_command == "down":
+        stopped = stack.stack_down(settings)
+        print(f"down: {stopped} service(s) stopped")
+        return 0
+    if args.stack_command == "env":
+        print("\n".join(stack.stack_env_lines(settings)))
+        return 0
+    rows = stack.stack_status(settings)
+    if args.json:
+        print(json.dumps({"stack": settings.stack_name, "services": rows}, indent=2))
+    else:
+        for row in rows:
+            detail = (row["url"] or "") if row["state"] == "healthy" else (row["why"] or "")
+            print(f"{row['service']:<22} {row['state']:<10} {row['pid'] or '-':>8}  {detail}")
+    return 0 if all(row["state"] == "healthy" for row in rows) else 3
+
+
 def _home_hint(settings: Settings) -> str | None:
     """One line when the home holds nothing yet but a home nearby does (e.g. the demo's
     .freshrec/demo beside an empty .freshrec): where the data is, and how to point at it."""
@@ -232,8 +273,10 @@ def _home_hint(settings: Settings) -> str | None:
 
 
 def _dispatch(args: argparse.Namespace, settings: Settings) -> int:
-    if args.command not in ("import", "generate", "airflow", "send") and (hint := _home_hint(settings)):
+    if args.command not in ("import", "generate", "airflow", "send", "stack") and (hint := _home_hint(settings)):
         print(hint.format(cmd=args.command), file=sys.stderr)
+    if args.command == "stack":
+        return _stack(args, settings)
     if args.command == "import":
         from dataclasses import fields
 

@@ -28,6 +28,7 @@ AbsolutePath = Annotated[Path, AfterValidator(lambda path: path.resolve())]
 AtLeastOne = Annotated[int, Field(ge=1)]
 AtLeastZero = Annotated[int, Field(ge=0)]
 Positive = Annotated[float, Field(gt=0)]
+Port = Annotated[int, Field(ge=1, le=65535)]
 
 
 class SettingsError(ValueError):
@@ -54,9 +55,24 @@ class Settings(BaseSettings):
     spark_pool_slots: AtLeastZero = 0  # Spark tasks Airflow runs at once (pool freshrec_spark); 0 sizes the pool for the machine
     mlflow_tracking_uri: str = ""  # MLflow tracking store; empty: sqlite:///$FRESHREC_HOME/mlflow.db; MLFLOW_TRACKING_URI wins over both
     mlflow_artifact_root: str = ""  # artifact location (a URI or an absolute path) of the MLflow experiment freshrec creates; empty: $FRESHREC_HOME/mlartifacts, or the tracking server's own root
+    airflow_db_url: str = ""  # Airflow metadata DB (a SQLAlchemy URL, e.g. postgresql+psycopg://...); empty: SQLite under $FRESHREC_HOME/airflow
+    stack_name: Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,40}$")] = "freshrec"  # `freshrec stack`: prefix of its databases (NAME_airflow, NAME_mlflow) and its Celery queue
+    stack_postgres_url: str = "postgresql://postgres@127.0.0.1:5432/postgres"  # `freshrec stack`: the PostgreSQL server that holds Airflow's and MLflow's databases (created when missing)
+    stack_broker_url: str = "amqp://guest:guest@127.0.0.1:5672//"  # `freshrec stack`: the Celery broker (RabbitMQ)
+    stack_serving_url: str = "redis://127.0.0.1:6379/0"  # `freshrec stack`: the serving store the stack's DAGs publish to and its API reads
+    stack_spark_port: Port = 7077  # `freshrec stack`: Spark master; its web UI is on stack_spark_ui_port, worker i's on stack_spark_ui_port + i
+    stack_spark_ui_port: Port = 8090
+    stack_spark_workers: AtLeastOne = 2  # `freshrec stack`: Spark workers...
+    stack_spark_worker_cores: AtLeastOne = 1  # ...each with this many cores...
+    stack_spark_worker_memory: str = "2g"  # ...and this much memory for its executors
+    stack_airflow_port: Port = 8080  # `freshrec stack`: Airflow's api-server (UI, REST API, execution API); internal ports follow it (see docs/deploy.md)
+    stack_celery_concurrency: AtLeastOne = 2  # `freshrec stack`: task processes of the Celery worker
+    stack_mlflow_port: Port = 5000  # `freshrec stack`: MLflow tracking server
+    stack_api_port: Port = 8000  # `freshrec stack`: `freshrec serve`
     top_n: AtLeastOne = 100  # length of each published list
     keep_versions: AtLeastOne = 5  # published versions kept for rollback, the live one included
     exclude_seen: ExcludeSeen = "purchased"  # items kept out of a user's own list: all they interacted with, the purchased ones, or none (repeat-buy domains)
+    batch_schedule: Annotated[str, Field(pattern=r"^(manual|\S+( \S+){4})$")] = "0 2 * * *"  # freshrec_batch's cron (UTC; each run covers the interval before it), or manual: only triggered runs
     microbatch_minutes: AtLeastOne = 5  # schedule of the incremental DAG
     experiment_report_minutes: AtLeastZero = 10  # a micro-batch refreshes a running experiment's report when it is older than this (0: every micro-batch)
     watch_seconds: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 15.0  # processing-time trigger of `freshrec run incremental --watch`
@@ -120,6 +136,15 @@ class Settings(BaseSettings):
             return {**_default_event_weights(), **{str(k).strip(): float(v) for k, v in pairs.items()}}
         except (TypeError, ValueError):
             raise ValueError(f"cannot read {value!r} as event weights (event_type=weight,...)") from None
+
+    @field_validator("batch_schedule")
+    @classmethod
+    def _cron_or_manual(cls, value: str) -> str:
+        from croniter import croniter  # Airflow's own cron parser
+
+        if value != "manual" and not croniter.is_valid(value):
+            raise ValueError(f"{value!r} is not a cron expression (minute hour day month weekday) or manual")
+        return value
 
     @model_validator(mode="after")
     def _pseudonym_needs_a_key(self) -> "Settings":
@@ -254,6 +279,8 @@ def _problem(error: Mapping[str, Any]) -> str:
         return f"{env_name(field)} must be one of {error['ctx']['expected']}, got {value!r}"
     if error["type"] == "value_error":
         return f"{env_name(field)}: {error['ctx']['error']}" if field else str(error["ctx"]["error"])
+    if error["type"] == "string_pattern_mismatch":
+        return f"{env_name(field)} must match {error['ctx']['pattern']}, got {value!r}"
     info = Settings.model_fields[field]
     if error["type"] in _BOUND_ERRORS:
         bounds = [f"{word} {getattr(m, key)}" for m in info.metadata for key, word in _BOUND_WORDS if getattr(m, key, None) is not None]

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from datetime import datetime, timezone
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from freshrec.settings import Settings
@@ -12,11 +15,24 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 
+def apps_log(settings: Settings) -> Path:
+    """Every Spark application freshrec started under this home: one JSON line each (app id,
+    master, name, pid, start), so a run can be matched with the cluster's own records."""
+    return settings.home / "logs" / "spark-apps.jsonl"
+
+
 def get_spark(settings: Settings, app_name: str = "freshrec") -> "SparkSession":
     # The driver and the Python workers must be the same interpreter (the venv's).
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+    from pyspark import SparkContext
     from pyspark.sql import SparkSession
+
+    new = SparkContext._active_spark_context is None  # one context per process, whatever the thread
+    if new:
+        # Inside an Airflow task the application is named after it (the cluster's UI lists names).
+        task = ".".join(filter(None, (os.environ.get("AIRFLOW_CTX_DAG_ID"), os.environ.get("AIRFLOW_CTX_TASK_ID"))))
+        app_name = f"{app_name} {task}" if task else app_name
 
     builder = (
         SparkSession.builder.appName(app_name)
@@ -34,4 +50,12 @@ def get_spark(settings: Settings, app_name: str = "freshrec") -> "SparkSession":
     )
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("ERROR")
+    if new:
+        context = spark.sparkContext
+        record = {"app_id": context.applicationId, "master": context.master, "name": context.appName,
+                  "pid": os.getpid(), "started_at": datetime.now(timezone.utc).isoformat(timespec="seconds")}
+        log = apps_log(settings)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "a") as out:  # one short line per append: concurrent tasks do not interleave
+            out.write(json.dumps(record) + "\n")
     return spark

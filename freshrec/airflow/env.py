@@ -51,18 +51,25 @@ SQLITE_CONNECT_ARGS_ASYNC = {"timeout": SQLITE_BUSY_TIMEOUT_S}
 
 
 def airflow_env(settings: Settings) -> dict[str, str]:
-    """Environment for Airflow's commands on a SQLite metadata DB under FRESHREC_HOME."""
+    """Environment for Airflow's commands on the metadata DB of ``settings``: SQLite under
+    FRESHREC_HOME, or the server database of ``airflow_db_url`` (``freshrec stack``)."""
     airflow_home = settings.airflow_home.resolve()
     env = {
         "AIRFLOW_HOME": str(airflow_home),
         "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_DIR),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{airflow_home / 'airflow.db'}",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS": "freshrec.airflow.env.SQLITE_CONNECT_ARGS",
-        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC": "freshrec.airflow.env.SQLITE_CONNECT_ARGS_ASYNC",
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(airflow_home / "logs"),
     }
+    if settings.airflow_db_url:
+        # Both connections on the one URL: Airflow would derive the async one as
+        # postgresql+asyncpg, a driver freshrec does not install (psycopg 3 does both).
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = settings.airflow_db_url
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN_ASYNC"] = settings.airflow_db_url
+    else:
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{airflow_home / 'airflow.db'}"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS"] = "freshrec.airflow.env.SQLITE_CONNECT_ARGS"
+        env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONNECT_ARGS_ASYNC"] = "freshrec.airflow.env.SQLITE_CONNECT_ARGS_ASYNC"
     env.update(settings_to_env(settings))
     return env
 
@@ -86,11 +93,13 @@ def _migrated_with() -> str:
 
 
 def metadata_db_current(settings: Settings) -> bool:
-    """True when the metadata DB exists and was migrated by this Airflow version (no import of
-    Airflow: a marker next to the DB records the version, so the usual check costs one stat)."""
+    """True when the SQLite metadata DB exists and was migrated by this Airflow version (no
+    import of Airflow: a marker next to the DB records the version, so the usual check costs one
+    stat). A server DB (``airflow_db_url``) is never taken as current: migrating it is cheap
+    next to starting a stack, and another machine may have changed it."""
     airflow_home = settings.airflow_home.resolve()
     marker = airflow_home / _DB_MARKER
-    return (airflow_home / "airflow.db").is_file() and marker.is_file() and marker.read_text() == _migrated_with()
+    return not settings.airflow_db_url and (airflow_home / "airflow.db").is_file() and marker.is_file() and marker.read_text() == _migrated_with()
 
 
 def migrate_in_child(settings: Settings, output: IO | int | None = None) -> None:
@@ -146,7 +155,7 @@ def _migrate(settings: Settings) -> float:
 
         initdb()
     _ensure_spark_pool(settings)
-    if not current:
+    if not current and not settings.airflow_db_url:
         atomic_write_text(settings.airflow_home.resolve() / _DB_MARKER, _migrated_with())
     return time.monotonic() - started
 

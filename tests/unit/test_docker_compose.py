@@ -24,16 +24,16 @@ COMPOSE_FILE = REPO / "docker-compose.yml"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 
-AIRFLOW_LONG_RUNNING = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer"}
+AIRFLOW_LONG_RUNNING = {"airflow-apiserver", "airflow-scheduler", "airflow-dag-processor", "airflow-triggerer", "airflow-worker"}
 AIRFLOW_SERVICES = AIRFLOW_LONG_RUNNING | {"airflow-init"}
 # Services that run freshrec code (the CLI, the API, Airflow tasks, Spark executors).
 FRESHREC_SERVICES = AIRFLOW_SERVICES | {"freshrec-api", "freshrec-cli", "spark-worker"}
 ONE_SHOT = {"airflow-init", "freshrec-cli"}
-EXPECTED = {"postgres", "redis", "mlflow", "spark-master", "spark-worker"} | AIRFLOW_SERVICES | {"freshrec-api", "freshrec-cli"}
+EXPECTED = {"postgres", "redis", "rabbitmq", "mlflow", "spark-master", "spark-worker"} | AIRFLOW_SERVICES | {"freshrec-api", "freshrec-cli"}
 # The port each service listens on inside the network; URLs that name the service must use it.
-LISTEN_PORTS = {"postgres": {5432}, "redis": {6379}, "mlflow": {5000}, "spark-master": {7077, 8080},
+LISTEN_PORTS = {"postgres": {5432}, "redis": {6379}, "rabbitmq": {5672}, "mlflow": {5000}, "spark-master": {7077, 8080},
                 "airflow-apiserver": {8080}, "freshrec-api": {8000}}
-DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "http": 80, "https": 443}
+DEFAULT_PORTS = {"postgresql": 5432, "postgres": 5432, "redis": 6379, "amqp": 5672, "http": 80, "https": 443}
 # SQLAlchemy driver -> the distribution that provides it (must be in requirements.lock).
 DRIVER_DISTS = {"psycopg": "psycopg", "psycopg_async": "psycopg", "psycopg2": "psycopg2", "asyncpg": "asyncpg"}
 REQUIRED_FRESHREC_ENV = ("FRESHREC_HOME", "FRESHREC_SERVING_URL", "MLFLOW_TRACKING_URI")
@@ -213,9 +213,11 @@ def test_airflow_startup_order(services):
         assert deps.get("airflow-init") == "service_completed_successfully", name
         assert deps.get("postgres") == "service_healthy", name
     scheduler = _depends_on(services["airflow-scheduler"])
-    # Tasks run in the scheduler (LocalExecutor) and need the execution API, MLflow, the store and Spark.
-    for dep in ("airflow-apiserver", "mlflow", "redis", "spark-master"):
-        assert scheduler.get(dep) == "service_healthy", dep
+    assert scheduler.get("rabbitmq") == "service_healthy"  # it queues tasks on the broker
+    worker = _depends_on(services["airflow-worker"])
+    # Tasks run in the Celery worker and need the broker, the execution API, MLflow, the store and Spark.
+    for dep in ("rabbitmq", "airflow-apiserver", "mlflow", "redis", "spark-master", "spark-worker"):
+        assert worker.get(dep) == "service_healthy", dep
     assert _depends_on(services["mlflow"]).get("postgres") == "service_healthy"
     assert _depends_on(services["spark-worker"]).get("spark-master") == "service_healthy"
 
@@ -233,6 +235,10 @@ def test_component_commands(services):
     assert _command_words(services["airflow-scheduler"])[:2] == ["airflow", "scheduler"]
     assert _command_words(services["airflow-dag-processor"])[:2] == ["airflow", "dag-processor"]
     assert _command_words(services["airflow-triggerer"])[:2] == ["airflow", "triggerer"]
+    worker = _command_words(services["airflow-worker"])
+    assert worker[:3] == ["airflow", "celery", "worker"]
+    assert worker[worker.index("--queues") + 1] == _env(services["airflow-worker"])["AIRFLOW__OPERATORS__DEFAULT_QUEUE"]
+    assert "inspect ping" in " ".join(services["airflow-worker"]["healthcheck"]["test"])
     api = _command_words(services["freshrec-api"])
     assert api[:2] == ["freshrec", "serve"] and api[api.index("--host") + 1] == "0.0.0.0" and api[api.index("--port") + 1] == "8000"
     mlflow = _command_words(services["mlflow"])
@@ -279,7 +285,8 @@ def test_airflow_services_share_the_airflow_config(services):
         for key in REQUIRED_AIRFLOW_ENV:
             assert env.get(key), f"{name} lacks {key}"
             shared[key].add(env[key])
-        assert env["AIRFLOW__CORE__EXECUTOR"] == "LocalExecutor"
+        assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
+        assert urlsplit(env["AIRFLOW__CELERY__BROKER_URL"]).hostname == "rabbitmq", name
         assert env.get("AIRFLOW__CORE__LOAD_EXAMPLES", "").lower() == "false", name
         assert env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].startswith("postgresql"), name
         # The DAGs folder is the repository's dags/ mounted into the container.
@@ -334,7 +341,7 @@ def test_postgres_urls_use_roles_and_databases_that_exist(services):
     candidates = [url for svc in services.values() for url in _urls(svc)]
     candidates += re.findall(r"postgresql://\S+", COMPOSE_FILE.read_text())  # the commented serving alternative
     pg_urls = [url for url in candidates if urlsplit(url).scheme.split("+")[0] in ("postgresql", "postgres")]
-    assert {"airflow", "mlflow"} <= {urlsplit(u).path.lstrip("/") for u in pg_urls}
+    assert {"freshrec_airflow", "freshrec_mlflow"} <= {urlsplit(u).path.lstrip("/") for u in pg_urls}
     for url in pg_urls:
         parts = urlsplit(url)
         assert parts.username in roles, f"{url}: role {parts.username} is never created"
