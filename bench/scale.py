@@ -142,7 +142,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--masters", default="local,cluster")
-    parser.add_argument("--train-max-events", type=int, default=1_000_000)
+    parser.add_argument("--train-max-events", type=int, default=250_000)
     parser.add_argument("--root", type=Path, default=None, help="keep the homes here (default: a temporary folder)")
     parser.add_argument("--child", nargs=2, metavar=("HOME", "MASTER"), help=argparse.SUPPRESS)
     args = parser.parse_args()
