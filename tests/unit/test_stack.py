@@ -120,6 +120,8 @@ def test_bad_stack_settings_and_missing_services_get_a_message(tmp_path: Path, m
     monkeypatch.setenv("FRESHREC_STACK_POSTGRES_URL", "mysql://root@127.0.0.1/x")
     assert main(["stack", "up"]) == 2
     assert "must be a postgresql:// URL" in capsys.readouterr().err
+    assert main(["stack", "up", "--only", "spark,kafka"]) == 2
+    assert "unknown service group(s) kafka; choose from spark, mlflow, airflow, freshrec" in capsys.readouterr().err
     monkeypatch.setenv("FRESHREC_STACK_POSTGRES_URL", "postgresql://postgres@127.0.0.1:1/postgres")
     assert main(["stack", "up", "--timeout", "5"]) == 2
     err = capsys.readouterr().err
