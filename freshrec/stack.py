@@ -117,7 +117,7 @@ def plan_stack(settings: Settings, secret: str = "", base_env: Mapping[str, str]
     Pure apart from reading ``base_env`` (default: this process's environment): nothing is
     started, checked or written.
     """
-    from freshrec.airflow.env import airflow_env
+    from freshrec.airflow.env import airflow_env, path_with_bin
 
     name = settings.stack_name
     host = "127.0.0.1"
@@ -130,12 +130,11 @@ def plan_stack(settings: Settings, secret: str = "", base_env: Mapping[str, str]
                                     serving_url=settings.stack_serving_url, airflow_db_url=airflow_db)
     bin_dir = Path(sys.executable).parent
     base = dict(os.environ if base_env is None else base_env)
-    rest = [p for p in base.get("PATH", os.defpath).split(os.pathsep) if p and p != str(bin_dir)]
     env = {
         **base,
         **airflow_env(run_settings),
         **AIRFLOW_FIXED_ENV,
-        "PATH": os.pathsep.join([str(bin_dir), *rest]),
+        "PATH": path_with_bin(base.get("PATH")),
         "MLFLOW_TRACKING_URI": mlflow_url,  # it would win over FRESHREC_MLFLOW_TRACKING_URI
         "AIRFLOW__LOGGING__LOGGING_LEVEL": "INFO",
         "AIRFLOW__API__HOST": host,

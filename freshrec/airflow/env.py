@@ -74,6 +74,14 @@ def airflow_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def path_with_bin(path: str | None) -> str:
+    """``path`` (a PATH value) with this interpreter's bin dir first: Airflow's commands start
+    ``airflow`` (and the tasks ``freshrec``) by name, and must find this environment's."""
+    bin_dir = str(Path(sys.executable).parent)
+    rest = [p for p in (path or os.defpath).split(os.pathsep) if p and p != bin_dir]
+    return os.pathsep.join([bin_dir, *rest])
+
+
 def airflow_bin() -> Path:
     """The ``airflow`` command of this interpreter's environment."""
     path = Path(sys.executable).parent / "airflow"

@@ -14,7 +14,7 @@ from typing import Any, Mapping
 
 import psutil
 
-from freshrec.airflow.env import airflow_bin, airflow_env, migrate_in_child
+from freshrec.airflow.env import airflow_bin, airflow_env, migrate_in_child, path_with_bin
 from freshrec.errors import UserError
 from freshrec.settings import Settings
 
@@ -65,9 +65,7 @@ def standalone_env(settings: Settings, host: str = "127.0.0.1", port: int = 8080
     """
     base = dict(os.environ if base_env is None else base_env)
     env = {**base, **airflow_env(settings)}
-    bin_dir = str(Path(sys.executable).parent)
-    rest = [p for p in base.get("PATH", os.defpath).split(os.pathsep) if p and p != bin_dir]
-    env["PATH"] = os.pathsep.join([bin_dir, *rest])
+    env["PATH"] = path_with_bin(base.get("PATH"))
     env["AIRFLOW__API__HOST"] = host
     env["AIRFLOW__API__PORT"] = str(port)
     env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] = f"{standalone_url(host, port)}/execution/"

@@ -166,7 +166,7 @@ def test_the_dags_run_on_the_stack_and_publish_through_its_services(stack):
     assert run.status_code == 200, run.text
     batch = _wait_run(api, "freshrec_batch", "stack-test-batch", BATCH_TIMEOUT_S, stack)
     assert {t["task_id"]: t["state"] for t in batch["tasks"]} == {t["task_id"]: "success" for t in batch["tasks"]}
-    assert {t["hostname"] for t in batch["tasks"]} and all(t["queue"] == stack["name"] for t in batch["tasks"])
+    assert all(t["hostname"] and t["queue"] == stack["name"] for t in batch["tasks"]), batch["tasks"]
 
     # 2. MLflow, through the tracking server: the runs, the registered model and its champion.
     from mlflow import MlflowClient
