@@ -120,3 +120,30 @@ def test_candidates_do_not_depend_on_the_batch():
     assert np.all(np.diff(whole.offsets) <= 40)
     keys = whole.rows * len(catalogue) + whole.item
     assert len(np.unique(keys)) == len(keys)  # a user's candidates are distinct items
+
+
+def test_top_per_row_matches_a_full_sort_with_ties_and_nan():
+    """top_per_row drops pairs below each long row's cap-th score before sorting: the result must
+    be the full lexsort's, ties (broken by item) and NaN scores (last) included."""
+    from freshrec.models.candidates import top_per_row
+
+    def full_sort(rows, items, scores, cap):
+        order = np.lexsort((items, -scores, rows))
+        rows, items, scores = rows[order], items[order], scores[order]
+        rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+        keep = rank < cap
+        return rows[keep], items[keep], scores[keep], rank[keep] + 1
+
+    rng = np.random.default_rng(3)
+    pruned = 0
+    for _ in range(200):
+        n, n_rows, cap = int(rng.integers(0, 2000)), int(rng.integers(1, 40)), int(rng.integers(1, 40))
+        rows, items = rng.integers(0, n_rows, n), rng.integers(0, 60, n)
+        scores = rng.integers(0, 4, n).astype(float) if rng.random() < 0.5 else rng.random(n)
+        scores[rng.random(n) < 0.1 * rng.integers(0, 3)] = np.nan
+        scores[rng.random(n) < 0.1 * rng.integers(0, 2)] = -np.inf
+        got, want = top_per_row(rows, items, scores, cap), full_sort(rows, items, scores, cap)
+        for a, b in zip(got, want, strict=True):
+            np.testing.assert_array_equal(a, b)
+        pruned += int(len(rows) > cap * n_rows)
+    assert pruned > 50  # most draws had rows long enough to be cut
