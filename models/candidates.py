@@ -27,7 +27,16 @@ from dataclasses import dataclass
 import numpy as np
 import scipy.sparse as sp
 from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Trending, top_k_shared
-from freshrec.models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, concat_ranges, event_weight_array
+from freshrec.models.data import (
+    EVENT_CODES,
+    SECONDS_PER_DAY,
+    Catalogue,
+    Histories,
+    Ragged,
+    concat_ranges,
+    event_weight_array,
+    unique_columns,
+)
 
 SOURCES = ("own", "covisit", "ease", "category", "trending", "popular")
 # per (user, item) pair, from the user's own events with the item (0 / NaN when there are none)
@@ -111,12 +120,12 @@ class ItemStats:
         ok = (train.item >= 0) & (event_weight_array(None)[train.etype] > 0)
         rows, items, t = train.row_of_event[ok], train.item[ok], train.t[ok]
         now = int(train.now.max()) if len(train) else 0
-        visits = np.unique(np.stack([items, rows, t // SECONDS_PER_DAY]), axis=1)  # sorted by item, user, day
+        visits = np.stack(unique_columns(items, rows, t // SECONDS_PER_DAY))  # sorted by item, user, day
         same = (visits[0, 1:] == visits[0, :-1]) & (visits[1, 1:] == visits[1, :-1])
         gap_items, gaps = visits[0, 1:][same], np.diff(visits[2])[same].astype(np.float64)
-        pairs = np.unique(visits[:2], axis=1)[0] if visits.shape[1] else np.zeros(0, dtype=np.int64)
+        pairs = unique_columns(visits[0], visits[1])[0]
         n_users = np.bincount(pairs, minlength=n_items).astype(np.float64)
-        returners = np.unique(np.stack([gap_items, visits[1, 1:][same]]), axis=1)[0] if len(gaps) else gap_items
+        returners = unique_columns(gap_items, visits[1, 1:][same])[0]
         first, last = np.full(n_items, np.inf), np.full(n_items, -np.inf)
         np.minimum.at(first, items, t)
         np.maximum.at(last, items, t)
@@ -297,7 +306,7 @@ class _OwnItems:
         first_age, last_age = np.zeros(m), np.full(m, np.inf)
         np.maximum.at(first_age, inverse, age)
         np.minimum.at(last_age, inverse, age)
-        days = np.unique(np.stack([inverse, t // SECONDS_PER_DAY]), axis=1)[0]
+        days = unique_columns(inverse, t // SECONDS_PER_DAY)[0]
         n_days = np.bincount(days, minlength=m).astype(np.float64)
         own_gap = np.where(n_days > 1, (first_age - last_age) / np.maximum(n_days - 1, 1), np.nan)
         self.table = np.stack([*counts, n_days, last_age, first_age, decay_short, decay_long, own_gap,

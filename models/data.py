@@ -279,6 +279,18 @@ def ts_filter(dataset, start: pd.Timestamp | None, end: pd.Timestamp | None):
     return flt
 
 
+def unique_columns(*columns: np.ndarray) -> tuple[np.ndarray, ...]:
+    """The distinct tuples of equal-length integer ``columns``, sorted by the first column, then the
+    next: ``np.unique(np.stack(columns), axis=1)`` without its sort of a structured dtype, which
+    is about 3x slower than one lexsort."""
+    order = np.lexsort(columns[::-1])
+    ordered = [np.asarray(c)[order] for c in columns]
+    new = np.ones(len(order), dtype=bool)
+    if len(order) > 1:
+        new[1:] = np.logical_or.reduce([c[1:] != c[:-1] for c in ordered])
+    return tuple(c[new] for c in ordered)
+
+
 @dataclass(frozen=True)
 class Ragged:
     """A list of int arrays in CSR layout (targets and exclusions per user)."""
@@ -291,8 +303,7 @@ class Ragged:
         rows = np.asarray(rows, dtype=np.int64)
         values = np.asarray(values, dtype=np.int64)
         if unique and len(rows):
-            pairs = np.unique(np.stack([rows, values], axis=1), axis=0)
-            rows, values = pairs[:, 0], pairs[:, 1]
+            rows, values = unique_columns(rows, values)
         else:
             order = np.lexsort((values, rows))
             rows, values = rows[order], values[order]

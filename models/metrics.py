@@ -24,7 +24,7 @@ that reach any list.
 from __future__ import annotations
 
 import numpy as np
-from freshrec.models.data import Ragged
+from freshrec.models.data import Ragged, unique_columns
 
 PER_USER_METRICS = ("precision", "recall", "hit_rate", "ndcg", "map")
 
@@ -161,7 +161,7 @@ def pairwise_overlap(recs: np.ndarray, k: int) -> float:
         raise ValueError(f"need at least 2 lists and k >= 1, got {n} lists and k={k}")
     rows = np.broadcast_to(np.arange(n)[:, None], top.shape)
     ok = top >= 0
-    pairs = np.unique(np.stack([rows[ok], top[ok]], axis=1), axis=0)
-    per_item = np.bincount(pairs[:, 1]).astype(np.float64) if len(pairs) else np.zeros(0)
-    shared = float((per_item ** 2).sum() - len(pairs))
+    items = unique_columns(rows[ok], top[ok])[1]
+    per_item = np.bincount(items).astype(np.float64) if len(items) else np.zeros(0)
+    shared = float((per_item ** 2).sum() - len(items))
     return shared / (n * (n - 1)) / k

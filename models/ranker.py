@@ -55,6 +55,7 @@ from freshrec.models.data import (
     Histories,
     Ragged,
     event_weight_array,
+    unique_columns,
 )
 from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES, seen_items
 
@@ -387,11 +388,11 @@ def user_features(hist: Histories) -> np.ndarray:
     ok = (hist.item >= 0) & (event_weight_array(None)[hist.etype] > 0)
     rows, items, t = hist.row_of_event[ok], hist.item[ok], hist.t[ok]
     events = np.bincount(rows, minlength=n).astype(np.float64)
-    visits = np.unique(np.stack([rows, items, t // SECONDS_PER_DAY]), axis=1)  # (user, item, day), sorted
-    pairs = np.unique(visits[:2], axis=1)[0] if visits.shape[1] else np.zeros(0, dtype=np.int64)
+    visits = np.stack(unique_columns(rows, items, t // SECONDS_PER_DAY))  # (user, item, day), sorted
+    pairs = unique_columns(visits[0], visits[1])[0]
     n_items = np.bincount(pairs, minlength=n).astype(np.float64)
     n_visits = np.bincount(visits[0], minlength=n).astype(np.float64)
-    days = np.unique(np.stack([rows, t // SECONDS_PER_DAY]), axis=1)[0] if len(rows) else rows
+    days = unique_columns(rows, t // SECONDS_PER_DAY)[0]
     n_days = np.bincount(days, minlength=n).astype(np.float64)
     first, last = np.full(n, np.inf), np.full(n, -np.inf)
     np.minimum.at(first, rows, t)

@@ -45,7 +45,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 from freshrec.models.baselines import Recommender
-from freshrec.models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array
+from freshrec.models.data import EVENT_CODES, SECONDS_PER_DAY, Catalogue, Histories, Ragged, event_weight_array, unique_columns
 from freshrec.models.split import DEFAULT_TARGET_EVENT_TYPES
 from torch import nn
 
@@ -779,8 +779,7 @@ def _training_examples(train: Histories, cfg: SeqRecConfig) -> _Examples:
             active = (first < train.offsets[1:]) & (t[np.minimum(first, n - 1)] < c + horizon)
             cuts.append(first[active])
             nows.append(np.full(int(active.sum()), c, dtype=np.int64))
-    pairs = np.unique(np.stack([np.concatenate(cuts), np.concatenate(nows)], axis=1), axis=0)  # sorted by event, then time
-    cut, now = pairs[:, 0], pairs[:, 1]
+    cut, now = unique_columns(np.concatenate(cuts), np.concatenate(nows))  # sorted by event, then time
     cut_rows = rows[cut]
     from_end = np.cumsum(np.bincount(cut_rows, minlength=len(train)))[cut_rows] - np.arange(len(cut)) - 1
     recent = from_end < cfg.max_examples_per_user

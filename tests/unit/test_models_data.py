@@ -79,3 +79,14 @@ def test_sample_readers_map_events_to_the_canonical_types():
     otto = load_otto(samples / "otto_sample_train.jsonl")
     assert len(otto) == 862 and otto["user_id"].nunique() == 20
     assert normalize_events(otto)["t"].min() > 1_600_000_000  # epoch seconds, not milliseconds
+
+
+def test_unique_columns_is_np_unique_over_stacked_columns():
+    from freshrec.models.data import unique_columns
+
+    rng = np.random.default_rng(0)
+    for n in (0, 1, 2, 50, 5000):
+        cols = [rng.integers(-3, 5, n), rng.integers(0, 3, n), rng.integers(10**12, 10**12 + 4, n)]
+        want = np.unique(np.stack(cols), axis=1)
+        got = np.stack(unique_columns(*cols))
+        np.testing.assert_array_equal(got, want)
