@@ -205,8 +205,15 @@ def test_the_dags_run_on_the_stack_and_publish_through_its_services(stack):
             break
         assert time.monotonic() < deadline, f"the user's list was not refreshed\n{_logs(stack, 'airflow-worker', 'airflow-scheduler')}"
         time.sleep(3)
-    scheduled = api.get("/dags/freshrec_incremental/dagRuns", params={"state": "success"}).raise_for_status().json()["dag_runs"]
-    assert any(r["run_type"] == "scheduled" for r in scheduled), scheduled
+    # The list changes while the task still runs (it then records its watermark and stops Spark),
+    # so the scheduled run may reach "success" a little after the list does.
+    deadline = time.monotonic() + MICROBATCH_TIMEOUT_S
+    while True:
+        scheduled = api.get("/dags/freshrec_incremental/dagRuns", params={"state": "success"}).raise_for_status().json()["dag_runs"]
+        if any(r["run_type"] == "scheduled" for r in scheduled):
+            break
+        assert time.monotonic() < deadline, f"no scheduled micro-batch succeeded: {scheduled}\n{_logs(stack, 'airflow-scheduler')}"
+        time.sleep(3)
     status = json.loads(subprocess.run([FRESHREC, "status", "--json"], env=env, capture_output=True, text=True,
                                        check=True, timeout=120).stdout)
     assert status["counts"]["read"] == 20_000 + len(rows)
