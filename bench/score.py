@@ -131,7 +131,7 @@ def main() -> None:
 
     frame = inputs.toPandas()
     started = time.perf_counter()
-    score_frame(rec, frame, settings.top_n, now)
+    score_frame(rec.single_threaded(), frame, settings.top_n, now)  # one thread, as each Spark worker
     local_s = time.perf_counter() - started
 
     bare_1 = bare_seconds(n_users, n_items, dim, settings.top_n, threads=1)

@@ -109,11 +109,12 @@ _LOADED: dict[str, Any] = {}
 
 
 def _broadcast_value(key: str, payload) -> Any:
-    """The unpickled recommender of a broadcast, once per Python worker (workers are reused)."""
+    """The unpickled recommender of a broadcast, once per Python worker (workers are reused), on
+    one thread: Spark runs a worker per core."""
     rec = _LOADED.get(key)
     if rec is None:
         _LOADED.clear()
-        rec = _LOADED[key] = pickle.loads(payload.value)
+        rec = _LOADED[key] = pickle.loads(payload.value).single_threaded()  # one worker per core already
     return rec
 
 

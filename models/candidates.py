@@ -362,7 +362,10 @@ def _lookup(matrix: sp.spmatrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarr
     """matrix[rows[j], cols[j]] for each j (0 where the matrix has no entry), without densifying."""
     if not len(rows):
         return np.zeros(0)
-    return np.asarray(sp.csr_matrix(matrix)[rows, cols]).ravel().astype(np.float64)
+    matrix = matrix.tocsr()
+    if not matrix.has_sorted_indices:  # a sparse product's rows come unsorted; scipy scans those, bisects sorted ones
+        matrix.sort_indices()  # (10x faster lookups on a co-visitation block); in place, the entries unchanged
+    return np.asarray(matrix[rows, cols]).ravel().astype(np.float64)
 
 
 def _pairs_of(matrix: sp.spmatrix, col_map: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -93,9 +93,10 @@ class RankerConfig:
     validation_share: float = 0.1  # of the label users, for early stopping
     early_stopping_rounds: int = 40
     lightgbm: dict[str, Any] = field(default_factory=dict)  # overrides of LIGHTGBM_DEFAULTS
-    # LightGBM's OpenMP threads spin while they wait: on a CPU shared with other work a second
-    # thread made a fit 10x slower here, so one is the default
-    num_threads: int = 1
+    # LightGBM's threads for fit and predict; 0: one per core. Its OpenMP threads sleep while they
+    # wait (OMP_WAIT_POLICY=PASSIVE, models/__init__.py): spinning ones cost more than a second
+    # thread gives on a CPU shared with other work. Inside a Spark task, one (single_threaded).
+    num_threads: int = 0
     seed: int = 0
 
 
@@ -315,6 +316,10 @@ class TwoStageRanker(Recommender):
         return TrainingSet(features=features[keep_rows], items=cands.item[keep_rows], labels=labels[keep_rows],
                            groups=sizes[has_label],
                            users=train.user_ids[users][has_label], window_start=np.full(int(has_label.sum()), now))
+
+    def single_threaded(self) -> "TwoStageRanker":
+        self.config = dataclasses.replace(self.config, num_threads=1)
+        return self
 
     def _ranked(self, histories: Histories) -> tuple[Candidates, np.ndarray]:
         """Candidates of the users (the items of the serving rule ``exclude_seen`` left out, as in

@@ -107,6 +107,15 @@ def test_pickling_round_trips_to_identical_lists(fold, ranker):
     assert np.array_equal(a, b) and np.array_equal(sa, sb)
 
 
+def test_one_thread_scores_as_every_core_does(fold, ranker):
+    """Spark's workers score on one thread (single_threaded), the batch's own process on every core."""
+    es = fold.eval_set
+    assert ranker.config.num_threads == 0
+    one = pickle.loads(pickle.dumps(ranker)).single_threaded()
+    assert one.config.num_threads == 1
+    assert np.array_equal(one.score(es.histories), ranker.score(es.histories))
+
+
 def test_a_second_fit_gives_the_same_lists(fold, ranker):
     es = fold.eval_set
     again = TwoStageRanker(CONFIG).fit(es.train, es.catalogue)
