@@ -95,6 +95,12 @@ class Recommender:
     def params(self) -> dict[str, Any]:
         return {}
 
+    def single_threaded(self) -> "Recommender":
+        """This recommender scoring on one thread, for a process that shares the cores with one
+        of its kind per core (a Spark Python worker). Only a model that runs threads of its own
+        changes anything."""
+        return self
+
     def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
                   batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (item indices, scores) for each user, ``exclude[u]`` removed from user u's list."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import pickle
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from freshrec.jobs.score import popular_lists, score_frame, similar_items
-from freshrec.models.baselines import Popularity, RepeatBuy
+from freshrec.jobs.score import _broadcast_value, popular_lists, score_frame, similar_items
+from freshrec.models.baselines import EASE, CooccurrenceKNN, Popularity, RepeatBuy
 from freshrec.models.data import Catalogue, Histories
 
 
@@ -56,6 +59,19 @@ def test_score_frame_honours_history_exclusions_and_availability():
         assert len(items) == len(scores) <= 3
         assert scores == sorted(scores, reverse=True)
         assert np.isfinite(scores).all()
+
+
+def test_a_worker_unpickles_the_broadcast_once_and_scores_as_the_driver():
+    """What each Spark Python worker does with the broadcast recommender (any kind the gate may
+    publish): unpickle it once, on one thread, and give the driver's lists."""
+    frame = _frame(["u1", "u3"], [[("a", "purchase", 100), ("b", "view", 200)], [("b", "purchase", 120)]], [[], []])
+    for cls in (Popularity, RepeatBuy, CooccurrenceKNN, EASE):
+        rec = _fitted(cls)
+        payload = SimpleNamespace(value=pickle.dumps(rec))  # a Broadcast's .value, without a SparkContext
+        worker = _broadcast_value(cls.__name__, payload)
+        assert _broadcast_value(cls.__name__, payload) is worker, "unpickled once per worker"
+        want, got = score_frame(rec, frame, n=3, now=400), score_frame(worker, frame, n=3, now=400)
+        assert want.equals(got), cls.__name__
 
 
 def test_score_frame_ignores_items_outside_the_catalogue_and_empty_frames():
