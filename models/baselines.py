@@ -41,37 +41,92 @@ def top_k(scores: np.ndarray, k: int, exclude_rows: np.ndarray | None = None,
     return items, vals
 
 
+def _shared_order(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``scores`` as float32, its finite items best first (ties to the lower index), and each
+    item's place in that order (``len(scores)`` for an item that is never listed)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    n_items = len(scores)
+    order = np.lexsort((np.arange(n_items), -scores))
+    order = order[np.isfinite(scores[order])]
+    rank = np.full(n_items, n_items, np.int64)
+    rank[order] = np.arange(len(order))
+    return scores, order, rank
+
+
+def _first_free(order: np.ndarray, rank: np.ndarray, n_rows: int, k: int, rows: np.ndarray,
+                items: np.ndarray) -> np.ndarray:
+    """Per row, the first k items of the shared ``order`` that are not among that row's
+    (``rows``, ``items``) pairs; -1 where the order runs out. Each row looks only as far down
+    the order as its own pairs push its k-th free place: past 2k places for the rows that need
+    it, then 8k, ..., so the cost follows k and the pairs near the head, not the catalogue."""
+    out = np.full((n_rows, k), -1, dtype=np.int64)
+    place = rank[items]
+    todo = np.arange(n_rows)
+    m = min(len(order), 2 * k)
+    while len(todo):
+        slot = np.full(n_rows, -1)
+        slot[todo] = np.arange(len(todo))
+        hit = (slot[rows] >= 0) & (place < m)
+        blocked = np.zeros((len(todo), m), bool)
+        blocked[slot[rows[hit]], place[hit]] = True
+        enough = (m - blocked.sum(axis=1) >= k) | (m == len(order))
+        blocked = blocked[enough]
+        first = np.argsort(blocked, axis=1, kind="stable")[:, :k]  # the first k free places, in order
+        free = ~np.take_along_axis(blocked, first, axis=1)
+        out[todo[enough], :first.shape[1]] = np.where(free, order[:m][first], -1)
+        todo, m = todo[~enough], min(len(order), 4 * m)
+    return out
+
+
 def top_k_shared(scores: np.ndarray, n_rows: int, k: int, exclude: Ragged | None = None,
                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """``top_k`` of ``n_rows`` rows that all hold ``scores`` (a recommender that gives every user
     the same scores), without the (n_rows, n_items) matrix: the catalogue is sorted once and each
     row walks it past its own exclusions, so the cost follows k and the exclusions, not the
     catalogue. The same lists as ``top_k``, ties broken by the lower index (at the k-th place too)."""
-    scores = np.asarray(scores, dtype=np.float32)
-    n_items = len(scores)
-    order = np.lexsort((np.arange(n_items), -scores))
-    order = order[np.isfinite(scores[order])]
-    rank = np.empty(n_items, np.int64)
-    rank[order] = np.arange(len(order))
-    rank[~np.isfinite(scores)] = n_items  # never a candidate
+    scores, order, rank = _shared_order(scores)
     items = np.full((n_rows, k), -1, dtype=np.int64)
-    vals = np.full((n_rows, k), -np.inf, dtype=np.float32)
     for start in range(0, n_rows, batch_size):
         rows = np.arange(start, min(start + batch_size, n_rows))
         ex = exclude.subset(rows) if exclude is not None else Ragged.empty(len(rows))
-        # a row loses at most its own exclusions from the head of the order
-        m = min(len(order), k + (int(ex.lengths.max()) if len(ex.values) else 0))
-        cand = order[:m]
-        blocked = np.zeros((len(rows), m), bool)
-        pos = rank[ex.values]
-        hit = pos < m
-        blocked[ex.rows[hit], pos[hit]] = True
-        first = np.argsort(blocked, axis=1, kind="stable")[:, :k]  # the first k free places, in order
-        free = ~np.take_along_axis(blocked, first, axis=1)
-        width = first.shape[1]
-        items[rows, :width] = np.where(free, cand[first], -1)
-        vals[rows, :width] = np.where(free, scores[cand[first]], -np.inf)
-    return items, vals
+        items[rows] = _first_free(order, rank, len(rows), k, ex.rows, ex.values)
+    return items, np.where(items >= 0, scores[np.maximum(items, 0)], -np.inf).astype(np.float32)
+
+
+def top_k_fallback(primary: sp.spmatrix, popularity: np.ndarray, k: int, exclude: Ragged | None = None
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """``top_k(_fallback(primary, popularity), k, exclude)`` without the dense (rows, items)
+    matrix: each row's positive primary items, best first, merged with the popularity order past
+    the row's primary and excluded items; ties go to the lower index."""
+    n, n_items = primary.shape
+    primary = sp.csr_matrix(primary, dtype=np.float64, copy=True)
+    primary.sum_duplicates()  # sorted columns within each row
+    primary.data[~(primary.data > 0)] = 0.0
+    primary.eliminate_zeros()
+    rows = np.repeat(np.arange(n), np.diff(primary.indptr))
+    cols = primary.indices.astype(np.int64)
+    row_max = primary.max(axis=1).toarray().ravel()
+    scores = (1.0 + primary.data / row_max[rows]).astype(np.float32)  # as _fallback scores them
+    ex = exclude if exclude is not None else Ragged.empty(n)
+    shown = ~np.isin(rows * n_items + cols, ex.rows * n_items + ex.values)
+    r, c, v = rows[shown], cols[shown], scores[shown]
+    # by row, then best first; a stable sort keeps the lower column first among equal scores
+    # (exact: 2 - v is a multiple of 2**-23 below 1, so 4 * row + 2 - v needs under 53 bits)
+    order = np.argsort(4.0 * r + (2.0 - v.astype(np.float64)), kind="stable")
+    r, c, v = r[order], c[order], v[order]
+    place = np.arange(len(r)) - np.searchsorted(r, r)
+    head = place < k
+    items = np.full((n, 2 * k), -1, dtype=np.int64)
+    top = np.full((n, 2 * k), -np.inf, dtype=np.float32)
+    items[r[head], place[head]], top[r[head], place[head]] = c[head], v[head]
+    top_pop = popularity.max() if len(popularity) else 0.0
+    pop, pop_order, pop_rank = _shared_order(popularity / (top_pop + 1.0) if top_pop > 0 else np.zeros(len(popularity)))
+    fill = _first_free(pop_order, pop_rank, n, k, np.concatenate([ex.rows, rows]), np.concatenate([ex.values, cols]))
+    items[:, k:], top[:, k:] = fill, np.where(fill >= 0, pop[np.maximum(fill, 0)], -np.inf)
+    order = np.lexsort((items, -top), axis=1)[:, :k]
+    items, top = np.take_along_axis(items, order, axis=1), np.take_along_axis(top, order, axis=1)
+    items[~np.isfinite(top)] = -1
+    return items, top
 
 
 class Recommender:
@@ -120,6 +175,29 @@ class Recommender:
         return items, vals
 
 
+class PrimaryThenPopularity(Recommender):
+    """A recommender with a sparse primary score per (user, item), the other items ranked after
+    them by overall popularity (``_fallback``); ``recommend`` never builds the dense scores."""
+
+    popularity: np.ndarray
+
+    def primary(self, histories: Histories) -> sp.spmatrix:
+        raise NotImplementedError
+
+    def score(self, histories: Histories) -> np.ndarray:
+        return _fallback(self.primary(histories), self.popularity)
+
+    def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
+                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+        items = np.full((len(histories), k), -1, dtype=np.int64)
+        vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
+        for start in range(0, len(histories), batch_size):
+            rows = np.arange(start, min(start + batch_size, len(histories)))
+            sub = exclude.subset(rows) if exclude is not None else None
+            items[rows], vals[rows] = top_k_fallback(self.primary(histories.subset(rows)), self.popularity, k, sub)
+        return items, vals
+
+
 def _fallback(primary: np.ndarray | sp.spmatrix, popularity: np.ndarray) -> np.ndarray:
     """Rank items with a positive primary score first (in primary order), the rest by popularity.
 
@@ -161,7 +239,7 @@ class Popularity(Recommender):
 
 
 @dataclass
-class CategoryPopularity(Recommender):
+class CategoryPopularity(PrimaryThenPopularity):
     """Popularity within the user's categories: score = P(category | user) x P(item | category)."""
 
     event_weights: dict[str, float] | None = None
@@ -177,7 +255,7 @@ class CategoryPopularity(Recommender):
         self.item_share = np.where(known, self.popularity / np.maximum(cat_total[np.maximum(cat, 0)], 1e-12), 0.0)
         return self
 
-    def score(self, histories: Histories) -> np.ndarray:
+    def primary(self, histories: Histories) -> sp.spmatrix:
         cat = self.catalogue.category_code
         n_cat = len(self.catalogue.categories)
         w = event_weight_array(self.event_weights)[histories.etype]
@@ -187,8 +265,10 @@ class CategoryPopularity(Recommender):
         profile = np.zeros((len(histories), max(n_cat, 1)))
         np.add.at(profile, (histories.row_of_event[ok], ev_cat[ok]), w[ok])
         profile /= np.maximum(profile.sum(axis=1, keepdims=True), 1e-12)
-        primary = np.where(cat[None, :] >= 0, profile[:, np.maximum(cat, 0)] * self.item_share[None, :], 0.0)
-        return _fallback(primary, self.popularity)
+        # P(category | user) x P(item | category): one (category, item) entry per item of a known category
+        known = np.flatnonzero(cat >= 0)
+        share = sp.csr_matrix((self.item_share[known], (cat[known], known)), shape=(max(n_cat, 1), len(cat)))
+        return sp.csr_matrix(profile) @ share
 
 
 @dataclass
@@ -220,7 +300,7 @@ class Trending(Recommender):
 
 
 @dataclass
-class RepeatBuy(Recommender):
+class RepeatBuy(PrimaryThenPopularity):
     """The user's own most frequent items (summed event weights, ties to the most recent),
     then overall popularity. Meaningful only where seen items may be recommended (EXCLUDE_SEEN=none)."""
 
@@ -232,7 +312,7 @@ class RepeatBuy(Recommender):
         self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
         return self
 
-    def score(self, histories: Histories) -> np.ndarray:
+    def primary(self, histories: Histories) -> sp.spmatrix:
         n_items = len(self.catalogue)
         weights = event_weight_array(self.event_weights)
         w = weights[histories.etype]
@@ -248,12 +328,11 @@ class RepeatBuy(Recommender):
         span = np.maximum(histories.now - (t.min() if len(t) else 0), 1).astype(np.float64)
         recency = np.clip(1.0 - (histories.now[p_rows] - last) / span[p_rows], 0.0, 1.0)
         step = weights[weights > 0].min() if np.any(weights > 0) else 1.0
-        primary = sp.csr_matrix((freq + 0.45 * step * recency, (p_rows, p_items)), shape=(len(histories), n_items))
-        return _fallback(primary, self.popularity)
+        return sp.csr_matrix((freq + 0.45 * step * recency, (p_rows, p_items)), shape=(len(histories), n_items))
 
 
 @dataclass
-class CooccurrenceKNN(Recommender):
+class CooccurrenceKNN(PrimaryThenPopularity):
     """Item-to-item kNN on co-occurrence in user histories (cosine), ``n_neighbors`` per item.
 
     A user's score for item j is sum over their items i of sim(i, j) (the diagonal is zero:
@@ -283,9 +362,8 @@ class CooccurrenceKNN(Recommender):
     def params(self) -> dict[str, Any]:
         return {"n_neighbors": self.n_neighbors, "max_history": self.max_history}
 
-    def score(self, histories: Histories) -> np.ndarray:
-        x = _recent_binary(histories, len(self.catalogue), self.max_history)
-        return _fallback(x @ self.similarity, self.popularity)
+    def primary(self, histories: Histories) -> sp.spmatrix:
+        return _recent_binary(histories, len(self.catalogue), self.max_history) @ self.similarity
 
     def similar_items(self, item: int, k: int) -> np.ndarray:
         row = self.similarity.getrow(item)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+import scipy.sparse as sp
 from freshrec.models.baselines import (
     EASE,
     CategoryPopularity,
@@ -12,7 +13,9 @@ from freshrec.models.baselines import (
     Popularity,
     RepeatBuy,
     Trending,
+    _fallback,
     top_k,
+    top_k_fallback,
     top_k_shared,
 )
 from freshrec.models.data import Catalogue, Histories, Ragged, normalize_events
@@ -130,16 +133,44 @@ def test_top_k_shared_breaks_ties_by_index_and_pads():
     assert vals[1].tolist()[:4] == [3.0, 3.0, 3.0, 0.0] and np.isneginf(vals[:, 4:]).all()
 
 
-def test_popularity_and_trending_lists_are_the_dense_lists():
+def exact_top_k(scores: np.ndarray, k: int, exclude: Ragged) -> tuple[np.ndarray, np.ndarray]:
+    """The reference: every row sorted whole, ties to the lower index (top_k's argpartition may
+    pick any of the items tied at the k-th place)."""
+    scores = np.array(scores, dtype=np.float32)
+    scores[exclude.rows, exclude.values] = -np.inf
+    items = np.array([np.lexsort((np.arange(len(row)), -row))[:k] for row in scores])
+    vals = np.take_along_axis(scores, items, axis=1)
+    items[~np.isfinite(vals)] = -1
+    return items, vals
+
+
+def test_sparse_and_shared_lists_are_the_dense_lists():
     hist = Histories.from_events(LOG, CAT, now=NOW)
-    exclude = seen_items(hist, "all")
-    for rec in (Popularity(), Trending()):
+    exclude = seen_items(hist, "purchased")
+    for rec in (Popularity(), Trending(), CategoryPopularity(), RepeatBuy(), CooccurrenceKNN()):
         rec.fit(TRAIN, CAT)
         fast = rec.recommend(hist, 4, exclude=exclude, batch_size=2)
-        rows, values = exclude.rows, exclude.values
-        dense = top_k(rec.score(hist), 4, rows, values)
-        np.testing.assert_array_equal(fast[0], dense[0])
-        np.testing.assert_array_equal(fast[1], dense[1])
+        dense = exact_top_k(rec.score(hist), 4, exclude)
+        np.testing.assert_array_equal(fast[0], dense[0], err_msg=rec.name)
+        np.testing.assert_array_equal(fast[1], dense[1], err_msg=rec.name)
+
+
+@pytest.mark.parametrize("k", [1, 5, 40])
+def test_top_k_fallback_is_top_k_of_the_dense_fallback(k):
+    rng = np.random.default_rng(k)
+    n, n_items = 12, 60
+    # few distinct values, so ties abound; row 0 holds the 50 most popular items, so its fill
+    # starts past them; row 1 has no primary item; some values are not positive
+    dense = rng.integers(-1, 4, (n, n_items)).astype(np.float64) * (rng.random((n, n_items)) < 0.3)
+    popularity = rng.integers(0, 6, n_items).astype(np.float64)
+    dense[0] = 0.0
+    dense[0, np.argsort(-popularity, kind="stable")[:50]] = 1.0
+    dense[1] = 0.0
+    exclude = Ragged.from_pairs(rng.integers(0, n, 90), rng.integers(0, n_items, 90), n)
+    want = exact_top_k(_fallback(dense, popularity), k, exclude)
+    got = top_k_fallback(sp.csr_matrix(dense), popularity, k, exclude)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
 
 
 def test_category_popularity_without_categories_is_popularity():
