@@ -87,6 +87,10 @@ class RankerConfig:
     label_protocol: str = "time"
     label_fraction: float = 0.2
     max_train_users: int | None = 3000  # per label window, a seeded sample
+    # per training group: every positive and at most this many negatives (a seeded sample; None: all).
+    # LambdaRank learns from the pairs within a group; most of a user's 300 candidates are easy
+    # negatives that cost LightGBM time and add little to those pairs (models/README.md)
+    max_negatives_per_group: int | None = 100
     # label groups kept with the model for the refresh's replay (a seeded sample of those it learned
     # from): a refresh replays them instead of building older groups, which needs a fit of every source
     replay_groups: int = 512
@@ -149,6 +153,9 @@ class TwoStageRanker(Recommender):
         data = self.training_set(train, catalogue)
         val = _validation_groups(len(data.groups), cfg.validation_share, cfg.seed)
         row_val = np.repeat(val, data.groups)
+        group_of = np.repeat(np.arange(len(data.groups)), data.groups)
+        fit_rows = ~row_val & _negatives_kept(data.labels, group_of, cfg.max_negatives_per_group, cfg.seed)
+        fit_groups = np.bincount(group_of[fit_rows], minlength=len(data.groups))[~val]
         params = {**LIGHTGBM_DEFAULTS, **cfg.lightgbm}
         self.model = LGBMRanker(objective="lambdarank", random_state=cfg.seed, deterministic=True, force_row_wise=True,
                                 n_jobs=cfg.num_threads, verbose=-1, **params)
@@ -157,8 +164,8 @@ class TwoStageRanker(Recommender):
             eval_kw = {"eval_X": (data.features[row_val],), "eval_y": (data.labels[row_val],), "eval_group": [data.groups[val]],
                        "eval_at": [10], "callbacks": [early_stopping(cfg.early_stopping_rounds, verbose=False)]}
         with self._timed("lightgbm_fit"):
-            self.model.fit(data.features[~row_val], data.labels[~row_val], group=data.groups[~val], **eval_kw)
-        self.n_train_groups, self.n_train_rows = int((~val).sum()), int((~row_val).sum())
+            self.model.fit(data.features[fit_rows], data.labels[fit_rows], group=fit_groups, **eval_kw)
+        self.n_train_groups, self.n_train_rows = int((~val).sum()), int(fit_rows.sum())
         self.replay = _sample_groups(data, cfg.replay_groups, np.random.default_rng([cfg.seed, 1]))
         self.best_iteration = int(self.model.best_iteration_ or params["n_estimators"])
         with self._timed("sources_fit"):
@@ -458,6 +465,19 @@ def _sample_groups(data: TrainingSet, n: int, rng: np.random.Generator) -> Train
 
 def _concat_groups(parts: list[TrainingSet]) -> TrainingSet:
     return TrainingSet(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(TrainingSet)))
+
+
+def _negatives_kept(labels: np.ndarray, group_of: np.ndarray, n: int | None, seed: int) -> np.ndarray:
+    """Per row: kept for training? Every positive, and per group a seeded sample of at most ``n``
+    negatives (every row when ``n`` is None)."""
+    if n is None:
+        return np.ones(len(labels), dtype=bool)
+    neg = np.flatnonzero(labels == 0)
+    order = neg[np.lexsort((np.random.default_rng([seed, 2]).random(len(neg)), group_of[neg]))]
+    place = np.arange(len(order)) - np.searchsorted(group_of[order], group_of[order])
+    keep = labels != 0
+    keep[order[place < n]] = True
+    return keep
 
 
 def _validation_groups(n_groups: int, share: float, seed: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from freshrec.models.candidates import HISTORY, CandidateConfig
 from freshrec.models.data import SECONDS_PER_DAY, normalize_events
 from freshrec.models.evaluate import evaluate
 from freshrec.models.protocols import rolling_cutoffs
-from freshrec.models.ranker import FEATURES, RankerConfig, TwoStageRanker
+from freshrec.models.ranker import FEATURES, RankerConfig, TwoStageRanker, _negatives_kept
 from freshrec.models.split import seen_items
 
 pytest.importorskip("lightgbm")
@@ -155,3 +155,17 @@ def test_random_labels_are_held_out_of_the_candidates_history(fold):
     history = data.features[:, FEATURES.index(HISTORY[0]):FEATURES.index(HISTORY[0]) + 4]  # counts per event type
     assert np.all(history[positive] == 0)  # a held-out item leaves the user's history entirely
     assert (history[~positive].sum(axis=1) > 0).any()
+
+
+def test_training_keeps_every_positive_and_at_most_n_negatives_per_group():
+    rng = np.random.default_rng(3)
+    sizes = np.array([5, 300, 40, 120])
+    group_of = np.repeat(np.arange(len(sizes)), sizes)
+    labels = (rng.random(len(group_of)) < 0.05).astype(np.int32)
+    kept = _negatives_kept(labels, group_of, 30, seed=0)
+    assert kept[labels == 1].all()
+    negatives = np.bincount(group_of[kept & (labels == 0)], minlength=len(sizes))
+    assert negatives.tolist() == np.minimum(np.bincount(group_of[labels == 0], minlength=len(sizes)), 30).tolist()
+    np.testing.assert_array_equal(kept, _negatives_kept(labels, group_of, 30, seed=0))
+    assert not np.array_equal(kept, _negatives_kept(labels, group_of, 30, seed=1))
+    assert _negatives_kept(labels, group_of, None, seed=0).all()
