@@ -111,7 +111,7 @@ def top_k_fallback(primary: sp.spmatrix, popularity: np.ndarray, k: int, exclude
     shown = ~np.isin(rows * n_items + cols, ex.rows * n_items + ex.values)
     r, c, v = rows[shown], cols[shown], scores[shown]
     # by row, then best first; a stable sort keeps the lower column first among equal scores
-    # (exact: 2 - v is a multiple of 2**-23 below 1, so 4 * row + 2 - v needs under 53 bits)
+    # (exact below 2**28 rows: 2 - v is a multiple of 2**-23 in [0, 1], so 4 * row + 2 - v fits 53 bits)
     order = np.argsort(4.0 * r + (2.0 - v.astype(np.float64)), kind="stable")
     r, c, v = r[order], c[order], v[order]
     place = np.arange(len(r)) - np.searchsorted(r, r)
