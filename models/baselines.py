@@ -109,16 +109,10 @@ def top_k_fallback(primary: sp.spmatrix, popularity: np.ndarray, k: int, exclude
     scores = (1.0 + primary.data / row_max[rows]).astype(np.float32)  # as _fallback scores them
     ex = exclude if exclude is not None else Ragged.empty(n)
     shown = ~np.isin(rows * n_items + cols, ex.rows * n_items + ex.values)
-    r, c, v = rows[shown], cols[shown], scores[shown]
-    # by row, then best first; a stable sort keeps the lower column first among equal scores
-    # (exact below 2**28 rows: 2 - v is a multiple of 2**-23 in [0, 1], so 4 * row + 2 - v fits 53 bits)
-    order = np.argsort(4.0 * r + (2.0 - v.astype(np.float64)), kind="stable")
-    r, c, v = r[order], c[order], v[order]
-    place = np.arange(len(r)) - np.searchsorted(r, r)
-    head = place < k
+    r, c, v, rank = top_per_row(rows[shown], cols[shown], scores[shown], k)
     items = np.full((n, 2 * k), -1, dtype=np.int64)
     top = np.full((n, 2 * k), -np.inf, dtype=np.float32)
-    items[r[head], place[head]], top[r[head], place[head]] = c[head], v[head]
+    items[r, rank - 1], top[r, rank - 1] = c, v
     top_pop = popularity.max() if len(popularity) else 0.0
     pop, pop_order, pop_rank = _shared_order(popularity / (top_pop + 1.0) if top_pop > 0 else np.zeros(len(popularity)))
     fill = _first_free(pop_order, pop_rank, n, k, np.concatenate([ex.rows, rows]), np.concatenate([ex.values, cols]))
@@ -127,6 +121,50 @@ def top_k_fallback(primary: sp.spmatrix, popularity: np.ndarray, k: int, exclude
     items, top = np.take_along_axis(items, order, axis=1), np.take_along_axis(top, order, axis=1)
     items[~np.isfinite(top)] = -1
     return items, top
+
+
+def top_per_row(rows: np.ndarray, items: np.ndarray, scores: np.ndarray, cap: int):
+    """Each row's ``cap`` best pairs (higher score first, then lower item), sorted by row then
+    rank; returns rows, items, scores and the 1-based rank."""
+    keep = _may_rank(rows, scores, cap)
+    if keep is not None:
+        rows, items, scores = rows[keep], items[keep], scores[keep]
+    order = np.lexsort((items, -scores, rows))
+    rows, items, scores = rows[order], items[order], scores[order]
+    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
+    keep = rank < cap
+    return rows[keep], items[keep], scores[keep], rank[keep] + 1
+
+
+def _may_rank(rows: np.ndarray, scores: np.ndarray, cap: int) -> np.ndarray | None:
+    """The pairs that can be among their row's ``cap`` best: in a row of more than ``cap`` pairs,
+    those scoring at least its ``cap``-th best score (ties kept, for the sort to break). None
+    when nothing can be dropped, or when the padded (rows x longest row) block would be much
+    larger than the pairs themselves. One partition instead of sorting every pair: a
+    user-by-catalogue co-visitation block has millions of pairs and keeps a few hundred per user."""
+    if cap <= 0 or len(rows) <= cap:
+        return None
+    counts = np.bincount(rows)
+    big = counts > cap
+    if not big.any():
+        return None
+    inside = big[rows]
+    r, s = rows[inside], scores[inside]
+    if len(r) > 1 and (r[1:] < r[:-1]).any():  # rows usually come sorted already, from a CSR matrix
+        order = np.argsort(r, kind="stable")
+        r, s = r[order], s[order]
+    uniq, start = np.unique(r, return_index=True)
+    width = int(counts[uniq].max())
+    if len(uniq) * width > 4 * len(r) + 1_000_000:
+        return None
+    at = np.searchsorted(uniq, r)
+    padded = np.full((len(uniq), width), np.nan)  # NaN sorts last, as in the lexsort
+    padded[at, np.arange(len(r)) - start[at]] = -s
+    kth = -np.partition(padded, cap - 1, axis=1)[:, cap - 1]
+    threshold = np.full(len(counts), -np.inf)
+    threshold[uniq] = kth
+    return ~(scores < threshold[rows])  # NaN scores (sorted last by the lexsort) stay: a superset is enough
+
 
 
 class Recommender:

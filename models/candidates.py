@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
-from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Trending, top_k_shared
+from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Trending, top_k_shared, top_per_row
 from freshrec.models.data import (
     EVENT_CODES,
     SECONDS_PER_DAY,
@@ -374,49 +374,6 @@ def _pairs_of(matrix: sp.spmatrix, col_map: np.ndarray | None = None) -> tuple[n
     ok = m.data > 0
     cols = m.col[ok].astype(np.int64)
     return m.row[ok].astype(np.int64), (cols if col_map is None else col_map[cols]), m.data[ok].astype(np.float64)
-
-
-def top_per_row(rows: np.ndarray, items: np.ndarray, scores: np.ndarray, cap: int):
-    """Each row's ``cap`` best pairs (higher score first, then lower item), sorted by row then
-    rank; returns rows, items, scores and the 1-based rank."""
-    keep = _may_rank(rows, scores, cap)
-    if keep is not None:
-        rows, items, scores = rows[keep], items[keep], scores[keep]
-    order = np.lexsort((items, -scores, rows))
-    rows, items, scores = rows[order], items[order], scores[order]
-    rank = np.arange(len(rows)) - np.searchsorted(rows, rows, side="left")
-    keep = rank < cap
-    return rows[keep], items[keep], scores[keep], rank[keep] + 1
-
-
-def _may_rank(rows: np.ndarray, scores: np.ndarray, cap: int) -> np.ndarray | None:
-    """The pairs that can be among their row's ``cap`` best: in a row of more than ``cap`` pairs,
-    those scoring at least its ``cap``-th best score (ties kept, for the sort to break). None
-    when nothing can be dropped, or when the padded (rows x longest row) block would be much
-    larger than the pairs themselves. One partition instead of sorting every pair: a
-    user-by-catalogue co-visitation block has millions of pairs and keeps a few hundred per user."""
-    if cap <= 0 or len(rows) <= cap:
-        return None
-    counts = np.bincount(rows)
-    big = counts > cap
-    if not big.any():
-        return None
-    inside = big[rows]
-    r, s = rows[inside], scores[inside]
-    if len(r) > 1 and (r[1:] < r[:-1]).any():  # rows usually come sorted already, from a CSR matrix
-        order = np.argsort(r, kind="stable")
-        r, s = r[order], s[order]
-    uniq, start = np.unique(r, return_index=True)
-    width = int(counts[uniq].max())
-    if len(uniq) * width > 4 * len(r) + 1_000_000:
-        return None
-    at = np.searchsorted(uniq, r)
-    padded = np.full((len(uniq), width), np.nan)  # NaN sorts last, as in the lexsort
-    padded[at, np.arange(len(r)) - start[at]] = -s
-    kth = -np.partition(padded, cap - 1, axis=1)[:, cap - 1]
-    threshold = np.full(len(counts), -np.inf)
-    threshold[uniq] = kth
-    return ~(scores < threshold[rows])  # NaN scores (sorted last by the lexsort) stay: a superset is enough
 
 
 def _shared_list(scores: np.ndarray, n: int, cap: int, exclude: Ragged) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

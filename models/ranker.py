@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from freshrec.models.baselines import Recommender, top_k_shared
+from freshrec.models.baselines import Recommender, top_k_shared, top_per_row
 from freshrec.models.candidates import (
     HISTORY,
     ITEM_STATS,
@@ -45,7 +45,6 @@ from freshrec.models.candidates import (
     CandidateConfig,
     CandidateGenerator,
     Candidates,
-    top_per_row,
 )
 from freshrec.models.data import (
     EVENT_CODES,

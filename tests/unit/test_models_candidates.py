@@ -125,7 +125,7 @@ def test_candidates_do_not_depend_on_the_batch():
 def test_top_per_row_matches_a_full_sort_with_ties_and_nan():
     """top_per_row drops pairs below each long row's cap-th score before sorting: the result must
     be the full lexsort's, ties (broken by item) and NaN scores (last) included."""
-    from freshrec.models.candidates import top_per_row
+    from freshrec.models.baselines import top_per_row
 
     def full_sort(rows, items, scores, cap):
         order = np.lexsort((items, -scores, rows))
