@@ -204,13 +204,14 @@ class Recommender:
         vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
         for start in range(0, len(histories), batch_size):
             rows = np.arange(start, min(start + batch_size, len(histories)))
-            batch = histories.subset(rows)
-            ex_rows = ex_items = None
-            if exclude is not None:
-                sub = exclude.subset(rows)
-                ex_rows, ex_items = sub.rows, sub.values
-            items[rows], vals[rows] = top_k(self.score(batch), k, ex_rows, ex_items)
+            ex = exclude.subset(rows) if exclude is not None else Ragged.empty(len(rows))
+            items[rows], vals[rows] = self._top_k_batch(histories.subset(rows), k, ex)
         return items, vals
+
+    def _top_k_batch(self, histories: Histories, k: int, exclude: Ragged) -> tuple[np.ndarray, np.ndarray]:
+        """``recommend`` for one batch of users; this default ranks the dense ``score`` matrix,
+        a recommender that can rank without it overrides this."""
+        return top_k(self.score(histories), k, exclude.rows, exclude.values)
 
 
 class PrimaryThenPopularity(Recommender):
@@ -225,15 +226,8 @@ class PrimaryThenPopularity(Recommender):
     def score(self, histories: Histories) -> np.ndarray:
         return _fallback(self.primary(histories), self.popularity)
 
-    def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
-                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        items = np.full((len(histories), k), -1, dtype=np.int64)
-        vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
-        for start in range(0, len(histories), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(histories)))
-            sub = exclude.subset(rows) if exclude is not None else None
-            items[rows], vals[rows] = top_k_fallback(self.primary(histories.subset(rows)), self.popularity, k, sub)
-        return items, vals
+    def _top_k_batch(self, histories: Histories, k: int, exclude: Ragged) -> tuple[np.ndarray, np.ndarray]:
+        return top_k_fallback(self.primary(histories), self.popularity, k, exclude)
 
 
 def _fallback(primary: np.ndarray | sp.spmatrix, popularity: np.ndarray) -> np.ndarray:

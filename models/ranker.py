@@ -352,28 +352,22 @@ class TwoStageRanker(Recommender):
         out[cands.rows, cands.item] = scaled
         return out
 
-    def recommend(self, histories: Histories, k: int, exclude: Ragged | None = None,
-                  batch_size: int = 1024) -> tuple[np.ndarray, np.ndarray]:
-        """``score``'s top-k with ``exclude[u]`` removed, without the (n, n_items) matrix: the
+    def _top_k_batch(self, histories: Histories, k: int, exclude: Ragged) -> tuple[np.ndarray, np.ndarray]:
+        """``score``'s top-k with ``exclude`` removed, without the (n, n_items) matrix: the
         ranked candidates, then popular items."""
-        items = np.full((len(histories), k), -1, dtype=np.int64)
-        vals = np.full((len(histories), k), -np.inf, dtype=np.float32)
-        fallback = self._fallback_scores()
-        n_items = len(self.catalogue)
-        for start in range(0, len(histories), batch_size):
-            rows = np.arange(start, min(start + batch_size, len(histories)))
-            ex = exclude.subset(rows) if exclude is not None else Ragged.empty(len(rows))
-            cands, scaled = self._ranked(histories.subset(rows))
-            allowed = ~np.isin(cands.rows * n_items + cands.item, ex.rows * n_items + ex.values)
-            r, i, s, rank = top_per_row(cands.rows[allowed], cands.item[allowed], scaled[allowed], k)
-            items[rows[r], rank - 1], vals[rows[r], rank - 1] = i, s
-            n_ranked = np.bincount(r, minlength=len(rows))
-            taken = Ragged.from_pairs(np.concatenate([ex.rows, r]), np.concatenate([ex.values, i]), len(rows))
-            fill, fill_vals = top_k_shared(fallback, len(rows), k, taken)
-            col = np.arange(k)[None, :] - n_ranked[:, None]  # place j of a row takes fill[j - n_ranked]
-            free = col >= 0
-            fr, fc = np.nonzero(free)
-            items[rows[fr], fc], vals[rows[fr], fc] = fill[fr, col[free]], fill_vals[fr, col[free]]
+        n, n_items = len(histories), len(self.catalogue)
+        items = np.full((n, k), -1, dtype=np.int64)
+        vals = np.full((n, k), -np.inf, dtype=np.float32)
+        cands, scaled = self._ranked(histories)
+        allowed = ~np.isin(cands.rows * n_items + cands.item, exclude.rows * n_items + exclude.values)
+        r, i, s, rank = top_per_row(cands.rows[allowed], cands.item[allowed], scaled[allowed], k)
+        items[r, rank - 1], vals[r, rank - 1] = i, s
+        n_ranked = np.bincount(r, minlength=n)
+        taken = Ragged.from_pairs(np.concatenate([exclude.rows, r]), np.concatenate([exclude.values, i]), n)
+        fill, fill_vals = top_k_shared(self._fallback_scores(), n, k, taken)
+        col = np.arange(k)[None, :] - n_ranked[:, None]  # place j of a row takes fill[j - n_ranked]
+        fr, fc = np.nonzero(col >= 0)
+        items[fr, fc], vals[fr, fc] = fill[fr, col[fr, fc]], fill_vals[fr, col[fr, fc]]
         return items, vals
 
     def feature_importance(self) -> dict[str, float]:
