@@ -185,8 +185,10 @@ class TwoStageRanker(Recommender):
         events before ``since``, labels = the target events at or after it), mixed with a seeded
         replay sample of the groups the model learned from before (``replay``, kept with the
         model) making ``replay_share`` of the groups. The groups and features are ``fit``'s own
-        (``_groups``). The new groups join the replay buffer, which a seeded sample cuts back to
-        ``replay_groups``: older groups thin out with each refresh. Then the candidate sources are
+        (``_groups``); the trees learn from each group's positives and at most
+        ``max_negatives_per_group`` of its negatives, as ``fit``'s do. The new groups join the
+        replay buffer (whole), which a seeded sample cuts back to ``replay_groups``: older groups
+        thin out with each refresh. Then the candidate sources are
         refitted on ``train``: co-visitation, EASE, popularity and trend see the new events, and
         items new since the fit become candidates as themselves."""
         import lightgbm
@@ -216,14 +218,17 @@ class TwoStageRanker(Recommender):
         params.update(n_estimators=trees, learning_rate=params["learning_rate"] * learning_rate_scale)
         model = LGBMRanker(objective="lambdarank", random_state=seed, deterministic=True, force_row_wise=True,
                            n_jobs=cfg.num_threads, verbose=-1, **params)
-        model.fit(data.features, data.labels, group=data.groups, init_model=init)
+        group_of = np.repeat(np.arange(len(data.groups)), data.groups)
+        rows = _negatives_kept(data.labels, group_of, cfg.max_negatives_per_group, seed)
+        model.fit(data.features[rows], data.labels[rows], group=np.bincount(group_of[rows], minlength=len(data.groups)),
+                  init_model=init)
         self.model = model
         self.best_iteration = self.best_iteration + trees
         self.replay = _sample_groups(_concat_groups([buffer, fresh] if buffer is not None else [fresh]),
                                      cfg.replay_groups, rng)
         self.prepare(catalogue, train)
-        return {"fresh_groups": n_fresh, "replay_groups": n_replay, "trees_added": trees, "sources_reused": bool(reuse),
-                "trees": self.best_iteration, "seconds": time.perf_counter() - started}
+        return {"fresh_groups": n_fresh, "replay_groups": n_replay, "train_rows": int(rows.sum()), "trees_added": trees,
+                "sources_reused": bool(reuse), "trees": self.best_iteration, "seconds": time.perf_counter() - started}
 
     def learning_curve(self) -> list[dict[str, float]]:
         """Per boosting iteration, LambdaRank's NDCG@10 on the held-out label users (empty without them)."""

@@ -5,6 +5,7 @@ and seed give the same weights."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 
 import numpy as np
 import pandas as pd
@@ -147,14 +148,20 @@ def test_the_ranker_replays_a_bounded_buffer_of_the_groups_it_learned_from(log):
     from freshrec.models.candidates import CandidateConfig
     from freshrec.models.ranker import RankerConfig, TwoStageRanker
 
-    cfg = RankerConfig(label_window_days=7, n_label_windows=2, min_target_users=10, replay_groups=12,
+    cfg = RankerConfig(label_window_days=7, n_label_windows=2, min_target_users=10, replay_groups=12, max_negatives_per_group=3,
                        lightgbm={"n_estimators": 20, "min_child_samples": 20}, candidates=CandidateConfig(n_candidates=40, ease_items=30))
     ranker = TwoStageRanker(cfg).fit(log["old"], log["old_cat"])
+    whole = copy.deepcopy(ranker)
+    whole.config = dataclasses.replace(cfg, max_negatives_per_group=None)
+    every = whole.refresh(log["new"], log["new_cat"], log["since"], trees=5, replay_share=0.25)
     buffer = ranker.replay
     assert len(buffer.groups) == 12 and buffer.features.shape == (buffer.groups.sum(), ranker.model.n_features_in_)
     assert set(buffer.window_start) <= {int(log["old"].now.max()) - w * 7 * 86_400 for w in (1, 2)}  # both label windows
     report = ranker.refresh(log["new"], log["new_cat"], log["since"], trees=5, replay_share=0.25)
     assert report["replay_groups"] == min(12, round(report["fresh_groups"] / 3))
+    # the same groups; the trees learned from at most 3 negatives of each, as the fit's did
+    assert (report["fresh_groups"], report["replay_groups"]) == (every["fresh_groups"], every["replay_groups"])
+    assert report["fresh_groups"] + report["replay_groups"] <= report["train_rows"] < every["train_rows"] / 3
     after = ranker.replay
     assert len(after.groups) == 12 and (after.window_start == log["since"]).any()  # the new groups joined it
     assert (after.window_start < log["since"]).any()  # and older ones stayed
