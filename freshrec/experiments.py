@@ -44,7 +44,7 @@ NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 MODES = ("ab", "interleave")
 ALIASES = ("champion", "challenger")
 #: what a variant may name besides an alias or a version (models/baselines.py)
-BASELINES = ("popularity", "category_popularity", "trending", "repeat_buy", "cooccurrence_knn", "ease")
+BASELINES = ("popularity", "category_popularity", "trending", "repeat_buy", "cooccurrence_knn", "user_knn", "ease")
 DEFAULT_METRIC = "purchase_conversion"
 #: the interleaved answer's variant: its items carry their team (the variant that gave each)
 INTERLEAVED = "interleaved"

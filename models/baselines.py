@@ -404,6 +404,90 @@ class CooccurrenceKNN(PrimaryThenPopularity):
 
 
 @dataclass
+class UserKNN(PrimaryThenPopularity):
+    """User-based kNN in TIFU-KNN's shape (Hu et al., SIGIR 2020), on event logs.
+
+    A user is the L2-normalised vector of their event weights, each halved every
+    ``half_life_days`` of age. The score is ``alpha`` x that vector + (1 - alpha) x the mean vector
+    of the ``n_neighbors`` training users most similar to it (cosine; nobody is their own
+    neighbour), then overall popularity. The neighbours come from the ``max_pool_users`` most
+    recently active training users, so memory and time per user stay bounded on a large log.
+    """
+
+    n_neighbors: int = 300
+    alpha: float = 0.9
+    half_life_days: float = 120.0
+    max_pool_users: int = 50_000
+    typical_items: int = 500
+    event_weights: dict[str, float] | None = None
+    name = "user_knn"
+
+    def fit(self, train: Histories, catalogue: Catalogue) -> "UserKNN":
+        self.catalogue = catalogue
+        self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
+        last = np.full(len(train), np.iinfo(np.int64).min)
+        np.maximum.at(last, train.row_of_event, train.t)
+        pool = np.lexsort((np.arange(len(train)), -last))[:self.max_pool_users]
+        vectors = self.vectors(train.subset(np.sort(pool)))
+        self.pool_t = vectors.T.tocsr()  # items x pool users: a batch's similarities are one product
+        self.pool = vectors
+        # the pool's mean vector on its typical_items heaviest items: what a user with fewer than
+        # n_neighbors similar users gets in place of each missing neighbour
+        mean = np.asarray(vectors.mean(axis=0)).ravel()
+        top = np.sort(np.argsort(-mean, kind="stable")[:self.typical_items])
+        self.typical = sp.csr_matrix((mean[top], (np.zeros(len(top), int), top)), shape=(1, len(catalogue)), dtype=np.float32)
+        ids = train.user_ids[np.sort(pool)]
+        self.pool_order = np.argsort(ids, kind="stable")
+        self.pool_sorted_ids = ids[self.pool_order]
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return {"n_neighbors": self.n_neighbors, "alpha": self.alpha, "half_life_days": self.half_life_days,
+                "max_pool_users": self.max_pool_users}
+
+    def vectors(self, histories: Histories) -> sp.csr_matrix:
+        """users x items, float32: decayed event weights, each row of unit length (zero for no events)."""
+        w = event_weight_array(self.event_weights)[histories.etype]
+        ok = (histories.item >= 0) & (w > 0)
+        rows = histories.row_of_event[ok]
+        age = (histories.now[rows] - histories.t[ok]) / SECONDS_PER_DAY
+        m = sp.csr_matrix((w[ok] * np.exp2(-age / self.half_life_days), (rows, histories.item[ok])),
+                          shape=(len(histories), len(self.catalogue)), dtype=np.float64)
+        m.sum_duplicates()
+        norm = np.sqrt(np.asarray(m.multiply(m).sum(axis=1)).ravel())
+        return (sp.diags(1.0 / np.maximum(norm, 1e-12)) @ m).tocsr().astype(np.float32)
+
+    def neighbours(self, histories: Histories, vectors: sp.csr_matrix | None = None, chunk: int = 512) -> sp.csr_matrix:
+        """users x items: the mean vector of each user's ``n_neighbors`` most similar pool users
+        (those with a similarity above 0; the user's own pool row excluded)."""
+        q = self.vectors(histories) if vectors is None else vectors
+        n_pool = self.pool.shape[0]
+        k = min(self.n_neighbors, n_pool)
+        pos = np.minimum(np.searchsorted(self.pool_sorted_ids, histories.user_ids), max(n_pool - 1, 0))
+        own = self.pool_order[pos] if n_pool else pos
+        is_own = (self.pool_sorted_ids[pos] == histories.user_ids) if n_pool else np.zeros(len(histories), bool)
+        parts = []
+        for start in range(0, len(histories), chunk):
+            rows = np.arange(start, min(start + chunk, len(histories)))
+            sims = (q[rows] @ self.pool_t).toarray() if k else np.zeros((len(rows), 0), np.float32)
+            mine = np.flatnonzero(is_own[rows])
+            sims[mine, own[rows[mine]]] = 0.0
+            top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if 0 < k < n_pool else np.tile(np.arange(n_pool), (len(rows), 1))
+            near = np.take_along_axis(sims, top, axis=1) > 0
+            r = np.broadcast_to(np.arange(len(rows))[:, None], top.shape)
+            weights = sp.csr_matrix((np.full(int(near.sum()), 1.0 / max(k, 1), np.float32), (r[near], top[near])),
+                                    shape=(len(rows), n_pool))
+            missing = sp.csr_matrix(((k - near.sum(axis=1)) / max(k, 1), (np.arange(len(rows)), np.zeros(len(rows), int))),
+                                    shape=(len(rows), 1), dtype=np.float32)
+            parts.append(weights @ self.pool + missing @ self.typical)
+        return sp.vstack(parts).tocsr() if parts else sp.csr_matrix((0, len(self.catalogue)), dtype=np.float32)
+
+    def primary(self, histories: Histories) -> sp.spmatrix:
+        q = self.vectors(histories)
+        return (self.alpha * q + (1.0 - self.alpha) * self.neighbours(histories, q)).tocsr()
+
+
+@dataclass
 class EASE(Recommender):
     """EASE (Steck 2019): a closed-form item-item linear model; dense, so for small catalogues only."""
 

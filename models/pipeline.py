@@ -20,7 +20,16 @@ from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
-from freshrec.models.baselines import EASE, CategoryPopularity, CooccurrenceKNN, Popularity, Recommender, RepeatBuy, Trending
+from freshrec.models.baselines import (
+    EASE,
+    CategoryPopularity,
+    CooccurrenceKNN,
+    Popularity,
+    Recommender,
+    RepeatBuy,
+    Trending,
+    UserKNN,
+)
 from freshrec.models.candidates import CandidateConfig
 from freshrec.models.data import Catalogue, Histories, normalize_events
 from freshrec.models.evaluate import DEFAULT_KS, EvalResult, evaluate
@@ -112,6 +121,7 @@ def make_baselines(config: TrainingConfig, exclude_seen: str, n_items: int, even
         CategoryPopularity(event_weights=event_weights),
         Trending(window_days=trending_days, event_weights=event_weights),
         CooccurrenceKNN(n_neighbors=config.knn_neighbors, event_weights=event_weights),
+        UserKNN(event_weights=event_weights),
     ]
     if exclude_seen == "none":
         out.append(RepeatBuy(event_weights=event_weights))

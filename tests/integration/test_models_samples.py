@@ -27,7 +27,7 @@ def test_gate_decides_consistently_on_a_real_sample(tmp_path, loader, path, wind
 
     metric = config.gate_metric
     assert report.window["n_users"] > 0
-    assert {"popularity", "category_popularity", "trending", "cooccurrence_knn", "ease"} <= set(report.baselines)
+    assert {"popularity", "category_popularity", "trending", "cooccurrence_knn", "user_knn", "ease"} <= set(report.baselines)
     assert "repeat_buy" not in report.baselines, "repeat-buy only where seen items may be listed"
     best = max(b["metrics"][metric] for b in report.baselines.values())
     decision = report.decision

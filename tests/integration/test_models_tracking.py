@@ -86,7 +86,7 @@ def test_a_good_model_is_tracked_registered_and_promoted(promoted):
         runs = client.search_runs([exp.experiment_id])
         kinds = sorted(r.data.tags["freshrec.kind"] for r in runs)
         assert kinds == ["baseline"] * len(report.baselines) + ["model"]
-        assert {"popularity", "category_popularity", "trending", "cooccurrence_knn", "repeat_buy", "ease"} == set(report.baselines)
+        assert {"popularity", "category_popularity", "trending", "cooccurrence_knn", "user_knn", "repeat_buy", "ease"} == set(report.baselines)
         run = client.get_run(report.model["run_id"])
         for name in ("ndcg_at_10", "recall_at_10", "recall_at_20", "map_at_10", "coverage_at_10", "precision_at_100",
                      "hit_rate_at_20", "novelty_at_10", "returning_users/ndcg_at_10", "train_seconds", "examples_per_second"):

@@ -110,7 +110,7 @@ def test_every_row_is_accounted_for(batch):
 def test_the_model_beats_every_baseline_and_is_promoted(batch):
     model = batch.evaluated["metrics"]["ndcg_at_10"]
     baselines = {name: b["metrics"]["ndcg_at_10"] for name, b in batch.evaluated["baselines"].items()}
-    assert set(baselines) == {"popularity", "category_popularity", "trending", "cooccurrence_knn", "repeat_buy"}
+    assert set(baselines) == {"popularity", "category_popularity", "trending", "cooccurrence_knn", "user_knn", "repeat_buy"}
     assert all(model > value for value in baselines.values()), (model, baselines)
     # the gate's rule: the mean over the three cutoffs, with the bootstrap interval above 0. Not
     # every cutoff: on this log without its last day the ranker wins the two older windows

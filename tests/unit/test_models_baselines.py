@@ -13,6 +13,7 @@ from freshrec.models.baselines import (
     Popularity,
     RepeatBuy,
     Trending,
+    UserKNN,
     _fallback,
     top_k,
     top_k_fallback,
@@ -88,6 +89,36 @@ def test_cooccurrence_recommends_what_goes_with_the_users_items():
     assert ids(rec.similar_items(CAT.index["f2"], 2)) == ["f1", "p1"]
 
 
+def test_user_knn_recommends_what_the_most_similar_users_took():
+    hist = Histories.from_events(LOG, CAT, users=["u3"], now=NOW)
+    rec = UserKNN(n_neighbors=2).fit(TRAIN, CAT)
+    # u3 bought p1 and f1; u1 and u2 bought both and f2 as well: the two nearest users' item
+    items, _ = rec.recommend(hist, 1, exclude=seen_items(hist, "purchased"))
+    assert ids(items[0]) == ["f2"]
+    # without the exclusion u3's own items come first (alpha of the score is the user's own vector)
+    assert set(ids(rec.recommend(hist, 2)[0][0])) == {"p1", "f1"}
+
+
+def test_user_knn_never_counts_a_user_as_their_own_neighbour():
+    events = log([("a", "x", "purchase", 0, "A"), ("a", "s", "purchase", 1, "A"), ("b", "s", "purchase", 2, "A"),
+                  ("c", "s", "purchase", 3, "A"), ("c", "y", "purchase", 3, "A"), ("d", "z", "purchase", 4, "A")])
+    cat = Catalogue.from_events(events)
+    train = Histories.from_events(events, cat, now=NOW)
+    hist = Histories.from_events(events, cat, users=["a", "d", "new"], now=NOW)
+    nb = UserKNN(n_neighbors=3, typical_items=0).fit(train, cat).neighbours(hist).toarray()
+    # only a bought x: a's neighbours (b and c, through s) bring s and y, never x
+    assert nb[0, cat.index["x"]] == 0 and nb[0, cat.index["s"]] > 0 and nb[0, cat.index["y"]] > 0
+    assert not nb[1].any() and not nb[2].any()  # d shares no item with anyone; a new user has no vector
+    with_typical = UserKNN(n_neighbors=3, typical_items=2).fit(train, cat).neighbours(hist).toarray()
+    # each missing neighbour is replaced by the pool's mean vector on its heaviest items
+    assert (with_typical[2] > 0).sum() == 2 and np.allclose(with_typical[1], with_typical[2])
+
+
+def test_user_knn_draws_neighbours_from_the_most_recently_active_users():
+    rec = UserKNN(max_pool_users=3).fit(TRAIN, CAT)
+    assert set(rec.pool_sorted_ids) == {"u6", "u7", "u8"} and rec.pool.shape == (3, len(CAT))
+
+
 def test_ease_scores_co_bought_items_and_refuses_large_catalogues():
     hist = Histories.from_events(LOG, CAT, users=["u3"], now=NOW)
     items, _ = EASE(l2=1.0).fit(TRAIN, CAT).recommend(hist, 1, exclude=seen_items(hist, "all"))
@@ -99,7 +130,7 @@ def test_ease_scores_co_bought_items_and_refuses_large_catalogues():
 def test_every_list_is_full_and_respects_exclusions():
     hist = Histories.from_events(LOG, CAT, users=["u9"], now=NOW)
     exclude = Ragged.from_pairs(np.array([0, 0]), np.array([CAT.index["r1"], CAT.index["p1"]]), 1)
-    for rec in (Popularity(), CategoryPopularity(), Trending(), RepeatBuy(), CooccurrenceKNN(), EASE(l2=1.0)):
+    for rec in (Popularity(), CategoryPopularity(), Trending(), RepeatBuy(), CooccurrenceKNN(), UserKNN(), EASE(l2=1.0)):
         items, scores = rec.fit(TRAIN, CAT).recommend(hist, len(CAT) - 2, exclude=exclude)
         got = ids(items[0])
         assert None not in got and "r1" not in got and "p1" not in got, rec.name
@@ -147,7 +178,7 @@ def exact_top_k(scores: np.ndarray, k: int, exclude: Ragged) -> tuple[np.ndarray
 def test_sparse_and_shared_lists_are_the_dense_lists():
     hist = Histories.from_events(LOG, CAT, now=NOW)
     exclude = seen_items(hist, "purchased")
-    for rec in (Popularity(), Trending(), CategoryPopularity(), RepeatBuy(), CooccurrenceKNN()):
+    for rec in (Popularity(), Trending(), CategoryPopularity(), RepeatBuy(), CooccurrenceKNN(), UserKNN(n_neighbors=2)):
         rec.fit(TRAIN, CAT)
         fast = rec.recommend(hist, 4, exclude=exclude, batch_size=2)
         dense = exact_top_k(rec.score(hist), 4, exclude)
