@@ -410,7 +410,9 @@ class UserKNN(PrimaryThenPopularity):
     A user is the L2-normalised vector of their event weights, each halved every
     ``half_life_days`` of age. The score is ``alpha`` x that vector + (1 - alpha) x the mean vector
     of the ``n_neighbors`` training users most similar to it (cosine; nobody is their own
-    neighbour), then overall popularity. The neighbours come from the ``max_pool_users`` most
+    neighbour), then overall popularity. A user with fewer than ``n_neighbors`` similar users
+    (a similarity above 0) gets, for each missing one, the pool's mean vector cut to its
+    ``typical_items`` heaviest items. The neighbours come from the ``max_pool_users`` most
     recently active training users, so memory and time per user stay bounded on a large log.
     """
 
@@ -443,7 +445,7 @@ class UserKNN(PrimaryThenPopularity):
 
     def params(self) -> dict[str, Any]:
         return {"n_neighbors": self.n_neighbors, "alpha": self.alpha, "half_life_days": self.half_life_days,
-                "max_pool_users": self.max_pool_users}
+                "max_pool_users": self.max_pool_users, "typical_items": self.typical_items}
 
     def vectors(self, histories: Histories) -> sp.csr_matrix:
         """users x items, float32: decayed event weights, each row of unit length (zero for no events)."""
