@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import scipy.sparse as sp
 from freshrec.jobs.score import _broadcast_value, popular_lists, score_frame, similar_items
-from freshrec.models.baselines import EASE, CooccurrenceKNN, Popularity, RepeatBuy
+from freshrec.models.baselines import EASE, CooccurrenceKNN, Popularity, RepeatBuy, UserKNN
 from freshrec.models.data import Catalogue, Histories
 
 
@@ -65,7 +65,7 @@ def test_a_worker_unpickles_the_broadcast_once_and_scores_as_the_driver():
     """What each Spark Python worker does with the broadcast recommender (any kind the gate may
     publish): unpickle it once, on one thread, and give the driver's lists."""
     frame = _frame(["u1", "u3"], [[("a", "purchase", 100), ("b", "view", 200)], [("b", "purchase", 120)]], [[], []])
-    for cls in (Popularity, RepeatBuy, CooccurrenceKNN, EASE):
+    for cls in (Popularity, RepeatBuy, CooccurrenceKNN, UserKNN, EASE):
         rec = _fitted(cls)
         payload = SimpleNamespace(value=pickle.dumps(rec))  # a Broadcast's .value, without a SparkContext
         worker = _broadcast_value(cls.__name__, payload)
