@@ -429,8 +429,8 @@ class UserKNN(PrimaryThenPopularity):
         self.popularity = np.asarray(train.interaction_matrix(len(catalogue), self.event_weights).sum(axis=0)).ravel()
         last = np.full(len(train), np.iinfo(np.int64).min)
         np.maximum.at(last, train.row_of_event, train.t)
-        pool = np.lexsort((np.arange(len(train)), -last))[:self.max_pool_users]
-        vectors = self.vectors(train.subset(np.sort(pool)))
+        pool = np.sort(np.lexsort((np.arange(len(train)), -last))[:self.max_pool_users])
+        vectors = self.vectors(train.subset(pool))
         self.pool_t = vectors.T.tocsr()  # items x pool users: a batch's similarities are one product
         self.pool = vectors
         # the pool's mean vector on its typical_items heaviest items: what a user with fewer than
@@ -438,7 +438,7 @@ class UserKNN(PrimaryThenPopularity):
         mean = np.asarray(vectors.mean(axis=0)).ravel()
         top = np.sort(np.argsort(-mean, kind="stable")[:self.typical_items])
         self.typical = sp.csr_matrix((mean[top], (np.zeros(len(top), int), top)), shape=(1, len(catalogue)), dtype=np.float32)
-        ids = train.user_ids[np.sort(pool)]
+        ids = train.user_ids[pool]
         self.pool_order = np.argsort(ids, kind="stable")
         self.pool_sorted_ids = ids[self.pool_order]
         return self
