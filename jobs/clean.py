@@ -49,18 +49,30 @@ class CleanResult:
             df.unpersist()
 
 
-def _field(name: str) -> "Column":
+def _fields(names: Iterable[str]) -> "Column":
+    """Every named field of the variant ``v`` as text, in one lookup pass: a struct of strings.
+
+    Each field is what ``variant_get(v, '$.name', 'string')`` gives (objects and arrays as JSON
+    text, a JSON null or a missing key as null), matched case-sensitively; a non-object gives a
+    null struct. One struct cast costs about a third less than a ``variant_get`` per field."""
     from pyspark.sql import functions as F
 
-    # Every variant value casts to a string (objects and arrays as JSON text), so the cheaper
-    # non-try form cannot fail here.
-    return F.expr(f"variant_get(v, '$.{name}', 'string')")
+    struct = ", ".join(f"{name}: string" for name in names)
+    return F.expr(f"try_variant_get(v, '$', 'struct<{struct}>')")
 
 
-def _field_type(name: str) -> "Column":
+def _id_type(name: str) -> "Column":
+    """``schema_of_variant`` of the id field ``name``, looked up only where its text could be
+    another type's: a string starting with a digit, '-', '{' or '[', 'true' or 'false', or no
+    text while the line holds a JSON null. Any other text is a STRING, and no text in a line
+    without a null means the key is absent (null)."""
     from pyspark.sql import functions as F
 
-    return F.expr(f"schema_of_variant(variant_get(v, '$.{name}'))")
+    text = F.col(f"f.{name}")
+    other = (F.substring(text, 1, 1).isin(*"-0123456789{[") | text.isin("true", "false")
+             | (text.isNull() & F.col("raw").contains("null")))
+    return (F.when(other, F.expr(f"schema_of_variant(variant_get(v, '$.{name}'))"))
+            .when(text.isNotNull(), F.lit("STRING")))
 
 
 def _checks(event_type: "Column", price: "Column", now: datetime, min_event_ts: str,
@@ -144,12 +156,13 @@ def parse_raw(raw: "DataFrame", now: datetime, min_event_ts: str, max_future_ske
     df = df.withColumn("_is_object", F.ltrim(F.col("raw")).startswith("{") & F.col("v").isNotNull())
 
     # Numbers and timestamps are trimmed by their casts; trimming them here too costs time.
-    blank = {name: F.nullif(_field(name) if name in ("price", "quantity") else F.trim(_field(name)), F.lit(""))
+    df = df.withColumn("f", _fields(EVENT_FIELDS))
+    blank = {name: F.nullif(F.col(f"f.{name}") if name in ("price", "quantity") else F.trim(F.col(f"f.{name}")), F.lit(""))
              for name in EVENT_FIELDS}
     df = df.select(
         "source_file", "raw", "v", "_is_object",
         *[blank[n].alias(f"s_{n}") for n in EVENT_FIELDS],
-        *[_field_type(n).alias(f"t_{n}") for n in (*ID_FIELDS, "ts")],
+        *[_id_type(n).alias(f"t_{n}") for n in ID_FIELDS],
     )
 
     ts_num = F.col("s_ts").rlike(r"^-?\d+(\.\d+)?$")
@@ -207,38 +220,31 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours, max_id_length,
-                       pseudonym_key).persist(StorageLevel.MEMORY_AND_DISK)
-    valid = parsed.where(F.col("reason").isNull()).drop("raw")
-    order = Window.partitionBy("event_id").orderBy("source_file", "raw_hash")
-    ranked = valid.withColumn("_rank", F.row_number().over(order))
+    parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours, max_id_length, pseudonym_key)
+    # One shuffle and one cache for every output. Valid rows are ranked among the valid rows
+    # sharing their event id; a quarantined row (its event id may be null) is a group of its own
+    # text, so a corrupt file does not pile into one window.
+    valid = F.col("reason").isNull()
+    group = F.when(valid, F.col("event_id")).otherwise(F.col("raw_hash").cast("string"))
+    order = Window.partitionBy(valid, group).orderBy("source_file", "raw_hash")
+    ranked = parsed.withColumn("_rank", F.row_number().over(order))
     if known_event_ids is not None:
         known = known_event_ids.select("event_id").distinct().withColumn("_known", F.lit(True))
         ranked = ranked.join(known, "event_id", "left")
-        ranked = ranked.withColumn("_dup", (F.col("_rank") > 1) | F.col("_known").isNotNull())
+        duplicate = (F.col("_rank") > 1) | F.col("_known").isNotNull()
     else:
-        ranked = ranked.withColumn("_dup", F.col("_rank") > 1)
-    ranked = ranked.persist(StorageLevel.MEMORY_AND_DISK)
+        duplicate = F.col("_rank") > 1
+    status = F.when(~valid, "quarantined").when(duplicate, "duplicates").otherwise("clean")
+    ranked = ranked.withColumn("_status", status).persist(StorageLevel.MEMORY_AND_DISK)
 
-    clean = ranked.where(~F.col("_dup")).select(
+    clean = ranked.where(F.col("_status") == "clean").select(
         *[c for c in CLEAN_EVENT_COLUMNS if c != "event_date"], F.to_date("ts").alias("event_date"))
-    quarantine = parsed.where(F.col("reason").isNotNull()).select("source_file", "raw", "reason")
-
-    status = F.when(F.col("reason").isNotNull(), "quarantined")
-    per_file = (
-        parsed.select("source_file", "event_id", status.alias("status"))
-        .where(F.col("status").isNotNull())
-        .unionByName(ranked.select("source_file", "event_id", F.when(F.col("_dup"), "duplicates").otherwise("clean").alias("status")))
-        .groupBy("source_file")
-        .agg(
-            F.count("*").alias("read"),
-            F.sum(F.when(F.col("status") == "clean", 1).otherwise(0)).alias("clean"),
-            F.sum(F.when(F.col("status") == "quarantined", 1).otherwise(0)).alias("quarantined"),
-            F.sum(F.when(F.col("status") == "duplicates", 1).otherwise(0)).alias("duplicates"),
-        )
+    quarantine = ranked.where(~valid).select("source_file", "raw", "reason")
+    per_file = ranked.groupBy("source_file").agg(
+        F.count("*").alias("read"),
+        *[F.sum(F.when(F.col("_status") == name, 1).otherwise(0)).alias(name) for name in ("clean", "quarantined", "duplicates")],
     )
-    return CleanResult(clean=clean, quarantine=quarantine, per_file=per_file,
-                       _cached=(parsed, ranked))
+    return CleanResult(clean=clean, quarantine=quarantine, per_file=per_file, _cached=(ranked,))
 
 
 # -- reading the landing zone ------------------------------------------------------------

@@ -75,7 +75,9 @@ def test_a_microbatch_folds_in_exactly_once_and_refreshes_its_users(home, spark)
         shopper = next(u for u in pd.read_parquet(s.features_dir / "user_index")["user_id"] if client.recs(u, 1)["source"] == "personal")
         bought = client.recs(shopper, 1)["items"][0]["item_id"]
         popular_before = client.popular(None, 5)
-    resent = pd.read_parquet(s.events_path).iloc[0]  # an event already in the lake, sent again
+    lake_events = pd.read_parquet(s.events_path)
+    # an item event already in the lake, sent again
+    resent = lake_events.loc[lake_events["item_id"].notna() & lake_events["session_id"].notna()].iloc[0]
     rows = [
         _event("n1", "newbie", "view", "i1", 1), _event("n2", "newbie", "add_to_cart", "i2", 2),
         _event("n3", shopper, "purchase", bought, 3),

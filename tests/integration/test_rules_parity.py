@@ -55,6 +55,13 @@ EDGES = [
     '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": ["r"]}',
     '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": "r\\n1"}',
     '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "recommendation_id": "' + "r" * 300 + '"}',
+    # an id's type is looked up only where its text could be another type's (parse_raw's _id_type)
+    '{"user_id": true, "ts": "2024-01-01", "event_type": "view", "item_id": -7, "session_id": false}',
+    '{"user_id": "true", "ts": "2024-01-01", "event_type": "view", "item_id": "-7", "session_id": "[s"}',
+    '{"user_id": "{u}", "ts": "2024-01-01", "event_type": "view", "item_id": "", "event_id": "0.5"}',
+    '{"user_id": -0.5, "ts": "2024-01-01", "event_type": "view", "item_id": "i", "event_id": null}',
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "category": null}',
+    '{"user_id": "u", "ts": "2024-01-01", "event_type": "view", "item_id": "i", "query": "null"}',
 ]
 CORPUS = [line for line, _ in MALFORMED] + VALID + EDGES
 FIELDS = ("event_id", "user_id", "session_id", "event_type", "item_id", "query", "category", "price", "quantity",
