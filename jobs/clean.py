@@ -63,14 +63,13 @@ def _fields(names: Iterable[str]) -> "Column":
 
 def _id_type(name: str) -> "Column":
     """``schema_of_variant`` of the id field ``name``, looked up only where its text could be
-    another type's: a string starting with a digit, '-', '{' or '[', 'true' or 'false', or no
-    text while the line holds a JSON null. Any other text is a STRING, and no text in a line
-    without a null means the key is absent (null)."""
+    another type's: a string starting with a digit, '-', '{' or '[', 'true' or 'false'. Any
+    other text is a STRING; no text (the key absent, or a JSON null, which passes the type
+    rule as absent) is null."""
     from pyspark.sql import functions as F
 
     text = F.col(f"f.{name}")
-    other = (F.substring(text, 1, 1).isin(*"-0123456789{[") | text.isin("true", "false")
-             | (text.isNull() & F.col("raw").contains("null")))
+    other = F.substring(text, 1, 1).isin(*"-0123456789{[") | text.isin("true", "false")
     return (F.when(other, F.expr(f"schema_of_variant(variant_get(v, '$.{name}'))"))
             .when(text.isNotNull(), F.lit("STRING")))
 

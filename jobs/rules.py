@@ -34,7 +34,8 @@ NOT_AN_OBJECT = "not_an_object: each line must be a JSON object"
 INVALID_TS = "' is not an ISO-8601 timestamp or epoch milliseconds, or names an impossible date"
 TYPE_LIST = ", ".join(EVENT_TYPES)
 # A JSON id may be a string or an integer; anything else (bool, float, object, array) is a type error.
-ID_TYPES_OK = ("STRING", "BIGINT", "INT", "SMALLINT", "TINYINT")
+# A JSON null (VOID) is an absent id, as an empty one is: producers that write every key send it.
+ID_TYPES_OK = ("STRING", "BIGINT", "INT", "SMALLINT", "TINYINT", "VOID")
 _MAX_INT = 2_147_483_647
 #: characters no id may hold: C0 and C1 control characters and DEL (a NUL breaks PostgreSQL)
 CONTROL_CHARS = "[\\x00-\\x1f\\x7f-\\x9f]"

@@ -83,6 +83,7 @@ VALID = [
     row(event_id="e-remove", event_type="remove_from_cart"),
     row(event_id="e-free", price=0),
     row(user_id="u-noid"),  # event id derived from content
+    row(event_id="e-nulls", session_id=None, category=None, price=None, recommendation_id=None),  # JSON null = absent
     row(event_id="e-long-id", user_id="\u00e9" * 256, item_id="\u2603-\U0001f600"),  # 256 characters, more bytes
 ]
 
