@@ -234,12 +234,14 @@ def clean_raw(raw: "DataFrame", now: datetime, min_event_ts: str = "1990-01-01T0
     from pyspark.sql import functions as F
 
     parsed = parse_raw(raw, now, min_event_ts, max_future_skew_hours, max_id_length, pseudonym_key)
-    # One shuffle and one cache for every output. Valid rows are ranked among the valid rows
-    # sharing their event id; a quarantined row (its event id may be null) is a group of its own
-    # text, so a corrupt file does not pile into one window.
+    # One shuffle and one cache for every output. Valid rows are ranked among the rows sharing
+    # their event id, before any quarantined one; a quarantined row (its event id may be null)
+    # is a group of its own text, so a corrupt file does not pile into one window. Valid rows
+    # are shuffled and ordered by their event id alone, so the lake's row order is the one
+    # ranking the valid rows only gave.
     valid = F.col("reason").isNull()
     group = F.when(valid, F.col("event_id")).otherwise(F.col("raw_hash").cast("string"))
-    order = Window.partitionBy(valid, group).orderBy("source_file", "raw_hash")
+    order = Window.partitionBy(group).orderBy(valid.desc(), "source_file", "raw_hash")
     ranked = parsed.withColumn("_rank", F.row_number().over(order))
     if known_event_ids is not None:
         known = known_event_ids.select("event_id").distinct().withColumn("_known", F.lit(True))
