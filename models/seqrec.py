@@ -149,8 +149,18 @@ class _Net(nn.Module):
         return vec, (self.item_bias(rows) + self.cat_bias(cats)).squeeze(-1)
 
     def encode(self, seq: dict[str, torch.Tensor]) -> torch.Tensor:
-        vec, _ = self.items(seq["row"], seq["cat"], seq["price"])
-        x = vec + self.etype_emb(seq["etype"]) + self.gap_emb(seq["gap"]) + self.age_emb(seq["age"]) + self.pos_emb(seq["pos"])
+        # an event is its item's vector (as items()) plus the embeddings of its type, gap, age
+        # and position: the small tables' rows are summed in one embedding_bag over their
+        # concatenation (each table's pad row 0 mapped to one zero row), not one pass each
+        small = (self.cat_emb, self.price_emb, self.etype_emb, self.gap_emb, self.age_emb, self.pos_emb)
+        sizes = [t.num_embeddings for t in small]
+        pad = sum(sizes)
+        starts = torch.tensor(np.cumsum([0, *sizes[:-1]]), device=seq["row"].device)
+        idx = torch.stack([seq[f] for f in ("cat", "price", "etype", "gap", "age", "pos")], dim=-1)
+        idx = torch.where(idx == 0, pad, idx + starts)
+        weight = torch.cat([*(t.weight for t in small), self.cat_emb.weight.new_zeros(1, self.cat_emb.embedding_dim)])
+        x = self.item_emb(seq["row"]) + nn.functional.embedding_bag(
+            idx.view(-1, idx.shape[-1]), weight, mode="sum", padding_idx=pad).view(*idx.shape[:2], -1)
         b = x.shape[0]
         x = self.drop(torch.cat([self.query.expand(b, 1, -1), x], dim=1))
         pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=x.device), seq["etype"] == 0], dim=1)
@@ -158,9 +168,29 @@ class _Net(nn.Module):
             x = layer(x, src_key_padding_mask=pad)
         q = x[:, :1]
         kv = self.read_norm_kv(x)
-        q = q + self.read_attn(self.read_norm_q(q), kv, kv, key_padding_mask=pad, need_weights=False)[0]
+        q = q + self._read(self.read_norm_q(q[:, 0]), kv, pad)[:, None]
         q = q + self.read_ff(self.read_norm_ff(q))
         return self.norm(q[:, 0])
+
+    def _read(self, q: torch.Tensor, kv: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """``read_attn`` (multi-head attention) of one query per row over the (B, L, d) events,
+        with the key and value projections folded into the query side: per head, the query goes
+        through W_k's transpose (so a score is one dot product with an event's vector) and the
+        softmax-weighted sum of the events goes through W_v. The same function as projecting every
+        event (the key bias only shifts a row's scores, the value bias adds once since the weights
+        sum to 1), at O(L x d) a head instead of O(L x d^2): the projections of every event were
+        most of the cost of scoring a user."""
+        attn = self.read_attn
+        b, d = q.shape
+        heads = attn.num_heads
+        _, w_k, w_v = attn.in_proj_weight.view(3, heads, d // heads, d).unbind(0)
+        b_q, _, b_v = attn.in_proj_bias.view(3, d).unbind(0)
+        qh = (q @ attn.in_proj_weight[:d].T + b_q).view(b, heads, d // heads) * (d // heads) ** -0.5
+        scores = torch.bmm(torch.einsum("bhe,hed->bhd", qh, w_k), kv.transpose(1, 2))  # (B, heads, L)
+        weights = torch.softmax(scores.masked_fill(pad[:, None, :], float("-inf")), dim=-1)
+        weights = nn.functional.dropout(weights, attn.dropout, self.training)
+        ctx = torch.einsum("bhd,hed->bhe", torch.bmm(weights, kv), w_v).reshape(b, d) + b_v
+        return attn.out_proj(ctx)
 
     def explore_logits(self, h: torch.Tensor, vec: torch.Tensor, bias: torch.Tensor, stats: torch.Tensor,
                        stats_row: torch.Tensor) -> torch.Tensor:
@@ -376,7 +406,12 @@ class SeqRec(nn.Module, Recommender):
 
     # -- scoring ------------------------------------------------------------------------------
     def _event_cats(self, hist: Histories) -> np.ndarray:
-        return self._cat_rows(hist.category)
+        """Category rows of the events' own categories, read only for items outside the
+        catalogue (a catalogue item embeds its catalogue category): looked up for those alone."""
+        unknown = hist.item < 0
+        out = np.zeros(len(hist.item), dtype=np.int64)
+        out[unknown] = self._cat_rows(hist.category[unknown])
+        return out
 
     @torch.no_grad()
     def score(self, histories: Histories) -> np.ndarray:
