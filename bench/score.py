@@ -7,9 +7,10 @@ Measures, for the recommender the last score step published (recs/<version>/reco
 with ``--score model`` for the newest registered model version even where the gate published a
 baseline (``--model-kind seqrec`` gives the matmul-shaped model the bare floor is the floor of):
 
-- ``spark``: the score step's Spark job (``score_users``: mapInPandas over user partitions,
+- ``spark``: the score step's Spark job (``score_users``: mapInArrow over user partitions,
   recommender broadcast) for every known user, written to Parquet;
-- ``in_process``: ``score_frame`` over the same users in this process (one thread);
+- ``in_process``: what each Spark task runs (``score_arrow`` on Arrow batches of 10,000 users)
+  over the same users in this process, on one thread;
 - ``bare``: ``(users x dim) @ (dim x items)`` + ``topk(n)`` in batches of 1024 users, with the
   same thread count, i.e. the floor any full-catalogue scorer pays.
 
@@ -90,7 +91,8 @@ def main() -> None:
                              "fixed costs (Python workers, imports, the broadcast) weigh as on a large user base")
     args = parser.parse_args()
 
-    from freshrec.jobs.score import score_frame, score_users, user_inputs
+    import pyarrow as pa
+    from freshrec.jobs.score import score_arrow, score_users, user_inputs
     from pyspark.sql import functions as F
 
     from freshrec.settings import Settings
@@ -129,9 +131,11 @@ def main() -> None:
         spark_runs.append(time.perf_counter() - started)
     spark_s, warm_s = spark_runs
 
-    frame = inputs.toPandas()
+    batches = pa.Table.from_pandas(inputs.toPandas(), preserve_index=False).to_batches(max_chunksize=10_000)
+    single = rec.single_threaded()  # one thread, as each Spark worker
     started = time.perf_counter()
-    score_frame(rec.single_threaded(), frame, settings.top_n, now)  # one thread, as each Spark worker
+    for batch in batches:
+        score_arrow(single, batch, settings.top_n, now)
     local_s = time.perf_counter() - started
 
     bare_1 = bare_seconds(n_users, n_items, dim, settings.top_n, threads=1)

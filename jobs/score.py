@@ -1,9 +1,10 @@
 """Scoring: the lists the publish step serves (docs/serving.md).
 
-- ``score_users``: a Spark job over partitions of users (``mapInPandas``). The recommender (the
+- ``score_users``: a Spark job over partitions of users (``mapInArrow``). The recommender (the
   model's weights and item embeddings, or a baseline's item tables) is broadcast once; inside a
-  partition users are scored in batches of matrix products and top-k (``score_frame``, a pure
-  pandas -> pandas function the incremental path calls directly for the users who just acted).
+  partition users are scored in batches of matrix products and top-k (``score_arrow``, Arrow in
+  and out); ``score_frame`` is the same scoring pandas -> pandas, which the incremental and
+  real-time paths call directly for the users who just acted.
 - ``popular_lists``: per category, from features/item_stats (one row per item, pandas).
 - ``query_items``: a Spark aggregation over the lake.
 - ``similar_items``: per item, its co-occurrence neighbours, filled up from its category's and
@@ -23,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import DataFrame, SparkSession
 
 LIST_COLUMNS = ("items", "scores")
@@ -62,47 +64,105 @@ def score_frame(rec, frame: pd.DataFrame, n: int, now: int, unavailable: np.ndar
     each user's events oldest first in ``jobs.history.EVENT_ORDER``.
 
     ``rec`` is a fitted recommender bound to its catalogue; ``now`` (epoch seconds) is the
-    moment every user is scored at; ``unavailable`` holds catalogue indices no list may show."""
-    from freshrec.models.data import EVENT_CODES, Histories, Ragged
+    moment every user is scored at; ``unavailable`` holds catalogue indices no list may show.
+    The pandas face of ``score_arrow`` (the real-time and micro-batch paths: a few users)."""
+    from freshrec.models.data import EVENT_CODES
 
     cat = rec.catalogue
     users = frame["user_id"].astype(str).to_numpy(dtype=object)
-    if not len(users):
-        return pd.DataFrame({"user_id": [], "items": [], "scores": []})
     lengths = frame["item_ids"].map(len).to_numpy(dtype=np.int64)
-    flat = lambda col: np.concatenate([np.asarray(v) for v in frame[col]]) if lengths.sum() else np.zeros(0)  # noqa: E731
-    item_ids = flat("item_ids").astype(str).astype(object)
-    idx = cat.lookup(item_ids)
-    known = idx >= 0
-    events = pd.DataFrame({
-        "user_id": np.repeat(users, lengths),
-        "item_id": item_ids,
-        "event_type": flat("event_types").astype(str),
-        "t": flat("t").astype(np.int64),
-        "category": np.where(known, cat.category[np.maximum(idx, 0)], "") if len(idx) else np.zeros(0, object),
-        "price": np.where(known, cat.price[np.maximum(idx, 0)], np.nan) if len(idx) else np.zeros(0),
-    })
-    events["etype"] = events["event_type"].map(EVENT_CODES).fillna(EVENT_CODES["view"]).astype(np.int8)
-    hist = Histories.from_events(events, cat, users=users, now=now)
+    ex_lengths = frame["exclude"].map(len).to_numpy(dtype=np.int64)
 
-    ex_len = frame["exclude"].map(len).to_numpy(dtype=np.int64)
-    ex_rows = np.repeat(np.arange(len(users)), ex_len)
-    ex_items = cat.lookup(np.concatenate([np.asarray(v, dtype=object) for v in frame["exclude"]])) if ex_len.sum() \
-        else np.zeros(0, np.int64)
-    ok = ex_items >= 0
-    ex_rows, ex_items = ex_rows[ok], ex_items[ok]
-    if unavailable is not None and len(unavailable):
-        ex_rows = np.concatenate([ex_rows, np.repeat(np.arange(len(users)), len(unavailable))])
-        ex_items = np.concatenate([ex_items, np.tile(np.asarray(unavailable, np.int64), len(users))])
-    exclude = Ragged.from_pairs(ex_rows, ex_items, len(users))
-    top, vals = rec.recommend(hist, n, exclude=exclude, batch_size=batch_size)
-    keep = (top >= 0) & np.isfinite(vals)
+    def flat(col: str, lens: np.ndarray, dtype) -> np.ndarray:
+        return np.concatenate([np.asarray(v, dtype=dtype) for v in frame[col]]) if lens.sum() else np.zeros(0, dtype)
+
+    etype = pd.Series(flat("event_types", lengths, object), dtype=object).map(EVENT_CODES).fillna(EVENT_CODES["view"])
+    top, vals, keep = _score(rec, users, lengths, cat.lookup(flat("item_ids", lengths, object).astype(str).astype(object)), etype.to_numpy(np.int8),
+                             flat("t", lengths, np.int64), ex_lengths, cat.lookup(flat("exclude", ex_lengths, object)),
+                             n, now, unavailable, batch_size)
     ids = cat.item_ids
     return pd.DataFrame({
         "user_id": users,
         "items": [ids[t[k]].tolist() for t, k in zip(top, keep, strict=True)],
         "scores": [v[k].astype(np.float64).tolist() for v, k in zip(vals, keep, strict=True)],
     })
+
+
+def score_arrow(rec, batch: "pa.RecordBatch", n: int, now: int, unavailable: np.ndarray | None = None,
+                batch_size: int = 1024) -> "pa.RecordBatch":
+    """``score_frame`` on an Arrow batch of the same columns (what ``score_users``' partitions
+    read), giving ``USER_LIST_SCHEMA``'s columns: ids are matched to the catalogue and the lists
+    built in Arrow's vectorised kernels, with no Python object per event or per list item."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from freshrec.models.data import EVENT_CODES
+
+    ids = _arrow_ids(rec.catalogue)
+
+    def flat(name: str) -> tuple["pa.Array", np.ndarray]:
+        col = batch.column(name)
+        return col.flatten(), pc.list_value_length(col).fill_null(0).to_numpy().astype(np.int64)
+
+    def indices(values: "pa.Array", value_set: "pa.Array") -> np.ndarray:
+        found = pc.index_in(values.cast(pa.string()), value_set=value_set)
+        return found.fill_null(-1).to_numpy().astype(np.int64)
+
+    items, lengths = flat("item_ids")
+    etypes, _ = flat("event_types")
+    excluded, ex_lengths = flat("exclude")
+    codes = np.array([*EVENT_CODES.values(), EVENT_CODES["view"]], dtype=np.int8)  # an unknown type reads as a view
+    etype = codes[indices(etypes, pa.array(list(EVENT_CODES), pa.string()))]
+    users = batch.column("user_id").to_numpy(zero_copy_only=False).astype(object)
+    top, vals, keep = _score(rec, users, lengths, indices(items, ids), etype, flat("t")[0].to_numpy().astype(np.int64),
+                             ex_lengths, indices(excluded, ids), n, now, unavailable, batch_size)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(keep.sum(axis=1))]), pa.int32())
+    return pa.RecordBatch.from_arrays(
+        [pa.array(users, pa.string()), pa.ListArray.from_arrays(offsets, ids.take(pa.array(top[keep]))),
+         pa.ListArray.from_arrays(offsets, pa.array(vals[keep].astype(np.float64)))],
+        names=["user_id", *LIST_COLUMNS])
+
+
+def _score(rec, users: np.ndarray, lengths: np.ndarray, idx: np.ndarray, etype: np.ndarray, t: np.ndarray,
+           ex_lengths: np.ndarray, ex_items: np.ndarray, n: int, now: int, unavailable: np.ndarray | None,
+           batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The lists of ``users`` from their events as flat arrays (``lengths`` a user, catalogue
+    indices ``idx``, -1 outside it) and their excluded items (``ex_lengths`` a user): top
+    catalogue indices, their scores, and which of them to show (real items with finite scores)."""
+    from freshrec.models.data import Histories, Ragged
+
+    cat = rec.catalogue
+    known = idx >= 0
+    safe = np.maximum(idx, 0)
+    hist = Histories(user_ids=users, offsets=np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64),
+                     item=idx, etype=etype.astype(np.int8), t=t.astype(np.int64),
+                     category=np.where(known, cat.category[safe], "").astype(object),
+                     price=np.where(known, cat.price[safe], np.nan).astype(np.float64),
+                     now=np.full(len(users), now, dtype=np.int64))
+    if not len(users):
+        return np.zeros((0, n), np.int64), np.zeros((0, n), np.float32), np.zeros((0, n), bool)
+    ex_rows = np.repeat(np.arange(len(users)), ex_lengths)
+    ok = ex_items >= 0
+    ex_rows, ex_items = ex_rows[ok], ex_items[ok]
+    if unavailable is not None and len(unavailable):
+        ex_rows = np.concatenate([ex_rows, np.repeat(np.arange(len(users)), len(unavailable))])
+        ex_items = np.concatenate([ex_items, np.tile(np.asarray(unavailable, np.int64), len(users))])
+    top, vals = rec.recommend(hist, n, exclude=Ragged.from_pairs(ex_rows, ex_items, len(users)), batch_size=batch_size)
+    return top, vals, (top >= 0) & np.isfinite(vals)
+
+
+_ARROW_IDS: dict[int, Any] = {}
+
+
+def _arrow_ids(catalogue) -> "pa.Array":
+    """The catalogue's item ids as an Arrow string array, once per catalogue in a worker."""
+    import pyarrow as pa
+
+    key = id(catalogue)
+    found = _ARROW_IDS.get(key)
+    if found is None or found[0] is not catalogue:
+        _ARROW_IDS.clear()
+        found = _ARROW_IDS[key] = (catalogue, pa.array(catalogue.item_ids, pa.string()))
+    return found[1]
 
 
 _LOADED: dict[str, Any] = {}
@@ -120,17 +180,17 @@ def _broadcast_value(key: str, payload) -> Any:
 
 def score_users(spark: "SparkSession", inputs: "DataFrame", rec, n: int, now: int,
                 unavailable: np.ndarray | None = None) -> "DataFrame":
-    """``score_frame`` over partitions of ``inputs`` (``user_inputs``), the recommender broadcast."""
+    """``score_arrow`` over partitions of ``inputs`` (``user_inputs``), the recommender broadcast."""
     payload = spark.sparkContext.broadcast(pickle.dumps(rec, protocol=pickle.HIGHEST_PROTOCOL))
     key = uuid.uuid4().hex
     unavailable = np.zeros(0, np.int64) if unavailable is None else np.asarray(unavailable, np.int64)
 
     def run(batches):
         r = _broadcast_value(key, payload)
-        for frame in batches:
-            yield score_frame(r, frame, n, now, unavailable)
+        for batch in batches:
+            yield score_arrow(r, batch, n, now, unavailable)
 
-    return inputs.mapInPandas(run, USER_LIST_SCHEMA)
+    return inputs.mapInArrow(run, USER_LIST_SCHEMA)
 
 
 POPULAR_COLUMNS = ["item_id", "category", "available", "n_events", "popularity"]

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import scipy.sparse as sp
-from freshrec.jobs.score import _broadcast_value, popular_lists, score_frame, similar_items
+from freshrec.jobs.score import _broadcast_value, popular_lists, score_arrow, score_frame, similar_items
 from freshrec.models.baselines import EASE, CooccurrenceKNN, Popularity, RepeatBuy, UserKNN
 from freshrec.models.data import Catalogue, Histories
 
@@ -72,6 +72,34 @@ def test_a_worker_unpickles_the_broadcast_once_and_scores_as_the_driver():
         assert _broadcast_value(cls.__name__, payload) is worker, "unpickled once per worker"
         want, got = score_frame(rec, frame, n=3, now=400), score_frame(worker, frame, n=3, now=400)
         assert want.equals(got), cls.__name__
+
+
+def test_the_spark_jobs_arrow_scoring_gives_the_lists_of_score_frame():
+    """score_users' partitions score Arrow batches (score_arrow): the same lists, in the same
+    order with the same scores, as score_frame, for every kind of recommender the gate may
+    publish, with exclusions, unavailable items, unknown items and event types and new users."""
+    import pyarrow as pa
+    from freshrec.models.seqrec import SeqRec, SeqRecConfig
+
+    frame = _frame(["u1", "new", "u2", "u9"],
+                   [[("a", "purchase", 100), ("b", "view", 200), ("a", "purchase", 300)], [],
+                    [("c", "view", 100), ("e", "zoom", 120)], [("zzz", "view", 10), ("d", "add_to_cart", 20)]],
+                   [["b"], [], ["c"], ["zzz", "a"]])
+    batch = pa.RecordBatch.from_pandas(frame, preserve_index=False)
+    log = _log()
+    catalogue = Catalogue.from_events(log)
+    seqrec = SeqRec(SeqRecConfig(epochs=1, dim=8, batch_size=4, seed=0)).fit(Histories.from_events(log, catalogue), catalogue)
+    for rec in [_fitted(cls) for cls in (Popularity, RepeatBuy, CooccurrenceKNN, UserKNN, EASE)] + [seqrec]:
+        unavailable = rec.catalogue.lookup(["d"])
+        want = score_frame(rec, frame, n=4, now=400, unavailable=unavailable)
+        got = score_arrow(rec, batch, n=4, now=400, unavailable=unavailable)
+        assert got.schema.names == ["user_id", "items", "scores"]
+        got = got.to_pandas()
+        assert list(got["user_id"]) == list(want["user_id"])
+        assert [list(x) for x in got["items"]] == list(want["items"]), type(rec).__name__
+        assert [list(x) for x in got["scores"]] == list(want["scores"]), type(rec).__name__
+        assert all("d" not in items and items for items in want["items"])
+        assert score_arrow(rec, batch.slice(0, 0), n=4, now=400).num_rows == 0
 
 
 def test_score_frame_ignores_items_outside_the_catalogue_and_empty_frames():
