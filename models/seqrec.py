@@ -470,8 +470,11 @@ class SeqRec(nn.Module, Recommender):
         self.net.eval()
         with _threads(self.config.num_threads):
             vec, bias = self.net.items(*self._item_tensors(np.arange(n_items)))
+            # batches of users with histories of about the same length: a batch is padded to its
+            # longest, so mixed lengths (most users have far fewer events than max_len) waste work
+            by_length = np.argsort(np.minimum(histories.lengths, self.config.max_len), kind="stable")
             for start in range(0, n, batch_size):
-                rows = np.arange(start, min(start + batch_size, n))
+                rows = by_length[start:start + batch_size]
                 hist = histories.subset(rows)
                 seq, cand = self._sequence_batch(hist, hist.offsets[1:], hist.offsets[:-1], hist.now, self._event_cats(hist))
                 h = self.net.encode(self._tensors(seq))
