@@ -1,7 +1,7 @@
 """Benchmark of the training step on Ta-Feng: baselines, model, gate. Prints one JSON object.
 
     .venv/bin/python bench/train.py [--model-kind two_stage|seqrec] [--cutoffs 3] [--sequence-length 200]
-                                    [--exclude-seen none] [--epochs 3]
+                                    [--exclude-seen none] [--epochs 3] [--seed 0]
 
 Reads ../shared/data/ta_feng.csv.zip (or FRESHREC_TAFENG_ZIP); tracks into a throw-away
 FRESHREC_HOME (MLflow sqlite store included) unless --home is given. Reports per-recommender
@@ -35,6 +35,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=None, help="seqrec's epochs")
     parser.add_argument("--model-kind", default="two_stage", choices=("two_stage", "seqrec"))
     parser.add_argument("--cutoffs", type=int, default=3, help="rolling-origin windows")
+    parser.add_argument("--seed", type=int, default=None, help="the seed of seqrec and of the ranker (default 0)")
     parser.add_argument("--home", type=Path, default=None, help="FRESHREC_HOME (default: a temporary directory)")
     parser.add_argument("--score-users", type=int, default=4096, help="users scored for the throughput figure")
     args = parser.parse_args()
@@ -54,6 +55,9 @@ def main() -> int:
     config = dataclasses.replace(config, window_days=args.window_days)
     if args.epochs is not None:
         config = dataclasses.replace(config, model=dataclasses.replace(config.model, epochs=args.epochs))
+    if args.seed is not None:
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, seed=args.seed),
+                                     ranker=dataclasses.replace(config.ranker, seed=args.seed))
 
     started = time.perf_counter()
     events = load_tafeng(args.data)
