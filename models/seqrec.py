@@ -154,13 +154,13 @@ class _Net(nn.Module):
         # concatenation (each table's pad row 0 mapped to one zero row), not one pass each
         small = (self.cat_emb, self.price_emb, self.etype_emb, self.gap_emb, self.age_emb, self.pos_emb)
         sizes = [t.num_embeddings for t in small]
-        pad = sum(sizes)
+        zero_row = sum(sizes)
         starts = torch.tensor(np.cumsum([0, *sizes[:-1]]), device=seq["row"].device)
         idx = torch.stack([seq[f] for f in ("cat", "price", "etype", "gap", "age", "pos")], dim=-1)
-        idx = torch.where(idx == 0, pad, idx + starts)
+        idx = torch.where(idx == 0, zero_row, idx + starts)
         weight = torch.cat([*(t.weight for t in small), self.cat_emb.weight.new_zeros(1, self.cat_emb.embedding_dim)])
         x = self.item_emb(seq["row"]) + nn.functional.embedding_bag(
-            idx.view(-1, idx.shape[-1]), weight, mode="sum", padding_idx=pad).view(*idx.shape[:2], -1)
+            idx.view(-1, idx.shape[-1]), weight, mode="sum", padding_idx=zero_row).view(*idx.shape[:2], -1)
         b = x.shape[0]
         x = self.drop(torch.cat([self.query.expand(b, 1, -1), x], dim=1))
         pad = torch.cat([torch.zeros(b, 1, dtype=torch.bool, device=x.device), seq["etype"] == 0], dim=1)
