@@ -65,34 +65,26 @@ def score_frame(rec, frame: pd.DataFrame, n: int, now: int, unavailable: np.ndar
 
     ``rec`` is a fitted recommender bound to its catalogue; ``now`` (epoch seconds) is the
     moment every user is scored at; ``unavailable`` holds catalogue indices no list may show.
-    The pandas face of ``score_arrow`` (the real-time and micro-batch paths: a few users)."""
-    from freshrec.models.data import EVENT_CODES
+    ``score_arrow`` with pandas in and Python lists out (the real-time and micro-batch paths:
+    a few users)."""
+    import pyarrow as pa
+    from freshrec.jobs.history import SCORING_COLUMNS
 
-    cat = rec.catalogue
-    users = frame["user_id"].astype(str).to_numpy(dtype=object)
-    lengths = frame["item_ids"].map(len).to_numpy(dtype=np.int64)
-    ex_lengths = frame["exclude"].map(len).to_numpy(dtype=np.int64)
-
-    def flat(col: str, lens: np.ndarray, dtype) -> np.ndarray:
-        return np.concatenate([np.asarray(v, dtype=dtype) for v in frame[col]]) if lens.sum() else np.zeros(0, dtype)
-
-    etype = pd.Series(flat("event_types", lengths, object), dtype=object).map(EVENT_CODES).fillna(EVENT_CODES["view"])
-    top, vals, keep = _score(rec, users, lengths, cat.lookup(flat("item_ids", lengths, object).astype(str).astype(object)), etype.to_numpy(np.int8),
-                             flat("t", lengths, np.int64), ex_lengths, cat.lookup(flat("exclude", ex_lengths, object)),
-                             n, now, unavailable, batch_size)
-    ids = cat.item_ids
-    return pd.DataFrame({
-        "user_id": users,
-        "items": [ids[t[k]].tolist() for t, k in zip(top, keep, strict=True)],
-        "scores": [v[k].astype(np.float64).tolist() for v, k in zip(vals, keep, strict=True)],
-    })
+    strings = pa.list_(pa.string())
+    types = [pa.string(), strings, strings, pa.list_(pa.int64()), strings]
+    frame = frame.astype({"user_id": str})
+    batch = pa.RecordBatch.from_arrays([pa.array(frame[c].tolist(), t) for c, t in zip(SCORING_COLUMNS, types, strict=True)],
+                                       names=SCORING_COLUMNS)
+    out = score_arrow(rec, batch, n, now, unavailable, batch_size)
+    return pd.DataFrame({name: out.column(name).to_pylist() for name in out.schema.names})
 
 
 def score_arrow(rec, batch: "pa.RecordBatch", n: int, now: int, unavailable: np.ndarray | None = None,
                 batch_size: int = 1024) -> "pa.RecordBatch":
-    """``score_frame`` on an Arrow batch of the same columns (what ``score_users``' partitions
-    read), giving ``USER_LIST_SCHEMA``'s columns: ids are matched to the catalogue and the lists
-    built in Arrow's vectorised kernels, with no Python object per event or per list item."""
+    """The lists of an Arrow batch of ``jobs.history.SCORING_COLUMNS`` (what ``score_users``'
+    partitions read; ``score_frame`` passes its pandas frame here), as ``USER_LIST_SCHEMA``'s
+    columns: ids are matched to the catalogue and the lists built in Arrow's vectorised kernels,
+    with no Python object per event or per list item."""
     import pyarrow as pa
     import pyarrow.compute as pc
     from freshrec.models.data import EVENT_CODES
@@ -130,6 +122,8 @@ def _score(rec, users: np.ndarray, lengths: np.ndarray, idx: np.ndarray, etype: 
     catalogue indices, their scores, and which of them to show (real items with finite scores)."""
     from freshrec.models.data import Histories, Ragged
 
+    if not len(users):
+        return np.zeros((0, n), np.int64), np.zeros((0, n), np.float32), np.zeros((0, n), bool)
     cat = rec.catalogue
     known = idx >= 0
     safe = np.maximum(idx, 0)
@@ -138,8 +132,6 @@ def _score(rec, users: np.ndarray, lengths: np.ndarray, idx: np.ndarray, etype: 
                      category=np.where(known, cat.category[safe], "").astype(object),
                      price=np.where(known, cat.price[safe], np.nan).astype(np.float64),
                      now=np.full(len(users), now, dtype=np.int64))
-    if not len(users):
-        return np.zeros((0, n), np.int64), np.zeros((0, n), np.float32), np.zeros((0, n), bool)
     ex_rows = np.repeat(np.arange(len(users)), ex_lengths)
     ok = ex_items >= 0
     ex_rows, ex_items = ex_rows[ok], ex_items[ok]
