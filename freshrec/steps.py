@@ -257,7 +257,14 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     from pyspark.sql import functions as F
 
     from freshrec.features import read_catalogue, read_features, require_features
-    from freshrec.jobs.score import POPULAR_COLUMNS, popular_lists, query_items, score_users, similar_item_blocks, user_inputs
+    from freshrec.jobs.score import (
+        POPULAR_COLUMNS,
+        popular_lists,
+        query_items,
+        similar_item_blocks,
+        user_inputs,
+        write_user_lists,
+    )
     from freshrec.lake import read_training_events
     from freshrec.models.pipeline import serving_recommender
     from freshrec.serving.publish import write_list_blocks, write_list_table
@@ -299,7 +306,7 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     scoring = time.perf_counter()
     # every table appears whole, fsynced, by a rename (fileio.atomic_path)
     with atomic_path(recs_dir / "user_topn") as tmp:
-        score_users(spark, inputs, rec, settings.top_n, now, unavailable).write.parquet(str(tmp))
+        write_user_lists(spark, inputs, rec, settings.top_n, now, tmp, unavailable)
     scored_at = time.perf_counter()
     with atomic_path(recs_dir / "popular") as tmp:
         write_list_table(tmp, "category", popular_lists(stats.select(*POPULAR_COLUMNS).toPandas(), settings.top_n))

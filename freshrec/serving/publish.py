@@ -192,17 +192,18 @@ def write_list_blocks(out: Path | str, key: str, blocks: Iterable[tuple[Any, Any
         pending.append(pa.table({key: pa.array(keys, pa.string()),
                                  "items": pa.ListArray.from_arrays(offsets, pa.array(items, pa.string())),
                                  "scores": pa.ListArray.from_arrays(offsets, pa.array(scores, pa.float64()))},
-                                schema=_list_schema(key)))
+                                schema=list_schema(key)))
         n_rows += len(keys)
         if n_rows >= rows_per_file:
             pq.write_table(pa.concat_tables(pending), out / f"part-{part:05d}.parquet")
             part, pending, n_rows = part + 1, [], 0
     if pending or part == 0:
-        pq.write_table(pa.concat_tables(pending) if pending else _list_schema(key).empty_table(), out / f"part-{part:05d}.parquet")
+        pq.write_table(pa.concat_tables(pending) if pending else list_schema(key).empty_table(), out / f"part-{part:05d}.parquet")
     return out
 
 
-def _list_schema(key: str):
+def list_schema(key: str):
+    """The Arrow schema of a list table keyed by ``key`` (the four tables of the module docstring)."""
     import pyarrow as pa
 
     return pa.schema([pa.field(key, pa.string()), pa.field("items", pa.list_(pa.string())),

@@ -267,3 +267,47 @@ def test_a_query_list_needs_searches_from_several_users(spark):
     got = {r["query"]: list(r["items"]) for r in query_items(events, weights, 10, 5).collect()}
     assert got == {"shoes": ["i-shoe"]}
     assert set(r["query"] for r in query_items(events, weights, 10, 1).collect()) == {"shoes", "my secret"}
+
+
+def test_the_score_jobs_tasks_write_score_frames_lists_and_the_driver_keeps_one_file_a_task(spark, tmp_path):
+    """write_user_lists: Spark tasks write their partitions' lists themselves; the table holds
+    exactly score_frame's lists, one file per task under the name the driver gives it, no
+    earlier or stray attempt file survives, and no users still give a table with its schema."""
+    import numpy as np
+    from freshrec.jobs.score import ATTEMPT_PREFIX, score_frame, write_user_lists
+    from freshrec.models.baselines import CooccurrenceKNN
+    from freshrec.models.data import Catalogue, Histories
+
+    rng = np.random.default_rng(4)
+    log = pd.DataFrame({"user_id": [f"u{u}" for u in rng.integers(0, 60, 600)],
+                        "item_id": [f"i{i}" for i in rng.integers(0, 40, 600)], "event_type": "view",
+                        "ts": pd.to_datetime(rng.integers(0, 10_000, 600), unit="s", utc=True), "price": 1.0})
+    log["category"] = log["item_id"].str[-1]
+    catalogue = Catalogue.from_events(log)
+    rec = CooccurrenceKNN().fit(Histories.from_events(log, catalogue), catalogue)
+    ordered = log.sort_values("ts", kind="mergesort").groupby("user_id", sort=True)
+    frame = pd.DataFrame({"user_id": list(ordered.groups),
+                          "item_ids": [g["item_id"].tolist() for _, g in ordered],
+                          "event_types": [g["event_type"].tolist() for _, g in ordered],
+                          "t": [(g["ts"].astype("int64") // 10**9).tolist() for _, g in ordered],
+                          "exclude": [g["item_id"].head(2).tolist() for _, g in ordered]})
+    inputs = spark.createDataFrame(frame, "user_id string, item_ids array<string>, event_types array<string>, "
+                                          "t array<long>, exclude array<string>").repartition(3)
+    unavailable = catalogue.lookup(["i7"])
+    out = tmp_path / "user_topn"
+    out.mkdir()
+    (out / "part-00042.parquet").write_bytes(b"an earlier run's file")
+    (out / f"{ATTEMPT_PREFIX}00001-3.parquet").write_bytes(b"a failed attempt's file")
+
+    assert write_user_lists(spark, inputs, rec, 5, 20_000, out, unavailable) == len(frame)
+    assert sorted(p.name for p in out.iterdir()) == [f"part-{k:05d}.parquet" for k in range(3)]
+    got = pd.read_parquet(out).sort_values("user_id").reset_index(drop=True)
+    want = score_frame(rec, frame, 5, 20_000, unavailable)
+    assert got["user_id"].tolist() == want["user_id"].tolist()
+    assert [list(x) for x in got["items"]] == want["items"].tolist()
+    assert [list(x) for x in got["scores"]] == want["scores"].tolist()
+    assert all("i7" not in items for items in want["items"])
+
+    assert write_user_lists(spark, inputs.limit(0), rec, 5, 20_000, out, unavailable) == 0
+    empty = pd.read_parquet(out)
+    assert empty.empty and list(empty.columns) == ["user_id", "items", "scores"]
