@@ -7,15 +7,18 @@ Measures, for the recommender the last score step published (recs/<version>/reco
 with ``--score model`` for the newest registered model version even where the gate published a
 baseline (``--model-kind seqrec`` gives the matmul-shaped model the bare floor is the floor of):
 
-- ``spark``: the score step's Spark job (``score_users``: mapInArrow over user partitions,
-  recommender broadcast) for every known user, written to Parquet: the first (cold) run, and the
-  median of three runs after it (warm: Python workers reused, the JVM's code compiled);
+- ``spark``: the score step's Spark job (``write_user_lists``: mapInArrow over user partitions,
+  recommender broadcast, each task writing its lists' Parquet file) for every known user: the
+  first (cold) run, and the median of three runs after it (warm: Python workers reused, the
+  JVM's code compiled);
 - ``in_process``: what each Spark task runs (``score_arrow`` on Arrow batches of 10,000 users)
   over the same users in this process, on one thread;
-- ``bare``: ``(users x dim) @ (dim x items)`` + ``topk(n)`` in batches of 1024 users, with the
-  same thread count, i.e. the floor any full-catalogue scorer pays.
+- ``bare``: ``(users x dim) @ (dim x items)`` + ``torch.topk(n)`` in batches of 1024 users, with
+  the same thread count, i.e. the floor any full-catalogue scorer pays; and the same with the
+  blocked top-k the sequence model scores with (``models.seqrec.top_k_rows``), a lower floor.
 
-Prints JSON; ``ratio_*`` = bare seconds / measured seconds (1.0 = as fast as the bare matmul).
+Prints JSON; ``ratio_*`` = bare seconds / measured seconds (1.0 = as fast as the bare matmul);
+``ratio_spark_warm_blocked_top_k`` holds the Spark job to the lower floor.
 """
 
 from __future__ import annotations
@@ -60,8 +63,11 @@ def trained_model(settings):
     return rec
 
 
-def bare_seconds(n_users: int, n_items: int, dim: int, n: int, threads: int, batch: int = 1024) -> float:
+def bare_seconds(n_users: int, n_items: int, dim: int, n: int, threads: int, batch: int = 1024, top_k=None) -> float:
+    """Seconds for the bare matmul + top-k (``top_k(scores, n)``, torch.topk unless given)."""
     import torch
+
+    top_k = top_k or (lambda x, k: torch.topk(x, k, dim=1))
 
     prev = torch.get_num_threads()
     torch.set_num_threads(threads)
@@ -69,10 +75,10 @@ def bare_seconds(n_users: int, n_items: int, dim: int, n: int, threads: int, bat
         gen = torch.Generator().manual_seed(0)
         users = torch.randn(n_users, dim, generator=gen)
         items = torch.randn(dim, n_items, generator=gen)
-        torch.topk(users[:64] @ items, n, dim=1)  # warm-up
+        top_k(users[:64] @ items, n)  # warm-up
         started = time.perf_counter()
         for start in range(0, n_users, batch):
-            torch.topk(users[start:start + batch] @ items, n, dim=1)
+            top_k(users[start:start + batch] @ items, n)
         return time.perf_counter() - started
     finally:
         torch.set_num_threads(prev)
@@ -93,7 +99,8 @@ def main() -> None:
     args = parser.parse_args()
 
     import pyarrow as pa
-    from freshrec.jobs.score import score_arrow, score_users, user_inputs
+    from freshrec.jobs.score import score_arrow, user_inputs, write_user_lists
+    from freshrec.models.seqrec import top_k_rows
     from pyspark.sql import functions as F
 
     from freshrec.settings import Settings
@@ -128,7 +135,7 @@ def main() -> None:
     spark_runs = []
     for _ in range(4):  # cold: Python workers start, import and unpickle; then warm: they are reused
         started = time.perf_counter()
-        score_users(spark, inputs.repartition(parallelism, "user_id"), rec, settings.top_n, now).write.mode("overwrite").parquet(str(out))
+        write_user_lists(spark, inputs.repartition(parallelism, "user_id"), rec, settings.top_n, now, out)
         spark_runs.append(time.perf_counter() - started)
     spark_s, warm_s = spark_runs[0], sorted(spark_runs[1:])[1]  # the median of three warm runs
 
@@ -141,16 +148,20 @@ def main() -> None:
 
     bare_1 = bare_seconds(n_users, n_items, dim, settings.top_n, threads=1)
     bare_p = bare_seconds(n_users, n_items, dim, settings.top_n, threads=parallelism)
+    # the same floor with the blocked top-k the sequence model scores with (models.seqrec.top_k_rows)
+    bare_b = bare_seconds(n_users, n_items, dim, settings.top_n, threads=parallelism, top_k=top_k_rows)
     print(json.dumps({
         "recommender": type(rec).__name__, "users": n_users, "items": n_items, "dim": dim, "n": settings.top_n,
         "spark": {"seconds": round(spark_s, 2), "users_per_second": round(n_users / spark_s, 1), "cores": parallelism,
                   "warm_seconds": round(warm_s, 2), "warm_users_per_second": round(n_users / warm_s, 1),
                   "warm_runs": [round(x, 2) for x in spark_runs[1:]]},
         "in_process": {"seconds": round(local_s, 2), "users_per_second": round(n_users / local_s, 1), "threads": 1},
-        "bare": {"seconds_1_thread": round(bare_1, 3), f"seconds_{parallelism}_threads": round(bare_p, 3)},
+        "bare": {"seconds_1_thread": round(bare_1, 3), f"seconds_{parallelism}_threads": round(bare_p, 3),
+                 f"seconds_{parallelism}_threads_blocked_top_k": round(bare_b, 3)},
         "ratio_in_process": round(bare_1 / local_s, 3),
         "ratio_spark": round(bare_p / spark_s, 3),
         "ratio_spark_warm": round(bare_p / warm_s, 3),
+        "ratio_spark_warm_blocked_top_k": round(bare_b / warm_s, 3),
         # the Spark job against the same work in one thread: cores x this is its parallel efficiency
         "spark_warm_over_in_process": round(local_s / warm_s, 3),
     }, indent=2))

@@ -156,3 +156,20 @@ def test_one_day_explore_logits_match_the_per_row_gather(data, model):
         one = model.net.explore_logits(h, vec, bias, stats, rows)
         two = model.net.explore_logits(h, vec, bias, torch.cat([stats, stats]), rows)  # forces the gather path
     torch.testing.assert_close(one, two, rtol=1e-5, atol=1e-5)
+
+
+def test_the_blocked_top_k_gives_torchs_top_values_with_ties_and_minus_infinity():
+    from freshrec.models.seqrec import top_k_rows
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (50, 399, 400, 401, 403, 3935):  # narrower than k blocks, whole blocks, a ragged tail
+        x = torch.randn(64, n, generator=gen)
+        x[torch.rand(64, n, generator=gen) < 0.3] = float("-inf")  # excluded items
+        x[:, :7] = 0.5  # ties
+        x[5] = float("-inf")  # nothing left to show
+        k = min(100, n)
+        want, _ = torch.topk(x, k, dim=1)
+        got, idx = top_k_rows(x, k)
+        assert torch.equal(got, want), n
+        assert torch.equal(torch.gather(x, 1, idx), got)
+        assert all(len(set(row.tolist())) == k for row in idx)
