@@ -892,7 +892,7 @@ def _one_dummy_event(hist: Histories) -> Histories:
                      np.array([""], dtype=object), np.array([np.nan]), hist.now)
 
 
-#: the width of the column blocks of top_k_rows
+#: how many columns share a block in top_k_rows
 TOP_K_BLOCK = 4
 
 
@@ -901,18 +901,23 @@ def top_k_rows(x: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     TOP_K_BLOCK columns, one over the columns of the k best blocks (and the few columns past the
     last whole block). The k best values of a row lie in those blocks: a block holding one of
     them has a maximum at least the k-th best, and each such maximum is itself among the k best.
+    Block j holds the columns j, j + w, j + 2w, ... (w = n // TOP_K_BLOCK), so its maxima are an
+    elementwise maximum of contiguous slices, not a reduction over short strided rows.
     Torch's CPU top-k leaves its heap for a selection over every (value, index) pair on rows
-    narrower than 64 x k columns; on 1024 x 3935 logits with k = 100 this takes 24.6 ms on one
-    core against 38.2. Equal values may come out in another order than torch's."""
+    narrower than 64 x k columns; on 1024 x 3935 logits of the sequence model with k = 100 this
+    takes 10.4 ms on one core, against 15.1 with adjacent columns as blocks and 19.8 with
+    torch's. Equal values may come out in another order than torch's."""
     b, n = x.shape
-    blocks = n // TOP_K_BLOCK
-    if blocks < k:
+    w = n // TOP_K_BLOCK
+    if w < k:
         return torch.topk(x, k, dim=1)
-    maxima = x[:, :blocks * TOP_K_BLOCK].unflatten(1, (blocks, TOP_K_BLOCK)).amax(dim=2)
+    maxima = x[:, :w].clone()
+    for i in range(1, TOP_K_BLOCK):
+        torch.maximum(maxima, x[:, i * w:(i + 1) * w], out=maxima)
     best = torch.topk(maxima, k, dim=1, sorted=False).indices
-    cols = (best.unsqueeze(2) * TOP_K_BLOCK + torch.arange(TOP_K_BLOCK, device=x.device)).flatten(1)
-    if blocks * TOP_K_BLOCK < n:
-        cols = torch.cat([cols, torch.arange(blocks * TOP_K_BLOCK, n, device=x.device).expand(b, -1)], dim=1)
+    cols = (best.unsqueeze(2) + torch.arange(0, TOP_K_BLOCK * w, w, device=x.device)).flatten(1)
+    if w * TOP_K_BLOCK < n:
+        cols = torch.cat([cols, torch.arange(w * TOP_K_BLOCK, n, device=x.device).expand(b, -1)], dim=1)
     v, j = torch.topk(torch.gather(x, 1, cols), k, dim=1)
     return v, torch.gather(cols, 1, j)
 
