@@ -306,7 +306,9 @@ def score_step(settings: Settings, batch_id: str, gate: dict[str, Any]) -> dict[
     scoring = time.perf_counter()
     # every table appears whole, fsynced, by a rename (fileio.atomic_path)
     with atomic_path(recs_dir / "user_topn") as tmp:
-        write_user_lists(spark, inputs, rec, settings.top_n, now, tmp, unavailable)
+        written = write_user_lists(spark, inputs, rec, settings.top_n, now, tmp, unavailable)
+        if written != n_users:  # raised inside atomic_path: the last good version keeps serving
+            raise RuntimeError(f"score: lists written for {written} users, but the user index holds {n_users}")
     scored_at = time.perf_counter()
     with atomic_path(recs_dir / "popular") as tmp:
         write_list_table(tmp, "category", popular_lists(stats.select(*POPULAR_COLUMNS).toPandas(), settings.top_n))

@@ -36,6 +36,14 @@ SEQUENCE_COLUMNS = ["user_id", "event_ids", "item_ids", "event_types", "ts"]
 SCORING_COLUMNS = ["user_id", "item_ids", "event_types", "t", "exclude"]
 
 
+def scoring_schema() -> pa.Schema:
+    """SCORING_COLUMNS with their Arrow types: what ``jobs.score.score_arrow`` reads, as Spark's
+    ``jobs.score.user_inputs`` gives them and ``score_frame`` builds them from pandas."""
+    strings = pa.list_(pa.string())
+    return pa.schema([("user_id", pa.string()), ("item_ids", strings), ("event_types", strings),
+                      ("t", pa.list_(pa.int64())), ("exclude", strings)])
+
+
 def epoch_seconds(ts: pd.Series) -> np.ndarray:
     """Whole epoch seconds of timestamps (any unit, naive = UTC) or of epoch milliseconds."""
     if pd.api.types.is_numeric_dtype(ts):  # epoch milliseconds, as in the canonical log

@@ -72,20 +72,18 @@ def score_frame(rec, frame: pd.DataFrame, n: int, now: int, unavailable: np.ndar
     ``score_arrow`` with pandas in and Python lists out (the real-time and micro-batch paths:
     a few users)."""
     import pyarrow as pa
-    from freshrec.jobs.history import SCORING_COLUMNS
+    from freshrec.jobs.history import scoring_schema
 
-    strings = pa.list_(pa.string())
-    types = [pa.string(), strings, strings, pa.list_(pa.int64()), strings]
+    schema = scoring_schema()
     frame = frame.astype({"user_id": str})
-    batch = pa.RecordBatch.from_arrays([pa.array(frame[c].tolist(), t) for c, t in zip(SCORING_COLUMNS, types, strict=True)],
-                                       names=SCORING_COLUMNS)
+    batch = pa.RecordBatch.from_arrays([pa.array(frame[f.name].tolist(), f.type) for f in schema], schema=schema)
     out = score_arrow(rec, batch, n, now, unavailable, batch_size)
     return pd.DataFrame({name: out.column(name).to_pylist() for name in out.schema.names})
 
 
 def score_arrow(rec, batch: "pa.RecordBatch", n: int, now: int, unavailable: np.ndarray | None = None,
                 batch_size: int = 1024) -> "pa.RecordBatch":
-    """The lists of an Arrow batch of ``jobs.history.SCORING_COLUMNS`` (what ``write_user_lists``'
+    """The lists of an Arrow batch of ``jobs.history.scoring_schema()`` (what ``write_user_lists``'
     tasks read; ``score_frame`` passes its pandas frame here), in the user_topn table's schema
     (``serving.publish.list_schema``): ids are matched to the catalogue and the lists built in
     Arrow's vectorised kernels, with no Python object per event or per list item."""

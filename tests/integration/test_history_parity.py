@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from freshrec.jobs.history import scoring_schema
 from freshrec.jobs.matrices import interactions, new_id_rows, recent_sequences
 from freshrec.jobs.score import user_inputs
 from freshrec.models.data import EVENT_NAMES, Catalogue, Histories, normalize_events
@@ -90,7 +91,10 @@ def test_training_batch_and_microbatch_read_the_same_sequences_and_exclusions(sp
 
     for mode in ("all", "purchased"):
         trained = _training(log, users, mode)
-        batch_frame = _spark_batch(spark, log, mode, settings)[3].toPandas()
+        inputs = _spark_batch(spark, log, mode, settings)[3]
+        # score_arrow reads what Spark gives (list types compare without their child's name)
+        assert [(f.name, f.type) for f in inputs.toArrow().schema] == [(f.name, f.type) for f in scoring_schema()]
+        batch_frame = inputs.toPandas()
         served = _as_lists(batch_frame)
         micro = _as_lists(scoring_inputs(settings.model_copy(update={"exclude_seen": mode, "sequence_length": LENGTH}),
                                          users))
