@@ -146,6 +146,19 @@ def test_failed_publish_leaves_the_last_good_version_serving(published, tmp_path
     assert RecsClient(s.serving).status()["live_version"] == published.scored["version"]
 
 
+def test_a_score_whose_lists_miss_users_fails_and_writes_no_list_table(published, monkeypatch):
+    """A Spark job that lost a task's lists (here: one user short) must not land a user_topn
+    table that serves some users nothing."""
+    import freshrec.jobs.score
+
+    real = freshrec.jobs.score.write_user_lists
+    monkeypatch.setattr(freshrec.jobs.score, "write_user_lists", lambda *a, **k: real(*a, **k) - 1)
+    s = published.settings
+    with pytest.raises(RuntimeError, match="lists written for"):
+        score_step(s, "batch-short", published.gate)
+    assert not list(s.recs_dir.glob("batch-short-*/user_topn"))
+
+
 def test_recs_users_file_gives_a_list_for_every_user(published, tmp_path):
     s = published.settings
     users = _features(s, "user_index")["user_id"].head(25).tolist() + ["never-seen"]
