@@ -388,8 +388,17 @@ def candidate_features(cands: Candidates, hist: Histories, generator: CandidateG
     with np.errstate(invalid="ignore", divide="ignore"):
         price_ratio = price / users[:, USER_FEATURES.index("user_mean_price")]
     n_sources = np.isfinite(cands.rank).sum(axis=1)
-    return np.column_stack([cands.score, _relative_to_row_best(cands.score, rows), cands.rank, n_sources, cands.history, users,
-                            generator.items.table[items], price_ratio]).astype(np.float32)
+    parts = [cands.score, _relative_to_row_best(cands.score, rows), cands.rank, n_sources, cands.history, users,
+             generator.items.table[items], price_ratio]
+    # filled column block by column block: a column_stack would first build the float64 matrix
+    out = np.empty((len(items), len(FEATURES)), dtype=np.float32)
+    at = 0
+    for part in parts:
+        width = part.shape[1] if part.ndim == 2 else 1
+        out[:, at:at + width] = part.reshape(len(items), width)
+        at += width
+    assert at == len(FEATURES), (at, len(FEATURES))
+    return out
 
 
 def user_features(hist: Histories) -> np.ndarray:
@@ -423,11 +432,17 @@ def _relative_to_row_best(scores: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """Each source's score over the user's best score from it: a user with a long history has
     larger co-visitation and EASE sums than one with a short one, and the training histories are
     shorter than the scored ones."""
-    n = int(rows.max()) + 1 if len(rows) else 0
-    best = np.zeros((n, scores.shape[1]))
-    np.maximum.at(best, rows, np.nan_to_num(scores, nan=0.0))
+    if not len(rows):
+        return np.zeros((0, scores.shape[1]))
+    order = None if (rows[1:] >= rows[:-1]).all() else np.argsort(rows, kind="stable")  # candidates come by row
+    r, s = (rows, scores) if order is None else (rows[order], scores[order])
+    starts = np.flatnonzero(np.concatenate([[True], r[1:] != r[:-1]]))
+    best = np.maximum(np.maximum.reduceat(np.nan_to_num(s, nan=0.0), starts, axis=0), 0.0).astype(np.float64)  # at least 0
+    best = np.repeat(best, np.diff(np.append(starts, len(r))), axis=0)
+    if order is not None:
+        best[order] = best.copy()
     with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(best[rows] > 0, scores / best[rows], np.nan)
+        return np.where(best > 0, scores / best, np.nan)
 
 
 def _row_scaled(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
