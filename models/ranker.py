@@ -31,6 +31,9 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
+import os
+import tempfile
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -328,6 +331,21 @@ class TwoStageRanker(Recommender):
                            groups=sizes[has_label],
                            users=train.user_ids[users][has_label], window_start=np.full(int(has_label.sum()), now))
 
+    def _predict(self, features: np.ndarray) -> np.ndarray:
+        """The LightGBM model's raw scores, from its trees compiled to native code (lleaves,
+        ``compiled_trees``): the same values as ``LGBMRanker.predict`` (to about 1e-15, the order
+        of a sum), 7x faster on one core (Ta-Feng-sized candidates, 81 trees: 0.54 -> 0.08 s for
+        210k rows), which was half the cost of scoring a user. Compiled once per process and model."""
+        compiled = self.__dict__.get("_compiled")
+        if compiled is None or compiled[0] is not self.model:  # refresh() replaces the model
+            compiled = self._compiled = (self.model, compiled_trees(self.model.booster_))
+        return compiled[1].predict(features, n_jobs=self.config.num_threads or os.cpu_count() or 1)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_compiled", None)  # native code: compiled again where it is unpickled
+        return state
+
     def single_threaded(self) -> "TwoStageRanker":
         self.config = dataclasses.replace(self.config, num_threads=1)
         return self
@@ -342,7 +360,7 @@ class TwoStageRanker(Recommender):
         with self._timed("score_features"):
             features = candidate_features(cands, histories, self.generator)
         with self._timed("score_predict"):
-            raw = self.model.predict(features, num_threads=self.config.num_threads)
+            raw = self._predict(features)
         return cands, _row_scaled(raw, cands.rows)
 
     def _fallback_scores(self) -> np.ndarray:
@@ -453,6 +471,33 @@ def _row_scaled(raw: np.ndarray, rows: np.ndarray) -> np.ndarray:
     np.maximum.at(hi, rows, raw)
     span = hi[rows] - lo[rows]
     return (1.0 + np.where(span > 0, (raw - lo[rows]) / np.where(span > 0, span, 1.0), 1.0)).astype(np.float32)
+
+
+#: compiled tree ensembles of this process by the SHA-256 of the model's text: a Spark worker is
+#: reused across jobs and unpickles each job's broadcast, and compiling takes seconds
+_COMPILED: dict[str, Any] = {}
+KEEP_COMPILED = 4
+
+
+def compiled_trees(booster) -> Any:
+    """``booster`` (as many trees as its ``predict`` uses: the best iteration when early
+    stopping found one) compiled to native code with lleaves (LLVM), once per process."""
+    import lleaves
+
+    text = booster.model_to_string()
+    key = hashlib.sha256(text.encode()).hexdigest()
+    model = _COMPILED.get(key)
+    if model is None:
+        with tempfile.TemporaryDirectory(prefix="freshrec-trees-") as tmp:
+            path = os.path.join(tmp, "model.txt")
+            with open(path, "w") as fh:
+                fh.write(text)
+            model = lleaves.Model(model_file=path)
+            model.compile()
+        while len(_COMPILED) >= KEEP_COMPILED:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        _COMPILED[key] = model
+    return model
 
 
 def _log_key(train: Histories) -> tuple[int, int, int]:

@@ -15,7 +15,7 @@ from freshrec.models.candidates import HISTORY, CandidateConfig
 from freshrec.models.data import SECONDS_PER_DAY, normalize_events
 from freshrec.models.evaluate import evaluate
 from freshrec.models.protocols import rolling_cutoffs
-from freshrec.models.ranker import FEATURES, RankerConfig, TwoStageRanker, _negatives_kept
+from freshrec.models.ranker import FEATURES, RankerConfig, TwoStageRanker, _negatives_kept, candidate_features
 from freshrec.models.split import seen_items
 
 pytest.importorskip("lightgbm")
@@ -105,6 +105,28 @@ def test_pickling_round_trips_to_identical_lists(fold, ranker):
     a, sa = ranker.recommend(es.histories, 10, es.exclude)
     b, sb = clone.recommend(es.histories, 10, es.exclude)
     assert np.array_equal(a, b) and np.array_equal(sa, sb)
+
+
+def test_the_compiled_trees_score_as_lightgbm_does_and_follow_a_replaced_model(fold, ranker):
+    """Scoring runs the ranker's trees compiled to native code (lleaves); they give LightGBM's own
+    predictions, missing values included, and a new model (refresh) is compiled anew."""
+    from lightgbm import LGBMRanker
+
+    es = fold.eval_set
+    cands = ranker.generator.generate(es.histories, seen_items(es.histories, ranker.config.exclude_seen))
+    x = candidate_features(cands, es.histories, ranker.generator)
+    assert np.isnan(x).any(), "the features hold missing values, which the trees route as LightGBM does"
+    np.testing.assert_allclose(ranker._predict(x), ranker.model.predict(x), rtol=0, atol=1e-9)
+    assert "_compiled" not in pickle.loads(pickle.dumps(ranker)).__dict__, "native code is not pickled"
+
+    clone = pickle.loads(pickle.dumps(ranker))
+    rng = np.random.default_rng(0)
+    other = LGBMRanker(objective="lambdarank", n_estimators=5, min_child_samples=5, verbose=-1).fit(
+        x[:600], rng.integers(0, 2, 600), group=[100] * 6)
+    before = clone._predict(x)
+    clone.model = other
+    np.testing.assert_allclose(clone._predict(x), other.predict(x), rtol=0, atol=1e-9)
+    assert not np.allclose(clone._predict(x), before)
 
 
 def test_one_thread_scores_as_every_core_does(fold, ranker):
