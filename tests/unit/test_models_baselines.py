@@ -211,3 +211,28 @@ def test_category_popularity_without_categories_is_popularity():
     hist = Histories.from_events(plain, cat, users=["u1"], now=NOW)
     items, _ = CategoryPopularity().fit(Histories.from_events(plain, cat, now=NOW), cat).recommend(hist, 2)
     assert [cat.item_ids[i] for i in items[0]] == ["p1", "p2"]
+
+
+def test_the_one_key_order_of_pairs_is_the_three_key_lexsort_with_ties_nan_and_signed_zeros():
+    from freshrec.models.baselines import _row_score_item_order
+
+    rng = np.random.default_rng(1)
+    for t in range(200):
+        n = int(rng.integers(0, 2000))
+        rows = rng.integers(0, int(rng.integers(1, 50)), n)
+        if t % 3 == 0:
+            rows = np.sort(rows)  # as from a CSR matrix
+        items = rng.integers(0, int(rng.integers(1, 400)), n)
+        if t % 4 == 0:
+            scores = np.round(rng.normal(size=n), 1)  # many ties
+        elif t % 4 == 1:
+            scores = rng.integers(-5, 5, n)
+        elif t % 4 == 2:
+            scores = np.round(rng.normal(size=n), 1)
+            for share, value in ((0.2, np.nan), (0.1, -0.0), (0.05, np.inf), (0.05, -np.inf)):
+                scores[rng.random(n) < share] = value
+        else:
+            scores = rng.random(n).astype(np.float32)
+        assert np.array_equal(_row_score_item_order(rows, items, scores), np.lexsort((items, -scores, rows))), t
+    wide = np.array([0, 1 << 40]), np.array([1 << 30, 0]), np.array([0.5, 0.25])  # the key would overflow
+    assert np.array_equal(_row_score_item_order(*wide), np.lexsort((wide[1], -wide[2], wide[0])))
